@@ -1,0 +1,80 @@
+"""Losses. Each is a callable ``loss(outputs, labels) -> (value, d_outputs)``.
+
+``value`` is a Python float (the mean over the batch); ``d_outputs`` has the shape of ``outputs``
+and is the gradient of ``value`` with respect to them, ready for ``model.backward``.
+Labels are integer class indices ``y: (N,)``.
+"""
+from __future__ import annotations
+
+from .backend import get_array_module
+from .functional import log_softmax, sigmoid
+
+
+def one_hot(y, num_classes: int, dtype):
+    """y: (N,) ints -> (N, num_classes) with ones at the labels."""
+    xp = get_array_module(y)
+    out = xp.zeros((y.shape[0], num_classes), dtype=dtype)
+    out[xp.arange(y.shape[0]), y] = 1
+    return out
+
+
+class SoftmaxCrossEntropy:
+    """Fused softmax + cross-entropy on logits, with optional label smoothing.
+
+    logits: (N, K) float, y: (N,) int. With smoothing s the target is (1-s)*onehot + s/K
+    (PyTorch's convention). The gradient is simply (softmax(logits) - target) / N.
+    """
+
+    def __init__(self, label_smoothing: float = 0.0):
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        self.label_smoothing = label_smoothing
+
+    def __call__(self, logits, y):
+        xp = get_array_module(logits)
+        n, k = logits.shape
+        logp = log_softmax(logits)
+        target = one_hot(y, k, logits.dtype)
+        if self.label_smoothing:
+            target = target * (1.0 - self.label_smoothing) + self.label_smoothing / k
+        value = float(-(target * logp).sum() / n)
+        grad = (xp.exp(logp) - target) / n
+        return value, grad.astype(logits.dtype, copy=False)
+
+
+class MSE:
+    """Quadratic cost against one-hot targets.
+
+    With ``half=True`` (Nielsen's network.py) it is 1/2 * ||a - y||^2 per example, averaged over the
+    batch; with ``half=False`` it is the mean of the squared error over all N*K entries (PyTorch's
+    MSELoss). ``on`` selects what the outputs are compared with: ``"sigmoid"`` applies a sigmoid to
+    the raw outputs first (Nielsen's network ends in sigmoid units), ``"identity"`` compares them as they are.
+    """
+
+    def __init__(self, half: bool = True, on: str = "identity"):
+        if on not in ("identity", "sigmoid"):
+            raise ValueError(f"MSE 'on' must be 'identity' or 'sigmoid', got {on!r}")
+        self.half, self.on = half, on
+
+    def __call__(self, outputs, y):
+        n, k = outputs.shape
+        a = sigmoid(outputs) if self.on == "sigmoid" else outputs
+        diff = a - one_hot(y, k, outputs.dtype)
+        if self.half:
+            value = float(0.5 * (diff * diff).sum() / n)
+            grad = diff / n
+        else:
+            value = float((diff * diff).mean())
+            grad = 2.0 * diff / diff.size
+        if self.on == "sigmoid":
+            grad = grad * a * (1.0 - a)
+        return value, grad.astype(outputs.dtype, copy=False)
+
+
+def make(name: str, **options):
+    """A loss by name: ``"cross_entropy"`` (options: label_smoothing) or ``"mse"`` (options: half, on)."""
+    if name == "cross_entropy":
+        return SoftmaxCrossEntropy(**options)
+    if name == "mse":
+        return MSE(**options)
+    raise ValueError(f"unknown loss {name!r}: expected 'cross_entropy' or 'mse'")

@@ -1,0 +1,106 @@
+"""Sequential: a list of layers with named parameters and a train/eval mode."""
+from __future__ import annotations
+
+import numpy as np
+
+from .backend import get_array_module
+from .layers import Layer, ShapeError, from_spec
+
+
+class Sequential:
+    """Layers applied in order. ``x: (N, *input_shape) -> logits: (N, K)``.
+
+    Parameters are named ``"<index>.<type>.<key>"``, e.g. ``"0.conv.W"``; optimizers see them only
+    through :meth:`parameters`.
+    """
+
+    def __init__(self, layers: list[Layer], input_shape: tuple, rng: np.random.Generator):
+        self.layers = layers
+        self.input_shape = tuple(input_shape)
+        self.training = False
+        shape = self.input_shape
+        for index, layer in enumerate(layers):
+            try:
+                shape = layer.build(shape, rng)
+            except ShapeError as err:
+                raise ShapeError(f"layer {index} ({layer.type_name}): {err}") from None
+        self.output_shape = shape
+        # The first layer never needs to pass a gradient back to the data.
+        if layers:
+            layers[0].skip_input_grad = True
+
+    @classmethod
+    def from_specs(cls, specs: list[dict], input_shape: tuple, rng: np.random.Generator) -> "Sequential":
+        """Build from a list of layer spec dicts, inferring every shape."""
+        layers = []
+        for index, spec in enumerate(specs):
+            try:
+                layers.append(from_spec(spec))
+            except (ValueError, TypeError) as err:
+                raise ValueError(f"layer {index}: {err}") from None
+        return cls(layers, input_shape, rng)
+
+    def specs(self) -> list[dict]:
+        return [layer.config() for layer in self.layers]
+
+    def train(self) -> "Sequential":
+        self.training = True
+        return self
+
+    def eval(self) -> "Sequential":
+        self.training = False
+        return self
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer.forward(x, train=self.training)
+        return x
+
+    __call__ = forward
+
+    def backward(self, dy):
+        """Back-propagate d(loss)/d(logits); fills every layer's grads."""
+        for layer in reversed(self.layers):
+            dy = layer.backward(dy)
+        return dy
+
+    def parameters(self):
+        """Yield ``(name, param, grad)`` for every learnable array, in layer order."""
+        for index, layer in enumerate(self.layers):
+            for key, value in layer.params.items():
+                yield f"{index}.{layer.type_name}.{key}", value, layer.grads[key]
+
+    def state(self) -> dict:
+        """Every array that defines the model (parameters and buffers), by name."""
+        out = {}
+        for index, layer in enumerate(self.layers):
+            for key, value in {**layer.params, **layer.buffers}.items():
+                out[f"{index}.{layer.type_name}.{key}"] = value
+        return out
+
+    def load_state(self, arrays: dict) -> None:
+        """Copy arrays (from :meth:`state`) into the model; names and shapes must match exactly."""
+        own = self.state()
+        missing, extra = sorted(set(own) - set(arrays)), sorted(set(arrays) - set(own))
+        if missing or extra:
+            raise ValueError(f"model arrays do not match the architecture: missing {missing}, unexpected {extra}")
+        for name, target in own.items():
+            if tuple(arrays[name].shape) != tuple(target.shape):
+                raise ValueError(f"array {name}: shape {arrays[name].shape}, expected {target.shape}")
+            target[...] = arrays[name]
+
+    def num_parameters(self) -> int:
+        return int(sum(p.size for _, p, _ in self.parameters()))
+
+    def predict(self, x, batch_size: int = 1000):
+        """Class predictions (N,) in eval mode, batch by batch."""
+        return self.predict_logits(x, batch_size).argmax(axis=1)
+
+    def predict_logits(self, x, batch_size: int = 1000):
+        """Logits (N, K) in eval mode, batch by batch; restores the previous mode."""
+        was_training, self.training = self.training, False
+        try:
+            xp = get_array_module(x)
+            return xp.concatenate([self.forward(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+        finally:
+            self.training = was_training

@@ -1,0 +1,116 @@
+"""Optimizers: SGD (momentum, Nesterov, L2 weight decay), Adam, AdamW.
+
+Each takes the model's ``parameters()`` triples ``(name, param, grad)`` once, keeps its per-parameter
+state in dicts keyed by name, and updates the params in place on ``step()``. The updates follow
+PyTorch's ``torch.optim`` exactly, so the two can be compared step by step.
+
+``decay_filter`` (optional) decides which parameters get weight decay; :func:`decay_all` and
+:func:`decay_weights_only` (skips 1-D arrays: biases and BatchNorm's gamma/beta) are provided.
+"""
+from __future__ import annotations
+
+from .backend import get_array_module
+
+
+def decay_all(name: str, param) -> bool:
+    return True
+
+
+def decay_weights_only(name: str, param) -> bool:
+    """Weight decay on matrices and kernels only, not on biases or normalisation parameters."""
+    return param.ndim > 1
+
+
+class Optimizer:
+    def __init__(self, parameters, lr: float, weight_decay: float = 0.0, decay_filter=decay_all):
+        if lr <= 0:
+            raise ValueError(f"learning rate must be > 0, got {lr}")
+        if weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        self.params = list(parameters)
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.decays = {name: weight_decay > 0 and decay_filter(name, p) for name, p, _ in self.params}
+        self.steps = 0
+
+    def step(self) -> None:
+        self.steps += 1
+        for name, param, grad in self.params:
+            self.update(name, param, grad)
+
+    def update(self, name, param, grad) -> None:
+        raise NotImplementedError
+
+
+class SGD(Optimizer):
+    """p -= lr * v with v = momentum * v + (g + wd * p)  (PyTorch's form, dampening 0).
+
+    With ``nesterov=True`` the step uses g + momentum * v instead of v.
+    """
+
+    def __init__(self, parameters, lr: float, momentum: float = 0.0, nesterov: bool = False,
+                 weight_decay: float = 0.0, decay_filter=decay_all):
+        super().__init__(parameters, lr, weight_decay, decay_filter)
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        if nesterov and momentum == 0:
+            raise ValueError("nesterov momentum needs momentum > 0")
+        self.momentum, self.nesterov = momentum, nesterov
+        self.velocity = {}
+
+    def update(self, name, param, grad):
+        g = grad + self.weight_decay * param if self.decays[name] else grad
+        if self.momentum:
+            v = self.velocity.get(name)
+            if v is None:
+                v = self.velocity[name] = g.copy()
+            else:
+                v *= self.momentum
+                v += g
+            g = g + self.momentum * v if self.nesterov else v
+        param -= self.lr * g
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba) with bias correction; weight decay is L2 added to the gradient (PyTorch's Adam)."""
+
+    decoupled = False
+
+    def __init__(self, parameters, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, decay_filter=decay_all):
+        super().__init__(parameters, lr, weight_decay, decay_filter)
+        self.beta1, self.beta2 = betas
+        self.eps = eps
+        self.m, self.v = {}, {}
+
+    def update(self, name, param, grad):
+        xp = get_array_module(param)
+        if self.decays[name]:
+            if self.decoupled:
+                param *= 1.0 - self.lr * self.weight_decay
+            else:
+                grad = grad + self.weight_decay * param
+        if name not in self.m:
+            self.m[name], self.v[name] = xp.zeros_like(param), xp.zeros_like(param)
+        m, v = self.m[name], self.v[name]
+        m *= self.beta1
+        m += (1.0 - self.beta1) * grad
+        v *= self.beta2
+        v += (1.0 - self.beta2) * grad * grad
+        correction1 = 1.0 - self.beta1**self.steps
+        correction2 = 1.0 - self.beta2**self.steps
+        denom = xp.sqrt(v / correction2) + self.eps
+        param -= (self.lr / correction1) * m / denom
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter): p *= 1 - lr * wd before the Adam step."""
+
+    decoupled = True
+
+    def __init__(self, parameters, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 1e-2, decay_filter=decay_all):
+        super().__init__(parameters, lr, betas, eps, weight_decay, decay_filter)
+
+
+OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
