@@ -1,0 +1,120 @@
+"""Loading and validating ``params.yaml``: one error type for bad params, one for bad inputs.
+
+A schema is a nested dict whose leaves are :class:`Field` objects. :func:`validate` checks a
+section against it, fills in defaults, and raises :class:`ParamsError` with a one-line message that
+names the key path and the expected value. Stage scripts wrap their ``main`` in :func:`run_stage`,
+which turns these errors into one line on stderr and a non-zero exit, without a traceback.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+PARAMS_FILE = "params.yaml"
+
+
+class ParamsError(ValueError):
+    """A key of params.yaml is unknown, missing, of the wrong type or out of range (exit code 2)."""
+
+
+class InputError(RuntimeError):
+    """An input file is missing or corrupt (exit code 1). The message names the file and its maker."""
+
+
+@dataclass
+class Field:
+    """One leaf of a schema.
+
+    ``kind`` is a type or tuple of types (bool is never accepted where a number is expected);
+    ``check`` an optional predicate; ``expect`` the human description used in errors and the README.
+    """
+
+    kind: Any
+    default: Any
+    expect: str
+    check: Callable[[Any], bool] | None = None
+    doc: str = ""
+    required: bool = field(default=False)
+
+    def validate(self, path: str, value: Any) -> Any:
+        kinds = self.kind if isinstance(self.kind, tuple) else (self.kind,)
+        if isinstance(value, bool) and bool not in kinds:
+            ok = False
+        elif float in kinds and isinstance(value, int) and not isinstance(value, bool):
+            value, ok = float(value), True
+        else:
+            ok = isinstance(value, kinds)
+        if ok and self.check is not None:
+            try:
+                ok = bool(self.check(value))
+            except Exception:  # noqa: BLE001 - a failing check means a bad value
+                ok = False
+        if not ok:
+            raise ParamsError(f"{PARAMS_FILE}: {path} must be {self.expect}, got {value!r}")
+        return value
+
+
+def validate(section: dict | None, schema: dict, path: str) -> dict:
+    """Check ``section`` against ``schema``; return a new dict with defaults filled in."""
+    if section is None:
+        section = {}
+    if not isinstance(section, dict):
+        raise ParamsError(f"{PARAMS_FILE}: {path} must be a mapping of keys, got {section!r}")
+    unknown = sorted(set(section) - set(schema))
+    if unknown:
+        raise ParamsError(f"{PARAMS_FILE}: unknown key {path}.{unknown[0]}: allowed keys are {sorted(schema)}")
+    out = {}
+    for key, spec in schema.items():
+        sub = f"{path}.{key}"
+        if isinstance(spec, dict):
+            out[key] = validate(section.get(key), spec, sub)
+        elif key in section:
+            out[key] = spec.validate(sub, section[key])
+        elif spec.required:
+            raise ParamsError(f"{PARAMS_FILE}: missing key {sub}: expected {spec.expect}")
+        else:
+            out[key] = spec.default
+    return out
+
+
+def load(path: str | Path = PARAMS_FILE) -> dict:
+    """Read params.yaml as a dict, with clear errors for a missing or unparsable file."""
+    path = Path(path)
+    if not path.exists():
+        raise ParamsError(f"{path} not found: run from the repository root, where params.yaml lives")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path} must be a mapping of sections (seed, prepare, train, ...)")
+    return data
+
+
+SEED = Field(int, 0, "an integer >= 0", lambda v: v >= 0, "global seed for every random stream")
+
+
+def load_section(name: str, schema: dict, path: str | Path = PARAMS_FILE) -> tuple[int, dict]:
+    """Load the global ``seed`` and one validated section of params.yaml."""
+    data = load(path)
+    seed = SEED.validate("seed", data.get("seed", SEED.default))
+    return seed, validate(data.get(name), schema, name)
+
+
+def run_stage(main: Callable[[], None]) -> None:
+    """Run a stage's ``main``; bad params exit 2, bad inputs exit 1, each with one line on stderr."""
+    try:
+        main()
+    except ParamsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
