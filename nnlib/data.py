@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .backend import current, to_device
 from .params import InputError
 
 IDX_DTYPES = {0x08: np.uint8}
@@ -31,3 +32,99 @@ def read_idx(path, made_by: str = "the fetch stage (dvc repro -s fetch)") -> np.
     if len(raw) != header + int(np.prod(dims)):
         raise InputError(f"{path} is truncated or corrupt (size does not match its header {dims}): re-run {made_by}")
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def to_batch(x_uint8):
+    """uint8 images (N, 28, 28) -> float32 (N, 1, 28, 28) in [0, 1], on the active backend."""
+    x = current().asarray(x_uint8).astype(np.float32)
+    x *= np.float32(1.0 / 255.0)
+    return x.reshape(x.shape[0], 1, *x.shape[1:])
+
+
+def minibatches(x, y, batch_size: int, rng: np.random.Generator | None = None):
+    """Yield ``(x_batch, y_batch)`` over in-memory arrays, shuffled by ``rng`` (in order if None).
+
+    x: (N, 28, 28) uint8, y: (N,) -> float32 (B, 1, 28, 28), int64 (B,). The last batch may be short.
+    """
+    order = rng.permutation(len(x)) if rng is not None else np.arange(len(x))
+    for start in range(0, len(x), batch_size):
+        idx = order[start : start + batch_size]
+        yield to_batch(x[idx]), to_device(y[idx].astype(np.int64))
+
+
+def load_shard(path, made_by: str = "the prepare stage (dvc repro -s prepare)") -> tuple[np.ndarray, np.ndarray]:
+    """Read one shard ``.npz`` -> (x uint8 (N, 28, 28), y uint8 (N,)), with clear errors."""
+    from .io import load_npz  # noqa: PLC0415 - keeps io optional for IDX-only users
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path} is missing: it is made by {made_by}")
+    try:
+        arrays = load_npz(path)
+        x, y = arrays["x"], arrays["y"]
+    except Exception as err:  # noqa: BLE001 - any failure to read means a corrupt shard
+        raise InputError(f"{path} is corrupt ({err}): re-run {made_by}") from None
+    if x.dtype != np.uint8 or x.ndim != 3 or y.shape != (len(x),):
+        raise InputError(f"{path} has unexpected arrays x{x.shape}/{x.dtype}, y{y.shape}: re-run {made_by}")
+    return x, y
+
+
+def read_manifest(shard_dir, made_by: str = "the prepare stage (dvc repro -s prepare)") -> dict:
+    """Read ``manifest.json`` of a shard directory (written last by prepare, so it marks completeness)."""
+    import json  # noqa: PLC0415
+
+    path = Path(shard_dir) / "manifest.json"
+    if not path.exists():
+        raise InputError(f"{path} is missing: it is made by {made_by}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise InputError(f"{path} is corrupt ({err}): re-run {made_by}") from None
+
+
+class ShardStream:
+    """An endless, shuffled stream of training images read from shards with bounded memory.
+
+    Each pass over the data visits the shards in a new random order, loads ``window`` shards at a
+    time, and shuffles the images within that window. Only the current window is in memory, so the
+    peak footprint is ``window * shard_size`` images however many augmented copies exist.
+    ``epoch(n, batch_size)`` yields the next ``n`` images of the stream as batches: epochs continue
+    where the last one stopped, so successive epochs see fresh distorted copies until the data wrap.
+    """
+
+    def __init__(self, shard_dir, files: list[str], rng: np.random.Generator, window: int = 3):
+        self.shard_dir, self.files, self.rng, self.window = Path(shard_dir), list(files), rng, window
+        self._chunks = self._chunk_stream()
+        self._pending: tuple[np.ndarray, np.ndarray] | None = None
+
+    def _chunk_stream(self):
+        """Endless generator of shuffled (x, y) chunks, one per window of shards."""
+        while True:
+            order = self.rng.permutation(len(self.files))
+            for start in range(0, len(order), self.window):
+                loaded = [load_shard(self.shard_dir / self.files[i]) for i in order[start : start + self.window]]
+                x = np.concatenate([s[0] for s in loaded])
+                y = np.concatenate([s[1] for s in loaded])
+                perm = self.rng.permutation(len(x))
+                yield x[perm], y[perm]
+
+    def _take(self, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """The next ``count`` images of the stream (fewer never: the stream is endless)."""
+        parts_x, parts_y, need = [], [], count
+        while need:
+            if self._pending is None or len(self._pending[0]) == 0:
+                self._pending = next(self._chunks)
+            x, y = self._pending
+            parts_x.append(x[:need])
+            parts_y.append(y[:need])
+            self._pending = (x[need:], y[need:])
+            need -= len(parts_x[-1])
+        if len(parts_x) == 1:
+            return parts_x[0], parts_y[0]
+        return np.concatenate(parts_x), np.concatenate(parts_y)
+
+    def epoch(self, images: int, batch_size: int):
+        """Yield ``(x, y)`` float32/int64 batches covering the next ``images`` images of the stream."""
+        for start in range(0, images, batch_size):
+            x, y = self._take(min(batch_size, images - start))
+            yield to_batch(x), to_device(y.astype(np.int64))

@@ -366,7 +366,7 @@ class BatchNorm(Layer):
             mean, var = self.buffers["running_mean"], self.buffers["running_var"]
             centred = x - mean.reshape(shape)
         inv_std = 1.0 / get_array_module(x).sqrt(var + self.eps)
-        self.axes, self.shape = axes, shape
+        self.axes, self.shape, self.batch_stats = axes, shape, train
         self.x_hat = centred * inv_std.reshape(shape)
         self.inv_std = inv_std
         return self.x_hat * gamma + beta
@@ -377,12 +377,14 @@ class BatchNorm(Layer):
         self.grads["beta"][...] = dy.sum(axis=axes)
         if self.skip_input_grad:
             return None
+        scale = (self.params["gamma"] * self.inv_std).reshape(shape)
+        if not self.batch_stats:  # eval mode: running statistics are constants, the layer is affine
+            return scale * dy
         # Standard simplified form for batch statistics:
         # dx = gamma * inv_std * (dy - mean(dy) - x_hat * mean(dy * x_hat))
         count = dy.size // self.grads["beta"].size
         mean_dy = (self.grads["beta"] / count).reshape(shape)
         mean_dy_xhat = (self.grads["gamma"] / count).reshape(shape)
-        scale = (self.params["gamma"] * self.inv_std).reshape(shape)
         return scale * (dy - mean_dy - self.x_hat * mean_dy_xhat)
 
 

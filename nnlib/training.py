@@ -1,0 +1,161 @@
+"""The training loop and its configuration: loss, optimizer and schedule from params, fit, evaluate.
+
+``TRAIN_SCHEMA`` documents and validates the ``train`` section of params.yaml.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from tqdm import tqdm
+
+from . import losses, optim, schedules
+from .backend import to_numpy
+from .data import minibatches
+from .params import Field
+
+positive = lambda v: v > 0  # noqa: E731
+non_negative = lambda v: v >= 0  # noqa: E731
+
+TRAIN_SCHEMA = {
+    "backend": Field(str, "numpy", "'numpy' or 'cupy'", lambda v: v in ("numpy", "cupy"), "array backend; cupy needs a GPU and the gpu extra"),
+    "epochs": Field(int, 10, "an integer >= 1", lambda v: v >= 1, "number of epochs"),
+    "batch_size": Field(int, 64, "an integer >= 1", positive, "images per optimizer step"),
+    "images_per_epoch": Field(int, 0, "an integer >= 0 (0 = the size of the train split)", non_negative, "images drawn from the shard stream per epoch"),
+    "select": Field(str, "last", "'last' or 'best_val'", lambda v: v in ("last", "best_val"), "which epoch's weights are kept"),
+    "model": Field(list, None, "a non-empty list of layer specs like {type: dense, out: 10}", lambda v: len(v) > 0, "the network, layer by layer", required=True),
+    "loss": {
+        "name": Field(str, "cross_entropy", "'cross_entropy' or 'mse'", lambda v: v in ("cross_entropy", "mse"), "loss function"),
+        "label_smoothing": Field(float, 0.0, "a number in [0, 1)", lambda v: 0 <= v < 1, "cross-entropy label smoothing"),
+        "half": Field(bool, True, "true or false", None, "mse: 1/2 * sum of squares per example (Nielsen) instead of the mean over entries"),
+    },
+    "optimizer": {
+        "name": Field(str, "sgd", f"one of {sorted(optim.OPTIMIZERS)}", lambda v: v in optim.OPTIMIZERS, "optimizer"),
+        "lr": Field(float, 0.05, "a number > 0", positive, "(peak) learning rate"),
+        "momentum": Field(float, 0.9, "a number in [0, 1)", lambda v: 0 <= v < 1, "sgd: momentum"),
+        "nesterov": Field(bool, False, "true or false", None, "sgd: Nesterov momentum"),
+        "betas": Field(list, [0.9, 0.999], "a list of two numbers in [0, 1)", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "adam/adamw: moment decay rates"),
+        "eps": Field(float, 1e-8, "a number > 0", positive, "adam/adamw: denominator epsilon"),
+        "weight_decay": Field(float, 0.0, "a number >= 0", non_negative, "L2 (sgd, adam) or decoupled (adamw) weight decay"),
+        "decay_bias_and_norm": Field(bool, True, "true or false", None, "false: no weight decay on biases and BatchNorm parameters"),
+    },
+    "schedule": {
+        "name": Field(str, "constant", f"one of {sorted(schedules.SCHEDULES)}", lambda v: v in schedules.SCHEDULES, "learning-rate schedule"),
+        "interval": Field(str, "step", "'step' or 'epoch'", lambda v: v in ("step", "epoch"), "how often the schedule advances"),
+        "warmup": Field(int, 0, "an integer >= 0", non_negative, "linear warm-up length, in intervals"),
+        "step_size": Field(int, 1, "an integer >= 1", positive, "step: intervals between decays"),
+        "gamma": Field(float, 0.1, "a number > 0", positive, "step/exponential: decay factor"),
+        "min_lr": Field(float, 0.0, "a number >= 0", non_negative, "cosine: final learning rate"),
+        "pct_start": Field(float, 0.3, "a number in (0, 1)", lambda v: 0 < v < 1, "onecycle: fraction of the run spent rising"),
+        "div_factor": Field(float, 25.0, "a number > 1", lambda v: v > 1, "onecycle: initial lr = lr / div_factor"),
+        "final_div_factor": Field(float, 1e4, "a number > 1", lambda v: v > 1, "onecycle: final lr = initial lr / final_div_factor"),
+    },
+}
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+def make_loss(cfg: dict):
+    """The loss object for the ``train.loss`` section."""
+    if cfg["name"] == "cross_entropy":
+        return losses.SoftmaxCrossEntropy(cfg["label_smoothing"])
+    return losses.MSE(half=cfg["half"])
+
+
+def make_optimizer(model, cfg: dict):
+    """The optimizer for the ``train.optimizer`` section, over the model's parameters."""
+    decay_filter = optim.decay_all if cfg["decay_bias_and_norm"] else optim.decay_weights_only
+    common = dict(lr=cfg["lr"], weight_decay=cfg["weight_decay"], decay_filter=decay_filter)
+    if cfg["name"] == "sgd":
+        return optim.SGD(model.parameters(), momentum=cfg["momentum"], nesterov=cfg["nesterov"], **common)
+    cls = optim.OPTIMIZERS[cfg["name"]]
+    return cls(model.parameters(), betas=tuple(cfg["betas"]), eps=cfg["eps"], **common)
+
+
+def make_schedule(cfg: dict, lr: float, total: int):
+    """The schedule for the ``train.schedule`` section; only the options its class takes are passed."""
+    cls = schedules.SCHEDULES[cfg["name"]]
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "lr", "total"}
+    options = {k: v for k, v in cfg.items() if k in accepted}
+    return schedules.make(cfg["name"], lr, total, warmup=cfg["warmup"], **options)
+
+
+def evaluate(model, loss_fn, x, y, batch_size: int = 1000):
+    """Mean loss, accuracy and predictions over uint8 images x (N, 28, 28) and labels y (N,).
+
+    Runs in eval mode; returns (loss: float, accuracy: float, predictions: int64 (N,)).
+    """
+    model.eval()
+    total, preds = 0.0, []
+    for xb, yb in minibatches(x, y, batch_size):
+        logits = model.forward(xb)
+        value, _ = loss_fn(logits, yb)
+        total += value * len(yb)
+        preds.append(to_numpy(logits.argmax(axis=1)))
+    predictions = np.concatenate(preds).astype(np.int64)
+    return total / len(y), float((predictions == y).mean()), predictions
+
+
+@dataclass
+class History:
+    """One dict per epoch: epoch, train_loss, train_acc, val_loss, val_acc, lr, seconds."""
+
+    rows: list = field(default_factory=list)
+    best_epoch: int = 0
+    best_state: dict | None = None
+
+    def best(self) -> dict:
+        return self.rows[self.best_epoch - 1]
+
+
+def fit(model, loss_fn, optimizer, schedule, stream, *, epochs: int, images_per_epoch: int, batch_size: int,
+        val: tuple, interval: str = "step", keep_best: bool = False, progress: bool = True) -> History:
+    """Train ``model`` for ``epochs`` epochs of ``images_per_epoch`` images drawn from ``stream``.
+
+    ``stream.epoch(n, batch_size)`` yields (x, y) batches; ``val`` is (x uint8, y) for validation after
+    every epoch. The learning rate follows ``schedule`` per step or per epoch (``interval``).
+    With ``keep_best`` the parameters of the best-validation-accuracy epoch are kept in the history.
+    Raises :class:`Diverged` naming the epoch when the loss stops being finite.
+    """
+    history = History()
+    steps_per_epoch = math.ceil(images_per_epoch / batch_size)
+    step = 0
+    for epoch in range(1, epochs + 1):
+        model.train()
+        start = time.perf_counter()
+        seen = correct = 0
+        loss_sum = 0.0
+        bar = tqdm(stream.epoch(images_per_epoch, batch_size), total=steps_per_epoch, disable=not progress,
+                   desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False, mininterval=0.5)
+        for xb, yb in bar:
+            optimizer.lr = schedule(step if interval == "step" else epoch - 1)
+            logits = model.forward(xb)
+            value, dlogits = loss_fn(logits, yb)
+            if not math.isfinite(value):
+                raise Diverged(f"loss became {value} in epoch {epoch}: lower train.optimizer.lr (now {optimizer.lr:g}) in params.yaml")
+            model.backward(dlogits)
+            optimizer.step()
+            step += 1
+            seen += len(yb)
+            loss_sum += value * len(yb)
+            correct += int((to_numpy(logits.argmax(axis=1)) == to_numpy(yb)).sum())
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", lr=f"{optimizer.lr:.3g}", refresh=False)
+        bar.close()
+        val_loss, val_acc, _ = evaluate(model, loss_fn, *val)
+        if not math.isfinite(val_loss):
+            raise Diverged(f"validation loss became {val_loss} in epoch {epoch}: lower train.optimizer.lr in params.yaml")
+        row = {"epoch": epoch, "train_loss": loss_sum / seen, "train_acc": correct / seen,
+               "val_loss": val_loss, "val_acc": val_acc, "lr": optimizer.lr, "seconds": time.perf_counter() - start}
+        history.rows.append(row)
+        if not history.best_epoch or val_acc > history.best()["val_acc"]:
+            history.best_epoch = epoch
+            if keep_best:
+                history.best_state = {k: v.copy() for k, v in model.state().items()}
+        tqdm.write(f"epoch {epoch}/{epochs}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f} | "
+                   f"val loss {val_loss:.4f} acc {val_acc:.4f} | lr {optimizer.lr:.3g} | {row['seconds']:.1f}s")
+    return history

@@ -1,0 +1,67 @@
+"""Stage evaluate: model + test shard -> metrics/eval.json, metrics/predictions.csv, metrics/plots/*.png.
+
+Run from the repository root: ``python stages/evaluate.py`` (the same command ``dvc repro -s evaluate`` runs).
+The test set is used here, once, after the model has been chosen.
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from nnlib import plots
+from nnlib.data import load_shard, read_manifest
+from nnlib.io import load_model, write_json, write_text
+from nnlib.metrics import confusion_matrix, per_class_accuracy
+from nnlib.params import Field, InputError, load_section, run_stage
+from nnlib.training import evaluate, make_loss
+
+SHARDS = Path("data/shards")
+MODEL = Path("models/model.npz")
+METRICS = Path("metrics")
+PLOTS = METRICS / "plots"
+
+EVALUATE_SCHEMA = {
+    "batch_size": Field(int, 1000, "an integer >= 1", lambda v: v >= 1, "images per forward pass"),
+    "misclassified": Field(int, 40, "an integer in [0, 200]", lambda v: 0 <= v <= 200, "misclassified test digits shown in the grid"),
+}
+
+
+def read_log(path: Path) -> list[dict]:
+    """Rows of metrics/train_log.tsv as dicts of numbers."""
+    if not path.exists():
+        raise InputError(f"{path} is missing: it is made by the train stage (dvc repro -s train)")
+    with path.open() as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f, delimiter="\t")]
+
+
+def main() -> None:
+    _, cfg = load_section("evaluate", EVALUATE_SCHEMA)
+    if not MODEL.exists():
+        raise InputError(f"{MODEL} is missing: it is made by the train stage (dvc repro -s train)")
+    try:
+        model, meta = load_model(MODEL)
+    except (ValueError, OSError, KeyError) as err:
+        raise InputError(f"{MODEL} is corrupt ({err}): re-run the train stage (dvc repro -s train)") from None
+    manifest = read_manifest(SHARDS)
+    x, y = load_shard(SHARDS / manifest["test"]["file"])
+    y = y.astype("int64")
+
+    loss, accuracy, predictions = evaluate(model, make_loss(meta["train"]["loss"]), x, y, cfg["batch_size"])
+    matrix = confusion_matrix(y, predictions)
+    per_class = per_class_accuracy(matrix)
+    write_json(METRICS / "eval.json", {
+        "accuracy": accuracy, "loss": loss, "errors": int((predictions != y).sum()), "images": len(y),
+        "per_class": {str(k): float(v) for k, v in enumerate(per_class)},
+    })
+    write_text(METRICS / "predictions.csv", "actual,predicted\n" + "".join(f"{a},{p}\n" for a, p in zip(y, predictions)))
+
+    plots.training_curves(read_log(METRICS / "train_log.tsv"), PLOTS / "curves.png")
+    plots.confusion(matrix, PLOTS / "confusion.png")
+    wrong = (predictions != y).nonzero()[0][: cfg["misclassified"]]
+    plots.digit_grid(x[wrong], [f"true {y[i]} / pred {predictions[i]}" for i in wrong], PLOTS / "misclassified.png",
+                     suptitle=f"first {len(wrong)} misclassified test digits")
+    print(f"evaluate: test accuracy {accuracy:.4f} ({int((predictions != y).sum())} errors), loss {loss:.4f}")
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,85 @@
+"""Stage train: shards -> models/model.npz, metrics/train.json, metrics/train_log.tsv, metrics/timing.json.
+
+Run from the repository root: ``python stages/train.py`` (the same command ``dvc repro -s train`` runs).
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from nnlib import backend, seeding
+from nnlib.data import ShardStream, load_shard, read_manifest
+from nnlib.io import save_model, write_json, write_text
+from nnlib.model import Sequential
+from nnlib.params import ParamsError, load_section, run_stage
+from nnlib.training import TRAIN_SCHEMA, Diverged, fit, make_loss, make_optimizer, make_schedule
+
+SHARDS = Path("data/shards")
+MODEL = Path("models/model.npz")
+METRICS = Path("metrics")
+LOG_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
+
+
+def build_model(specs: list, input_shape: tuple, seed: int) -> Sequential:
+    """The network from ``train.model``; spec and shape problems become a params error."""
+    try:
+        return Sequential.from_specs(specs, input_shape, seeding.rng(seed, seeding.INIT))
+    except (ValueError, TypeError) as err:
+        raise ParamsError(f"params.yaml: train.model: {err}") from None
+
+
+def log_tsv(rows: list[dict]) -> str:
+    lines = ["\t".join(LOG_COLUMNS)]
+    lines += ["\t".join(f"{row[c]:.6g}" if isinstance(row[c], float) else str(row[c]) for c in LOG_COLUMNS) for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    seed, cfg = load_section("train", TRAIN_SCHEMA)
+    backend.use(cfg["backend"])
+    manifest = read_manifest(SHARDS)
+    files = [s["file"] for s in manifest["train_shards"]]
+    val = load_shard(SHARDS / manifest["val"]["file"])
+    images_per_epoch = cfg["images_per_epoch"] or manifest["train_split_size"]
+
+    model = build_model(cfg["model"], (1, *manifest["image_shape"]), seed)
+    loss_fn = make_loss(cfg["loss"])
+    optimizer = make_optimizer(model, cfg["optimizer"])
+    steps_per_epoch = -(-images_per_epoch // cfg["batch_size"])
+    interval = cfg["schedule"]["interval"]
+    total = cfg["epochs"] * (steps_per_epoch if interval == "step" else 1)
+    schedule = make_schedule(cfg["schedule"], cfg["optimizer"]["lr"], total)
+    stream = ShardStream(SHARDS, files, seeding.rng(seed, seeding.SHUFFLE))
+    print(f"train: {model.num_parameters():,} parameters, {cfg['epochs']} epochs of {images_per_epoch:,} images "
+          f"from {len(files)} shards, batch {cfg['batch_size']}", file=sys.stderr)
+
+    start = time.perf_counter()
+    try:
+        history = fit(model, loss_fn, optimizer, schedule, stream, epochs=cfg["epochs"],
+                      images_per_epoch=images_per_epoch, batch_size=cfg["batch_size"], val=val,
+                      interval=interval, keep_best=cfg["select"] == "best_val")
+    except Diverged as err:
+        print(f"error: training diverged: {err}; no model was written", file=sys.stderr)
+        sys.exit(1)
+    seconds = time.perf_counter() - start
+
+    if cfg["select"] == "best_val":
+        model.load_state(history.best_state)
+    kept = history.best() if cfg["select"] == "best_val" else history.rows[-1]
+    save_model(MODEL, model, {"seed": seed, "train": cfg, "epoch": kept["epoch"], "val_accuracy": kept["val_acc"]})
+    best = history.best()
+    write_json(METRICS / "train.json", {
+        "best_val_accuracy": best["val_acc"], "best_val_loss": best["val_loss"], "best_epoch": best["epoch"],
+        "epochs": len(history.rows), "selected_epoch": kept["epoch"], "selected_val_accuracy": kept["val_acc"],
+    })
+    write_text(METRICS / "train_log.tsv", log_tsv(history.rows))
+    images = cfg["epochs"] * images_per_epoch
+    write_json(METRICS / "timing.json", {"train_seconds": round(seconds, 2), "images_per_second": round(images / seconds, 1),
+                                         "seconds_per_epoch": round(seconds / cfg["epochs"], 2)})
+
+
+if __name__ == "__main__":
+    run_stage(main)

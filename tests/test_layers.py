@@ -1,0 +1,166 @@
+"""Layer gradients by central differences (float64), plus the behaviour finite differences cannot see."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gradcheck import build_layer, check_layer_gradients
+
+from nnlib import layers
+
+# (spec, input shape without the batch axis). Batch size 3 everywhere; images are non-square.
+GRADCHECK_CASES = {
+    "dense": ({"type": "dense", "out": 4}, (5,)),
+    "dense-nobias": ({"type": "dense", "out": 4, "bias": False}, (5,)),
+    "relu": ({"type": "relu"}, (2, 4, 3)),
+    "sigmoid": ({"type": "sigmoid"}, (6,)),
+    "tanh": ({"type": "tanh"}, (2, 3, 4)),
+    "flatten": ({"type": "flatten"}, (2, 3, 4)),
+    "conv-s1-p0": ({"type": "conv", "out": 3, "k": 3}, (2, 6, 5)),
+    "conv-s1-p1": ({"type": "conv", "out": 3, "k": 3, "pad": 1}, (2, 6, 5)),
+    "conv-s2-p0": ({"type": "conv", "out": 3, "k": 3, "stride": 2}, (2, 7, 6)),
+    "conv-s2-p1": ({"type": "conv", "out": 3, "k": 3, "stride": 2, "pad": 1}, (2, 7, 6)),
+    "conv-s2-p1-nobias": ({"type": "conv", "out": 3, "k": 3, "stride": 2, "pad": 1, "bias": False}, (2, 7, 6)),
+    "conv-k2-s1-p1": ({"type": "conv", "out": 2, "k": 2, "pad": 1}, (3, 4, 5)),
+    "conv-k1": ({"type": "conv", "out": 2, "k": 1}, (3, 4, 5)),
+    "maxpool-2": ({"type": "maxpool", "k": 2}, (2, 6, 4)),
+    "maxpool-3-s2-overlap": ({"type": "maxpool", "k": 3, "stride": 2}, (2, 7, 5)),
+    "maxpool-2-odd-input": ({"type": "maxpool", "k": 2}, (1, 5, 7)),
+    "avgpool-2": ({"type": "avgpool", "k": 2}, (2, 6, 4)),
+    "avgpool-3-s2-overlap": ({"type": "avgpool", "k": 3, "stride": 2}, (2, 7, 5)),
+    "gap": ({"type": "gap"}, (3, 4, 5)),
+    "batchnorm-1d": ({"type": "batchnorm"}, (4,)),
+    "batchnorm-2d": ({"type": "batchnorm"}, (3, 4, 5)),
+}
+
+
+def _input(shape, seed=2, batch=3):
+    return np.random.default_rng(seed).standard_normal((batch, *shape))
+
+
+@pytest.mark.parametrize("spec, shape", GRADCHECK_CASES.values(), ids=GRADCHECK_CASES.keys())
+def test_gradients_match_finite_differences(spec, shape):
+    layer = build_layer(spec, shape)
+    check_layer_gradients(layer, _input(shape), train=True)
+
+
+@pytest.mark.parametrize("shape", [(4,), (3, 4, 5)], ids=["1d", "2d"])
+def test_batchnorm_eval_mode_gradients(shape):
+    """In eval mode the statistics are constants, so the layer is affine in x."""
+    layer = build_layer({"type": "batchnorm"}, shape)
+    rng = np.random.default_rng(5)
+    layer.buffers["running_mean"][...] = rng.standard_normal(shape[0])
+    layer.buffers["running_var"][...] = rng.uniform(0.5, 2.0, shape[0])
+    check_layer_gradients(layer, _input(shape), train=False)
+
+
+@pytest.mark.parametrize("shape", [(6,), (2, 3, 4)])
+def test_dropout_gradients_with_fixed_mask(shape):
+    layer = build_layer({"type": "dropout", "p": 0.4}, shape)
+
+    def same_mask():
+        layer.rng = np.random.default_rng(123)
+
+    errors = check_layer_gradients(layer, _input(shape), train=True, before_forward=same_mask)
+    assert set(errors) == {"x"}
+    # The mask really drops something, and the survivors are scaled by 1/(1-p).
+    same_mask()
+    y = layer.forward(np.ones((3, *shape)), train=True)
+    values = np.unique(y)
+    assert len(values) == 2 and values[0] == 0.0 and values[1] == pytest.approx(1 / 0.6)
+
+
+@pytest.mark.parametrize("spec, shape", GRADCHECK_CASES.values(), ids=GRADCHECK_CASES.keys())
+def test_build_shape_matches_forward_shape(spec, shape):
+    layer = layers.from_spec(spec)
+    out_shape = layer.build(shape, np.random.default_rng(0))
+    y = layer.forward(_input(shape).astype(np.float32), train=True)
+    assert y.shape == (3, *out_shape)
+
+
+def test_dropout_eval_is_identity_and_train_drops_about_p():
+    layer = build_layer({"type": "dropout", "p": 0.25}, (1000,))
+    x = np.ones((20, 1000))
+    assert layer.forward(x, train=False) is x
+    y = layer.forward(x, train=True)
+    assert abs((y == 0).mean() - 0.25) < 0.01
+    assert np.allclose(y[y != 0], 1 / 0.75)
+    assert np.array_equal(layer.backward(np.ones_like(x)), y)  # gradient uses the same mask
+
+
+def test_dropout_rejects_p_outside_unit_interval():
+    with pytest.raises(ValueError, match="dropout p"):
+        layers.from_spec({"type": "dropout", "p": 1.0})
+
+
+def _window_grads(dx, k):
+    """dx: (N, C, H, W) with H, W multiples of k -> (N, C, Ho, Wo, k*k) per non-overlapping window."""
+    n, c, h, w = dx.shape
+    return dx.reshape(n, c, h // k, k, w // k, k).transpose(0, 1, 2, 4, 3, 5).reshape(n, c, h // k, w // k, k * k)
+
+
+def test_maxpool_ties_send_the_gradient_to_exactly_one_element():
+    layer = build_layer({"type": "maxpool", "k": 2}, (2, 4, 6))
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 2, size=(3, 2, 4, 6)).astype(np.float64)  # many windows with tied maxima
+    x[0, 0] = 1.0  # whole channel tied
+    y = layer.forward(x, train=True)
+    dy = rng.uniform(1.0, 2.0, size=y.shape)
+    win = _window_grads(layer.backward(dy), 2)
+    assert np.all((win != 0).sum(axis=-1) == 1)
+    assert np.allclose(win.sum(axis=-1), dy)
+    # The one that gets it is the first maximum in row-major window order (PyTorch's CPU kernel).
+    xwin = _window_grads(x, 2)
+    assert np.array_equal(np.argmax(win != 0, axis=-1), np.argmax(xwin, axis=-1))
+
+
+def test_maxpool_forward_values():
+    x = np.arange(16.0).reshape(1, 1, 4, 4)
+    layer = build_layer({"type": "maxpool", "k": 2}, (1, 4, 4))
+    assert np.array_equal(layer.forward(x)[0, 0], [[5.0, 7.0], [13.0, 15.0]])
+    layer = build_layer({"type": "avgpool", "k": 2}, (1, 4, 4))
+    assert np.array_equal(layer.forward(x)[0, 0], [[2.5, 4.5], [10.5, 12.5]])
+
+
+def test_conv_is_cross_correlation():
+    """A kernel with a single 1 at (0, 1) shifts the image: y[i, j] = x[i, j + 1]."""
+    layer = build_layer({"type": "conv", "out": 1, "k": 2, "bias": False}, (1, 3, 4))
+    layer.params["W"][...] = 0.0
+    layer.params["W"][0, 0, 0, 1] = 1.0
+    x = np.arange(12.0).reshape(1, 1, 3, 4)
+    assert np.array_equal(layer.forward(x)[0, 0], x[0, 0, :2, 1:])
+
+
+def test_batchnorm_train_normalises_and_updates_running_stats():
+    layer = build_layer({"type": "batchnorm", "momentum": 0.1}, (3, 2, 2), randomize=False)
+    x = np.random.default_rng(0).normal(3.0, 2.0, size=(4, 3, 2, 2))
+    y = layer.forward(x, train=True)
+    assert np.allclose(y.mean(axis=(0, 2, 3)), 0.0)
+    assert np.allclose(y.var(axis=(0, 2, 3)), 1.0, atol=1e-4)  # eps = 1e-5
+    assert np.allclose(layer.buffers["running_mean"], 0.1 * x.mean(axis=(0, 2, 3)))
+    assert np.allclose(layer.buffers["running_var"], 0.9 + 0.1 * x.var(axis=(0, 2, 3), ddof=1))
+
+
+def test_first_layer_skips_its_input_gradient():
+    layer = build_layer({"type": "conv", "out": 2, "k": 3}, (1, 5, 5))
+    x = _input((1, 5, 5))
+    y = layer.forward(x, train=True)
+    dy = np.ones_like(y)
+    layer.backward(dy)
+    dw = layer.grads["W"].copy()
+    layer.skip_input_grad = True
+    assert layer.backward(dy) is None
+    assert np.array_equal(layer.grads["W"], dw)  # parameter gradients are still computed
+
+
+@pytest.mark.parametrize("spec", [
+    {"type": "dense", "out": 7, "init": "glorot_uniform", "bias": False},
+    {"type": "conv", "out": 4, "k": 5, "stride": 2, "pad": 1},
+    {"type": "maxpool", "k": 3},
+    {"type": "dropout", "p": 0.1},
+    {"type": "batchnorm", "momentum": 0.2},
+])
+def test_config_round_trips_through_from_spec(spec):
+    layer = layers.from_spec(spec)
+    cfg = layer.config()
+    assert {k: cfg[k] for k in spec} == spec
+    assert layers.from_spec(cfg).config() == cfg

@@ -1,0 +1,135 @@
+"""End to end: the real DVC pipeline on tiny params in a temporary git repository.
+
+MNIST comes from ../shared/mnist (through MNIST_MIRROR) when that folder exists, else from the real fetch.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_MNIST = (ROOT / ".." / "shared" / "mnist").resolve()
+PIPELINE_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", "stages", "nnlib", ".dvc/config"]
+
+pytestmark = pytest.mark.slow
+
+TINY = {
+    "prepare": {"val_size": 200, "max_train": 300, "shard_size": 200, "workers": 2, "augment": {"copies": 1}},
+    "train": {"epochs": 1, "batch_size": 32,
+              "model": [{"type": "flatten"}, {"type": "dense", "out": 32}, {"type": "relu"}, {"type": "dense", "out": 10}]},
+    "evaluate": {"misclassified": 8},
+}
+
+
+def merge(base: dict, override: dict) -> dict:
+    """Recursively override keys of a nested dict."""
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return out
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}  # bytecode must not dirty DVC
+    env["DVC_NO_ANALYTICS"] = "1"
+    if SHARED_MNIST.is_dir():
+        env["MNIST_MIRROR"] = str(SHARED_MNIST)
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def write_params(repo: Path, override: dict) -> None:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    (repo / "params.yaml").write_text(yaml.safe_dump(merge(merge(params, TINY), override), sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    """A git + DVC repository holding a copy of the pipeline, after one `dvc repro` on tiny params."""
+    repo = tmp_path_factory.mktemp("pipeline")
+    for name in PIPELINE_FILES:
+        source, target = ROOT / name, repo / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(source, target)
+    write_params(repo, {})
+    run(["git", "init", "-q"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "pipeline"], repo)
+    run([sys.executable, "-m", "dvc", "repro"], repo)
+    return repo
+
+
+def test_repro_writes_metrics(repo):
+    train = json.loads((repo / "metrics/train.json").read_text())
+    assert train["epochs"] == 1 and train["best_epoch"] == 1
+    assert 0.0 <= train["best_val_accuracy"] <= 1.0
+    evaluation = json.loads((repo / "metrics/eval.json").read_text())
+    assert evaluation["images"] == 10_000
+    assert 0.5 < evaluation["accuracy"] <= 1.0, "even a tiny MLP on 300 images beats chance by far"
+    assert set(evaluation["per_class"]) == {str(d) for d in range(10)}
+    log = (repo / "metrics/train_log.tsv").read_text().splitlines()
+    assert log[0].split("\t") == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
+    assert len(log) == 2
+    predictions = (repo / "metrics/predictions.csv").read_text().splitlines()
+    assert predictions[0] == "actual,predicted" and len(predictions) == 10_001
+    for png in ["curves", "confusion", "misclassified", "augment_preview"]:
+        assert (repo / f"metrics/plots/{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (repo / "models/model.npz").exists()
+
+
+def test_second_repro_runs_nothing(repo):
+    status = run([sys.executable, "-m", "dvc", "status"], repo)
+    assert "up to date" in status.stdout, status.stdout
+    again = run([sys.executable, "-m", "dvc", "repro"], repo)
+    assert "Running stage" not in again.stdout, again.stdout
+
+
+def test_metrics_show(repo):
+    shown = run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], repo)
+    assert "accuracy" in shown.stdout
+
+
+def test_bad_param_exits_2_with_one_line(repo, tmp_path):
+    write_params(repo, {"train": {"epochs": 0}})
+    try:
+        result = run([sys.executable, "stages/train.py"], repo, check=False)
+    finally:
+        write_params(repo, {})
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "train.epochs" in lines[0] and ">= 1" in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_key_names_it(repo):
+    write_params(repo, {"train": {"epoch": 3}})
+    try:
+        result = run([sys.executable, "stages/train.py"], repo, check=False)
+    finally:
+        write_params(repo, {})
+    assert result.returncode == 2 and "train.epoch" in result.stderr
+
+
+def test_divergence_stops_without_writing_a_model(repo):
+    model = repo / "models/model.npz"
+    before = model.read_bytes()
+    write_params(repo, {"train": {"optimizer": {"lr": 1e6}, "schedule": {"name": "constant"}}})
+    try:
+        result = run([sys.executable, "stages/train.py"], repo, check=False)
+    finally:
+        write_params(repo, {})
+    assert result.returncode != 0
+    assert "epoch 1" in result.stderr and "lower train.optimizer.lr" in result.stderr
+    assert model.read_bytes() == before, "a diverged run must not replace the model"
