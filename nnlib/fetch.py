@@ -182,6 +182,8 @@ class Mirror:
 
     def fetch(self, wanted: Mapping[str, str], out_dir: Path) -> None:
         """Write every file of ``wanted`` into ``out_dir``, verified; raise on the first failure."""
+        if not is_url(self.base) and not Path(self.base).is_dir():
+            raise SourceError(f"{self.base} is not a folder")
         for name, sha in wanted.items():
             self.fetch_file(name, sha, out_dir / name)
 
@@ -327,7 +329,7 @@ def default_sources(environ: Mapping[str, str] = os.environ) -> list:
 def by_hand_hint(expected: Mapping[str, str]) -> str:
     """How to supply the files without this module's help."""
     names = ", ".join(f"{name}.gz" for name in expected)
-    return (f"to supply them by hand, download {names} from a mirror (e.g. {PUBLIC_MIRRORS[0]}) "
+    return (f"To supply them by hand, download {names} from a mirror (e.g. {PUBLIC_MIRRORS[0]}) "
             f"into a folder and run again with {MIRROR_ENV}=that-folder")
 
 
