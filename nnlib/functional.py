@@ -1,6 +1,14 @@
 """Pure array kernels that layers and losses share. No state, no parameters.
 
-Images are laid out NCHW: ``x: (N, C, H, W)``. Every function works on NumPy or CuPy arrays.
+Images are NCHW at every layer boundary: ``x: (N, C, H, W)``. Internally the convolution, pooling
+and batch-norm kernels work *channels-last*: an NCHW array whose memory is laid out NHWC, i.e.
+``x = x_nhwc.transpose(0, 3, 1, 2)`` for a C-contiguous ``x_nhwc: (N, H, W, C)``. Such an array
+is an ordinary NCHW array to every caller (same shape, same values); only its strides differ. Keeping
+the memory channels-last lets a convolution be one big 2-D GEMM over an ``(N*Ho*Wo, k*k*C)`` column
+matrix, and lets conv -> batch-norm -> ReLU -> pooling chains run without any transposing copy.
+Every function accepts inputs of any layout (a C-contiguous NCHW array costs one transposing copy).
+
+Every function works on NumPy or CuPy arrays and keeps the input dtype (no float64 upcasts).
 """
 from __future__ import annotations
 
@@ -33,8 +41,253 @@ def conv_output_size(size: int, k: int, stride: int, pad: int) -> int:
     return (size + 2 * pad - k) // stride + 1
 
 
+# --------------------------------------------------------------------------- layout helpers
+
+def is_channels_last(x) -> bool:
+    """True if the NCHW array x has NHWC memory (its (0, 2, 3, 1) transpose is C-contiguous)."""
+    return x.ndim == 4 and x.transpose(0, 2, 3, 1).flags.c_contiguous
+
+
+def to_nhwc(x):
+    """x: (N, C, H, W) -> C-contiguous (N, H, W, C). A free view when x is channels-last, else one copy."""
+    return get_array_module(x).ascontiguousarray(x.transpose(0, 2, 3, 1))
+
+
+def from_nhwc(x_nhwc):
+    """C-contiguous (N, H, W, C) -> the same memory seen as NCHW (N, C, H, W). Never copies."""
+    return x_nhwc.transpose(0, 3, 1, 2)
+
+
+def to_rows(x):
+    """Per-channel data as a C-contiguous matrix: (N, F) -> itself, (N, C, H, W) -> (N*H*W, C).
+
+    Free for a C-contiguous (N, F) or a channels-last image batch; otherwise one copy.
+    """
+    if x.ndim == 2:
+        return get_array_module(x).ascontiguousarray(x)
+    return to_nhwc(x).reshape(-1, x.shape[1])
+
+
+def from_rows(rows, shape):
+    """Inverse of :func:`to_rows`: (M, C) -> (N, F) or channels-last (N, C, H, W) of ``shape``. No copy."""
+    if len(shape) == 2:
+        return rows
+    n, c, h, w = shape
+    return from_nhwc(rows.reshape(n, h, w, c))
+
+
+def column_sums(a):
+    """a: (M, C) -> (C,) sums over the rows, as one (multi-threaded) GEMV: ones(M) @ a."""
+    xp = get_array_module(a)
+    return xp.ones(a.shape[0], dtype=a.dtype) @ a
+
+
+def column_dots(a, b):
+    """a, b: (M, C) -> (C,) with out[c] = sum_m a[m, c] * b[m, c], without an (M, C) temporary."""
+    return get_array_module(a).einsum("mc,mc->c", a, b)
+
+
+# --------------------------------------------------------------------------- convolution (NHWC)
+
+def im2col_nhwc(x_nhwc, k: int, stride: int, pad: int, ones: bool = False):
+    """Unfold k x k windows into the rows of a column matrix.
+
+    x_nhwc: (N, H, W, C), any strides -> cols: (N*Ho*Wo, k*k*C [+ 1]); row (n, ho, wo), column
+    (i, j, c) holds x[n, ho*stride + i - pad, wo*stride + j - pad, c] (zero outside the image).
+    With ``ones`` a last column of ones is appended, so ``cols @ [W; b]`` adds the bias inside the
+    GEMM and ``cols.T @ dy`` yields the bias gradient as its last row.
+
+    The gather is one strided copy, laid out for long contiguous runs: row-major (C-contiguous
+    cols, runs of k*C along (j, c)) when that beats a run along the output width, else K-major
+    (cols is the transpose of a C-contiguous (K, N*Ho*Wo) matrix, runs of Wo; e.g. a first layer
+    with C = 1). Both are plain BLAS operands, so callers need not care which they get.
+    """
+    xp = get_array_module(x_nhwc)
+    n, h, w, c = x_nhwc.shape
+    if pad:
+        padded = xp.zeros((n, h + 2 * pad, w + 2 * pad, c), dtype=x_nhwc.dtype)
+        padded[:, pad : pad + h, pad : pad + w] = x_nhwc
+        x_nhwc = padded
+    else:
+        x_nhwc = xp.ascontiguousarray(x_nhwc)
+    ho = conv_output_size(h, k, stride, pad)
+    wo = conv_output_size(w, k, stride, pad)
+    rows, kk = n * ho * wo, k * k * c
+    sn, sh, sw, sc = x_nhwc.strides
+    as_strided = xp.lib.stride_tricks.as_strided
+    if stride == 1 and 1 < k and k * c < wo:  # K-major: (i, j, c, n, ho, wo)
+        windows = as_strided(x_nhwc, shape=(k, k, c, n, ho, wo), strides=(sh, sw, sc, sn, sh, sw))
+        cols_t = xp.empty((kk + ones, rows), dtype=x_nhwc.dtype)
+        cols_t[:kk].reshape(k, k, c, n, ho, wo)[...] = windows
+        if ones:
+            cols_t[kk] = 1
+        return cols_t.T
+    windows = as_strided(x_nhwc, shape=(n, ho, wo, k, k, c), strides=(sn, sh * stride, sw * stride, sh, sw, sc))
+    if not ones:
+        return windows.reshape(rows, kk)
+    cols = xp.empty((rows, kk + 1), dtype=x_nhwc.dtype)
+    cols[:, :kk].reshape(n, ho, wo, k, k, c)[...] = windows
+    cols[:, kk] = 1
+    return cols
+
+
+def conv2d_input_grad_nhwc(dy_rows, w_kkoc, x_shape_nhwc, stride: int, pad: int):
+    """Gradient of a convolution with respect to its input, channels-last.
+
+    dy_rows: (N*Ho*Wo, O) output gradient; w_kkoc: (k, k, O, C) kernel; x_shape_nhwc: (N, H, W, C).
+    Returns dx: (N, H, W, C) (a view into a padded buffer when pad > 0).
+
+    Equivalent to ``col2im(dy_rows @ w_mat.T)`` but done offset by offset: for each (i, j) one GEMM
+    (N*Ho*Wo, O) @ (O, C) whose cache-sized result is added straight into the shifted input window,
+    so the (N*Ho*Wo, k*k*C) column gradient is never materialised.
+    """
+    xp = get_array_module(dy_rows)
+    n, h, w, c = x_shape_nhwc
+    k = w_kkoc.shape[0]
+    ho = conv_output_size(h, k, stride, pad)
+    wo = conv_output_size(w, k, stride, pad)
+    dx = xp.zeros((n, h + 2 * pad, w + 2 * pad, c), dtype=dy_rows.dtype)
+    for i in range(k):
+        for j in range(k):
+            window = dx[:, i : i + stride * (ho - 1) + 1 : stride, j : j + stride * (wo - 1) + 1 : stride]
+            window += (dy_rows @ w_kkoc[i, j]).reshape(n, ho, wo, c)
+    return dx[:, pad : pad + h, pad : pad + w] if pad else dx
+
+
+# --------------------------------------------------------------------------- ReLU
+
+def relu_forward(x):
+    """max(x, 0) in x's dtype and layout (channels-last images run as their contiguous NHWC view)."""
+    xp = get_array_module(x)
+    if is_channels_last(x):
+        return from_nhwc(xp.maximum(to_nhwc(x), 0))
+    return xp.maximum(x, 0)
+
+
+def relu_backward(dy, y):
+    """dy * (y > 0), with y the forward output; the bool mask is multiplied in without a float copy."""
+    xp = get_array_module(dy)
+    if is_channels_last(dy) and is_channels_last(y):
+        return from_nhwc(xp.multiply(to_nhwc(dy), to_nhwc(y) > 0, dtype=dy.dtype))
+    return xp.multiply(dy, y > 0, dtype=dy.dtype)
+
+
+# --------------------------------------------------------------------------- pooling
+
+def pool_windows(x, k: int, stride: int):
+    """The k*k strided views of a pooling window, in row-major window order (i, j).
+
+    x: (N, C, H, W) -> list of k*k views (N, C, Ho, Wo); view [i*k + j][..., a, b] is
+    x[..., a*stride + i, b*stride + j]. For a 2x2 / stride-2 pool on even H, W these are exactly the
+    four slices of ``x.reshape(N, C, H/2, 2, W/2, 2)``. No copies; any memory layout.
+    """
+    ho = conv_output_size(x.shape[2], k, stride, 0)
+    wo = conv_output_size(x.shape[3], k, stride, 0)
+    h_end, w_end = stride * (ho - 1) + 1, stride * (wo - 1) + 1
+    return [x[:, :, i : i + h_end : stride, j : j + w_end : stride] for i in range(k) for j in range(k)]
+
+
+def empty_images(xp, shape, dtype, channels_last: bool):
+    """An uninitialised NCHW array of ``shape``; its memory is NHWC when ``channels_last``."""
+    if channels_last:
+        n, c, h, w = shape
+        return from_nhwc(xp.empty((n, h, w, c), dtype=dtype))
+    return xp.empty(shape, dtype=dtype)
+
+
+def maxpool_forward(x, k: int, stride: int):
+    """Max over k x k windows. x: (N, C, H, W) -> y: (N, C, Ho, Wo), idx: (N, C, Ho, Wo) uint8.
+
+    ``idx`` is the row-major position (i*k + j) of the *first* maximum of each window, as in
+    PyTorch's CPU kernel, so that the backward routes each gradient to exactly one element.
+    y keeps x's memory layout. The 2x2 case uses a pairwise tree; the general case a running max
+    over the k*k offsets (strict '>' keeps the first maximum).
+    """
+    xp = get_array_module(x)
+    views = pool_windows(x, k, stride)
+    if k == 2:
+        a, b, c, d = views  # (0,0), (0,1), (1,0), (1,1)
+        top, bottom = xp.maximum(a, b), xp.maximum(c, d)
+        idx_top = (b > a).view(xp.uint8)  # 0 or 1; ties -> 0 (a comes first)
+        idx_bottom = (d > c).view(xp.uint8)
+        idx_bottom += 2  # 2 or 3
+        use_bottom = (bottom > top).view(xp.uint8)  # ties -> the top row (comes first)
+        idx = idx_top
+        idx += use_bottom * (idx_bottom - idx_top)  # (2 or 3) - (0 or 1) >= 1: no uint8 wrap
+        y = xp.maximum(top, bottom)
+        return y, idx
+    y = views[0].copy()
+    idx = xp.zeros(y.shape, dtype=xp.uint8 if k * k <= 256 else xp.int32)
+    for t in range(1, k * k):
+        greater = (views[t] > y).view(xp.uint8)
+        idx += greater * (t - idx)  # idx = t where greater; t > idx so no underflow
+        xp.maximum(y, views[t], out=y)
+    return y, idx
+
+
+def maxpool_backward(dy, idx, x_shape, channels_last: bool, k: int, stride: int):
+    """Adjoint of :func:`maxpool_forward`: each dy (N, C, Ho, Wo) goes to the one element idx chose.
+
+    Returns dx: ``x_shape`` (N, C, H, W), channels-last in memory if ``channels_last``.
+    Non-overlapping windows (stride >= k) write each slot once; overlapping ones accumulate.
+    """
+    xp = get_array_module(dy)
+    dy = _like_layout(dy, channels_last)
+    dx = empty_images(xp, x_shape, dy.dtype, channels_last)
+    overlapping = stride < k
+    if not _tiles_exactly(x_shape, dy.shape, k, stride):
+        dx[...] = 0  # elements in no window (or, when overlapping, reached by several) start at 0
+    for t, view in enumerate(pool_windows(dx, k, stride)):
+        if overlapping:
+            view += dy * (idx == t)
+        else:
+            xp.multiply(dy, idx == t, out=view)
+    return dx
+
+
+def _like_layout(dy, channels_last: bool):
+    """dy in channels-last memory when the pool's input was (one small copy if it is not), so the
+    per-offset writes into dx and the reads of dy/idx walk memory in the same order."""
+    if channels_last and not is_channels_last(dy):
+        return from_nhwc(to_nhwc(dy))
+    return dy
+
+
+def _tiles_exactly(x_shape, y_shape, k, stride) -> bool:
+    """True if the k x k windows cover every input element exactly once."""
+    return stride == k and x_shape[2] == k * y_shape[2] and x_shape[3] == k * y_shape[3]
+
+
+def avgpool_forward(x, k: int, stride: int):
+    """Mean over k x k windows. x: (N, C, H, W) -> (N, C, Ho, Wo), same layout and dtype as x."""
+    views = pool_windows(x, k, stride)
+    y = views[0].copy()
+    for view in views[1:]:
+        y += view
+    y *= 1.0 / (k * k)  # a Python float stays in x's dtype
+    return y
+
+
+def avgpool_backward(dy, x_shape, channels_last: bool, k: int, stride: int):
+    """Adjoint of :func:`avgpool_forward`. dy: (N, C, Ho, Wo) -> dx: ``x_shape`` (layout as for max)."""
+    xp = get_array_module(dy)
+    share = _like_layout(dy, channels_last) * (1.0 / (k * k))
+    dx = empty_images(xp, x_shape, dy.dtype, channels_last)
+    overlapping = stride < k
+    if not _tiles_exactly(x_shape, dy.shape, k, stride):
+        dx[...] = 0
+    for view in pool_windows(dx, k, stride):
+        if overlapping:
+            view += share
+        else:
+            view[...] = share
+    return dx
+
+
+# --------------------------------------------------------------------------- legacy NCHW unfold
+
 def im2col(x, kh: int, kw: int, stride: int, pad: int):
-    """Unfold sliding windows into columns.
+    """Unfold sliding windows into columns (NCHW order; the layers use :func:`im2col_nhwc`).
 
     x: (N, C, H, W) -> cols: (N, C*kh*kw, Ho*Wo), ordered (c, i, j) like a conv weight (O, C, kh, kw).
     The windows are a strided view; the one copy happens in the final reshape.

@@ -16,7 +16,24 @@ import numpy as np
 
 from . import init as initializers
 from .backend import DEFAULT_DTYPE, get_array_module, to_device
-from .functional import col2im, conv_output_size, im2col, sigmoid
+from .functional import (
+    avgpool_backward,
+    avgpool_forward,
+    column_dots,
+    column_sums,
+    conv2d_input_grad_nhwc,
+    conv_output_size,
+    from_nhwc,
+    from_rows,
+    im2col_nhwc,
+    is_channels_last,
+    maxpool_backward,
+    maxpool_forward,
+    relu_backward,
+    relu_forward,
+    sigmoid,
+    to_rows,
+)
 
 
 class ShapeError(ValueError):
@@ -95,16 +112,16 @@ class Dense(Layer):
 
 
 class ReLU(Layer):
-    """max(x, 0), elementwise. Any shape."""
+    """max(x, 0), elementwise. Any shape; keeps the input's memory layout."""
 
     type_name = "relu"
 
     def forward(self, x, train=False):
-        self.mask = x > 0
-        return x * self.mask
+        self.y = relu_forward(x)  # one pass; the output doubles as the mask for backward
+        return self.y
 
     def backward(self, dy):
-        return dy * self.mask
+        return relu_backward(dy, self.y)  # dy * (y > 0)
 
 
 class Sigmoid(Layer):
@@ -173,7 +190,10 @@ class Dropout(Layer):
             self.mask = None
             return x
         keep = self.rng.random(x.shape, dtype=np.float32) >= self.p
-        self.mask = to_device(keep.astype(x.dtype) / np.asarray(1.0 - self.p, x.dtype))
+        # mask = keep / (1 - p) in x's dtype (the divisor is cast first, so nothing becomes float64).
+        mask = keep.astype(x.dtype)
+        mask /= np.asarray(1.0 - self.p, x.dtype)
+        self.mask = to_device(mask)
         return x * self.mask
 
     def backward(self, dy):
@@ -181,9 +201,16 @@ class Dropout(Layer):
 
 
 class Conv2D(Layer):
-    """2-D convolution (cross-correlation, as in PyTorch) by im2col + one batched GEMM.
+    """2-D convolution (cross-correlation, as in PyTorch) as one 2-D GEMM over channels-last columns.
 
     x: (N, C, H, W) -> y: (N, out, Ho, Wo); W: (out, C, k, k), b: (out,).
+
+    Internally: cols = im2col_nhwc(x): (N*Ho*Wo, k*k*C + 1), columns ordered (i, j, c) plus a
+    column of ones, and y_rows = cols @ [W_mat; b]: (N*Ho*Wo, out) with W_mat = W as (k*k*C, out).
+    y is returned as an NCHW view of y_rows (channels-last memory, see :mod:`nnlib.functional`), so
+    no transposing copy is made and a following conv / batch-norm / pool reads it in place.
+    Backward: [dW; db] = cols.T @ dy_rows (one GEMM), and (unless ``skip_input_grad``) dx by one
+    (N*Ho*Wo, out) @ (out, C) GEMM per kernel offset, added into the shifted input window.
     """
 
     type_name = "conv"
@@ -206,33 +233,41 @@ class Conv2D(Layer):
         return (self.out, ho, wo)
 
     def forward(self, x, train=False):
-        n, _, h, w = x.shape
-        self.x_shape = x.shape
-        self.cols = im2col(x, self.k, self.k, self.stride, self.pad)  # (N, C*k*k, P)
-        w_mat = self.params["W"].reshape(self.out, -1)  # (out, C*k*k)
-        y = w_mat @ self.cols  # (N, out, P)
-        if self.bias:
-            y += self.params["b"][:, None]
-        ho, wo = (conv_output_size(s, self.k, self.stride, self.pad) for s in (h, w))
-        return y.reshape(n, self.out, ho, wo)
+        n, c, h, w = x.shape
+        k = self.k
+        ho, wo = (conv_output_size(s, k, self.stride, self.pad) for s in (h, w))
+        self.x_shape_nhwc = (n, h, w, c)
+        # (N, H, W, C) view -> cols (N*Ho*Wo, k*k*C [+1 column of ones when there is a bias]).
+        self.cols = im2col_nhwc(x.transpose(0, 2, 3, 1), k, self.stride, self.pad, ones=self.bias)
+        w_mat = self.params["W"].transpose(2, 3, 1, 0).reshape(k * k * c, self.out)  # rows (i, j, c)
+        if self.bias:  # [W; b]: (k*k*C + 1, out), so the GEMM adds the bias
+            w_mat = get_array_module(w_mat).concatenate([w_mat, self.params["b"][None]])
+        y = self.cols @ w_mat  # (N*Ho*Wo, out)
+        return from_nhwc(y.reshape(n, ho, wo, self.out))  # (N, out, Ho, Wo), channels-last memory
 
     def backward(self, dy):
-        n = dy.shape[0]
-        dy = dy.reshape(n, self.out, -1)  # (N, out, P)
-        xp = get_array_module(dy)
-        # dW = sum_n dy[n] @ cols[n].T, done as one GEMM over the (n, p) axes.
-        dw = xp.tensordot(dy, self.cols, axes=([0, 2], [0, 2]))  # (out, C*k*k)
-        self.grads["W"][...] = dw.reshape(self.params["W"].shape)
-        if self.bias:
-            self.grads["b"][...] = dy.sum(axis=(0, 2))
-        if self.skip_input_grad:
+        n, h, w, c = self.x_shape_nhwc
+        k = self.k
+        dy_rows = to_rows(dy)  # (N*Ho*Wo, out); free when dy is channels-last
+        dw = self.cols.T @ dy_rows  # (k*k*C [+1], out): one GEMM over all N*Ho*Wo positions
+        self.grads["W"][...] = dw[: k * k * c].reshape(k, k, c, self.out).transpose(3, 2, 0, 1)
+        if self.bias:  # the ones column of cols makes the last row of dw the column sums of dy
+            self.grads["b"][...] = dw[k * k * c]
+        if self.skip_input_grad:  # first layer: no dx, so no GEMM and no scatter into the image
             return None
-        dcols = self.params["W"].reshape(self.out, -1).T @ dy  # (N, C*k*k, P)
-        return col2im(dcols, self.x_shape, self.k, self.k, self.stride, self.pad)
+        xp = get_array_module(dy_rows)
+        w_kkoc = xp.ascontiguousarray(self.params["W"].transpose(2, 3, 0, 1))  # (k, k, out, C)
+        dx = conv2d_input_grad_nhwc(dy_rows, w_kkoc, self.x_shape_nhwc, self.stride, self.pad)
+        return from_nhwc(dx)  # (N, C, H, W)
 
 
 class _Pool2D(Layer):
-    """Shared shape logic for pooling over k x k windows with a stride (default: k)."""
+    """Shared shape logic for pooling over k x k windows with a stride (default: k).
+
+    The kernels in :mod:`nnlib.functional` work on the k*k strided views of the input (for 2x2 /
+    stride 2: the four slices of x.reshape(N, C, H/2, 2, W/2, 2)), so there is no im2col copy and no
+    loop over pixels; outputs and input gradients keep the input's memory layout.
+    """
 
     def __init__(self, k: int = 2, stride: int | None = None):
         super().__init__()
@@ -247,18 +282,8 @@ class _Pool2D(Layer):
             raise ShapeError(f"{self.type_name} window {self.k} does not fit a {h}x{w} input")
         return (c, ho, wo)
 
-    def _windows(self, x):
-        """x: (N, C, H, W) -> (N, C, Ho, Wo, k*k) window values (a copy)."""
-        n, c, h, w = x.shape
-        cols = im2col(x.reshape(n * c, 1, h, w), self.k, self.k, self.stride, 0)  # (N*C, k*k, P)
-        ho, wo = conv_output_size(h, self.k, self.stride, 0), conv_output_size(w, self.k, self.stride, 0)
-        return cols.reshape(n, c, self.k * self.k, ho, wo)
-
-    def _scatter(self, dwin):
-        """Adjoint of ``_windows``. dwin: (N, C, k*k, Ho, Wo) -> dx: (N, C, H, W)."""
-        n, c, h, w = self.x_shape
-        cols = dwin.reshape(n * c, self.k * self.k, -1)
-        return col2im(cols, (n * c, 1, h, w), self.k, self.k, self.stride, 0).reshape(self.x_shape)
+    def _remember_input(self, x):
+        self.x_shape, self.channels_last = x.shape, is_channels_last(x)
 
 
 class MaxPool2D(_Pool2D):
@@ -267,18 +292,12 @@ class MaxPool2D(_Pool2D):
     type_name = "maxpool"
 
     def forward(self, x, train=False):
-        self.x_shape = x.shape
-        win = self._windows(x)  # (N, C, k*k, Ho, Wo)
-        xp = get_array_module(x)
-        self.argmax = win.argmax(axis=2)
-        return xp.take_along_axis(win, self.argmax[:, :, None], axis=2)[:, :, 0]
+        self._remember_input(x)
+        y, self.argmax = maxpool_forward(x, self.k, self.stride)  # argmax: (N, C, Ho, Wo) uint8
+        return y
 
     def backward(self, dy):
-        xp = get_array_module(dy)
-        n, c, ho, wo = dy.shape
-        dwin = xp.zeros((n, c, self.k * self.k, ho, wo), dtype=dy.dtype)
-        xp.put_along_axis(dwin, self.argmax[:, :, None], dy[:, :, None], axis=2)
-        return self._scatter(dwin)
+        return maxpool_backward(dy, self.argmax, self.x_shape, self.channels_last, self.k, self.stride)
 
 
 class AvgPool2D(_Pool2D):
@@ -287,14 +306,11 @@ class AvgPool2D(_Pool2D):
     type_name = "avgpool"
 
     def forward(self, x, train=False):
-        self.x_shape = x.shape
-        return self._windows(x).mean(axis=2)
+        self._remember_input(x)
+        return avgpool_forward(x, self.k, self.stride)
 
     def backward(self, dy):
-        xp = get_array_module(dy)
-        n, c, ho, wo = dy.shape
-        share = dy[:, :, None] / (self.k * self.k)
-        return self._scatter(xp.broadcast_to(share, (n, c, self.k * self.k, ho, wo)))
+        return avgpool_backward(dy, self.x_shape, self.channels_last, self.k, self.stride)
 
 
 class GlobalAvgPool(Layer):
@@ -323,6 +339,10 @@ class BatchNorm(Layer):
     Train mode normalises by the batch statistics and updates running statistics with
     ``momentum`` (PyTorch convention: running = (1-m)*running + m*batch, unbiased batch variance);
     eval mode normalises by the running statistics. gamma, beta: (F,) or (C,).
+
+    All arithmetic runs on a (M, C) row matrix (M = N or N*H*W; free for channels-last images),
+    with per-channel sums as a GEMV and sums of products by einsum, so no reduction temporaries.
+    Image outputs and input gradients are channels-last.
     """
 
     type_name = "batchnorm"
@@ -342,50 +362,55 @@ class BatchNorm(Layer):
         self._zero_grads()
         return input_shape
 
-    @staticmethod
-    def _axes_and_shape(x):
-        """Reduction axes and the broadcast shape of per-channel vectors for x."""
-        if x.ndim == 2:
-            return (0,), (1, -1)
-        return (0, 2, 3), (1, -1, 1, 1)
-
     def forward(self, x, train=False):
-        axes, shape = self._axes_and_shape(x)
-        gamma, beta = self.params["gamma"].reshape(shape), self.params["beta"].reshape(shape)
+        xp = get_array_module(x)
+        x_rows = to_rows(x)  # (M, C)
+        count = x_rows.shape[0]
+        gamma, beta = self.params["gamma"], self.params["beta"]
+        self.shape, self.count, self.batch_stats = x.shape, count, train
         if train:
-            mean = x.mean(axis=axes)
-            centred = x - mean.reshape(shape)
-            var = (centred * centred).mean(axis=axes)
-            count = x.size // mean.size
+            mean = column_sums(x_rows) / count  # (C,)
+            centred = x_rows - mean  # (M, C); kept for backward (x_hat = centred * inv_std)
+            var = column_dots(centred, centred) / count  # biased batch variance (C,)
             m = self.momentum
             self.buffers["running_mean"] *= 1 - m
             self.buffers["running_mean"] += m * mean
             self.buffers["running_var"] *= 1 - m
             self.buffers["running_var"] += m * var * (count / max(count - 1, 1))
+            self.inv_std = 1.0 / xp.sqrt(var + self.eps)  # (C,), x's dtype (eps is a Python float)
+            self.centred, self.x_rows, self.mean = centred, None, None
+            y = centred * (gamma * self.inv_std)  # = x_hat * gamma, without forming x_hat
+            y += beta
         else:
-            mean, var = self.buffers["running_mean"], self.buffers["running_var"]
-            centred = x - mean.reshape(shape)
-        inv_std = 1.0 / get_array_module(x).sqrt(var + self.eps)
-        self.axes, self.shape, self.batch_stats = axes, shape, train
-        self.x_hat = centred * inv_std.reshape(shape)
-        self.inv_std = inv_std
-        return self.x_hat * gamma + beta
+            mean = self.buffers["running_mean"]
+            self.inv_std = 1.0 / xp.sqrt(self.buffers["running_var"] + self.eps)
+            scale = gamma * self.inv_std
+            # y = x * scale + (beta - mean * scale): two passes; centred is only formed if backward runs.
+            self.centred, self.x_rows, self.mean = None, x_rows, mean
+            y = x_rows * scale
+            y += beta - mean * scale
+        return from_rows(y, x.shape)
 
     def backward(self, dy):
-        axes, shape = self.axes, self.shape
-        self.grads["gamma"][...] = (dy * self.x_hat).sum(axis=axes)
-        self.grads["beta"][...] = dy.sum(axis=axes)
+        dy_rows = to_rows(dy)  # (M, C)
+        centred = self.centred if self.centred is not None else self.x_rows - self.mean
+        inv_std = self.inv_std
+        sum_dy = column_sums(dy_rows)
+        sum_dy_xhat = column_dots(dy_rows, centred) * inv_std  # sum(dy * x_hat) per channel
+        self.grads["gamma"][...] = sum_dy_xhat
+        self.grads["beta"][...] = sum_dy
         if self.skip_input_grad:
             return None
-        scale = (self.params["gamma"] * self.inv_std).reshape(shape)
+        scale = self.params["gamma"] * inv_std  # (C,)
         if not self.batch_stats:  # eval mode: running statistics are constants, the layer is affine
-            return scale * dy
-        # Standard simplified form for batch statistics:
-        # dx = gamma * inv_std * (dy - mean(dy) - x_hat * mean(dy * x_hat))
-        count = dy.size // self.grads["beta"].size
-        mean_dy = (self.grads["beta"] / count).reshape(shape)
-        mean_dy_xhat = (self.grads["gamma"] / count).reshape(shape)
-        return scale * (dy - mean_dy - self.x_hat * mean_dy_xhat)
+            return from_rows(dy_rows * scale, self.shape)
+        # Batch statistics: dx = gamma * inv_std * (dy - mean(dy) - x_hat * mean(dy * x_hat)),
+        # with x_hat * mean(dy * x_hat) = centred * (inv_std * sum_dy_xhat / M): four passes, one buffer.
+        dx = centred * (-inv_std * sum_dy_xhat / self.count)
+        dx += dy_rows
+        dx -= sum_dy / self.count
+        dx *= scale
+        return from_rows(dx, self.shape)
 
 
 LAYERS = {

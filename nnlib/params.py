@@ -96,11 +96,18 @@ def load(path: str | Path = PARAMS_FILE) -> dict:
 
 
 SEED = Field(int, 0, "an integer >= 0", lambda v: v >= 0, "global seed for every random stream")
+TOP_LEVEL_KEYS = ("seed", "preset", "prepare", "train", "evaluate")
 
 
 def load_section(name: str, schema: dict, path: str | Path = PARAMS_FILE) -> tuple[int, dict]:
-    """Load the global ``seed`` and one validated section of params.yaml."""
+    """Load the global ``seed`` and one validated section of params.yaml.
+
+    Unknown top-level keys are refused here too, so a typo such as ``trian:`` never passes silently.
+    """
     data = load(path)
+    unknown = sorted(set(data) - set(TOP_LEVEL_KEYS))
+    if unknown:
+        raise ParamsError(f"{path}: unknown top-level key {unknown[0]!r}: allowed keys are {list(TOP_LEVEL_KEYS)}")
     seed = SEED.validate("seed", data.get("seed", SEED.default))
     return seed, validate(data.get(name), schema, name)
 

@@ -55,6 +55,11 @@ TRAIN_SCHEMA = {
     },
 }
 
+EVALUATE_SCHEMA = {
+    "batch_size": Field(int, 1000, "an integer >= 1", positive, "images per forward pass"),
+    "misclassified": Field(int, 40, "an integer in [0, 200]", lambda v: 0 <= v <= 200, "misclassified test digits shown in the grid"),
+}
+
 
 class Diverged(RuntimeError):
     """The training loss became NaN or infinite."""

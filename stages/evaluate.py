@@ -12,18 +12,13 @@ from nnlib import plots
 from nnlib.data import load_shard, read_manifest
 from nnlib.io import load_model, write_json, write_text
 from nnlib.metrics import confusion_matrix, per_class_accuracy
-from nnlib.params import Field, InputError, load_section, run_stage
-from nnlib.training import evaluate, make_loss
+from nnlib.params import InputError, load_section, run_stage
+from nnlib.training import EVALUATE_SCHEMA, evaluate, make_loss
 
 SHARDS = Path("data/shards")
 MODEL = Path("models/model.npz")
 METRICS = Path("metrics")
 PLOTS = METRICS / "plots"
-
-EVALUATE_SCHEMA = {
-    "batch_size": Field(int, 1000, "an integer >= 1", lambda v: v >= 1, "images per forward pass"),
-    "misclassified": Field(int, 40, "an integer in [0, 200]", lambda v: 0 <= v <= 200, "misclassified test digits shown in the grid"),
-}
 
 
 def read_log(path: Path) -> list[dict]:

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 TINY = {
     "prepare": {"val_size": 200, "max_train": 300, "shard_size": 200, "workers": 2, "augment": {"copies": 1}},
-    "train": {"epochs": 1, "batch_size": 32,
+    "train": {"epochs": 2, "batch_size": 32, "images_per_epoch": 600,
               "model": [{"type": "flatten"}, {"type": "dense", "out": 32}, {"type": "relu"}, {"type": "dense", "out": 10}]},
     "evaluate": {"misclassified": 8},
 }
@@ -73,15 +73,15 @@ def repo(tmp_path_factory) -> Path:
 
 def test_repro_writes_metrics(repo):
     train = json.loads((repo / "metrics/train.json").read_text())
-    assert train["epochs"] == 1 and train["best_epoch"] == 1
+    assert train["epochs"] == 2 and train["best_epoch"] in (1, 2)
     assert 0.0 <= train["best_val_accuracy"] <= 1.0
     evaluation = json.loads((repo / "metrics/eval.json").read_text())
     assert evaluation["images"] == 10_000
-    assert 0.5 < evaluation["accuracy"] <= 1.0, "even a tiny MLP on 300 images beats chance by far"
+    assert 0.5 < evaluation["accuracy"] <= 1.0, "a small MLP on 300 images beats chance (0.1) by far"
     assert set(evaluation["per_class"]) == {str(d) for d in range(10)}
     log = (repo / "metrics/train_log.tsv").read_text().splitlines()
     assert log[0].split("\t") == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
-    assert len(log) == 2
+    assert len(log) == 3
     predictions = (repo / "metrics/predictions.csv").read_text().splitlines()
     assert predictions[0] == "actual,predicted" and len(predictions) == 10_001
     for png in ["curves", "confusion", "misclassified", "augment_preview"]:
@@ -125,7 +125,8 @@ def test_unknown_key_names_it(repo):
 def test_divergence_stops_without_writing_a_model(repo):
     model = repo / "models/model.npz"
     before = model.read_bytes()
-    write_params(repo, {"train": {"optimizer": {"lr": 1e6}, "schedule": {"name": "constant"}}})
+    # A quadratic loss on unbounded outputs explodes geometrically at this learning rate.
+    write_params(repo, {"train": {"loss": {"name": "mse"}, "optimizer": {"lr": 50.0}, "schedule": {"name": "constant"}}})
     try:
         result = run([sys.executable, "stages/train.py"], repo, check=False)
     finally:

@@ -1,0 +1,22 @@
+"""Stage `prepare`: data/raw -> data/shards (train shards, val, test, manifest) + augmentation preview.
+
+Run from the repository root: ``python stages/prepare.py``. Reads ``seed`` and the ``prepare``
+section of params.yaml only; see nnlib/shards.py for the schema and the layout of the outputs.
+"""
+from nnlib import shards
+from nnlib.params import run_stage
+
+
+def main() -> None:
+    seed, params = shards.load_params()
+    manifest = shards.prepare(seed, params)
+    n_train = sum(entry["count"] for entry in manifest["train_shards"])
+    print(
+        f"prepare: {len(manifest['train_shards'])} train shards ({n_train} images: "
+        f"{manifest['train_split_size']} x {manifest['copies'] + 1}), "
+        f"val {manifest['val']['count']}, test {manifest['test']['count']} -> {shards.SHARDS_DIR}"
+    )
+
+
+if __name__ == "__main__":
+    run_stage(main)
