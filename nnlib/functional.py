@@ -174,25 +174,38 @@ def relu_backward(dy, y):
 
 # --------------------------------------------------------------------------- pooling
 
-def pool_windows(x, k: int, stride: int):
+def pool_windows(x, k: int, stride: int, axes=(2, 3)):
     """The k*k strided views of a pooling window, in row-major window order (i, j).
 
-    x: (N, C, H, W) -> list of k*k views (N, C, Ho, Wo); view [i*k + j][..., a, b] is
-    x[..., a*stride + i, b*stride + j]. For a 2x2 / stride-2 pool on even H, W these are exactly the
-    four slices of ``x.reshape(N, C, H/2, 2, W/2, 2)``. No copies; any memory layout.
+    x: (N, C, H, W) (or any array with its two spatial dims at ``axes``) -> list of k*k views of the
+    output shape; view [i*k + j][..., a, b] is x[..., a*stride + i, b*stride + j]. For a 2x2 /
+    stride-2 pool on even H, W these are exactly the four slices of x.reshape(N, C, H/2, 2, W/2, 2).
+    No copies.
     """
-    ho = conv_output_size(x.shape[2], k, stride, 0)
-    wo = conv_output_size(x.shape[3], k, stride, 0)
+    h_axis, w_axis = axes
+    ho = conv_output_size(x.shape[h_axis], k, stride, 0)
+    wo = conv_output_size(x.shape[w_axis], k, stride, 0)
     h_end, w_end = stride * (ho - 1) + 1, stride * (wo - 1) + 1
-    return [x[:, :, i : i + h_end : stride, j : j + w_end : stride] for i in range(k) for j in range(k)]
+    views = []
+    for i in range(k):
+        for j in range(k):
+            index = [slice(None)] * x.ndim
+            index[h_axis] = slice(i, i + h_end, stride)
+            index[w_axis] = slice(j, j + w_end, stride)
+            views.append(x[tuple(index)])
+    return views
 
 
-def empty_images(xp, shape, dtype, channels_last: bool):
-    """An uninitialised NCHW array of ``shape``; its memory is NHWC when ``channels_last``."""
-    if channels_last:
-        n, c, h, w = shape
-        return from_nhwc(xp.empty((n, h, w, c), dtype=dtype))
-    return xp.empty(shape, dtype=dtype)
+def _pool_operand(x, channels_last: bool):
+    """The array a pool kernel walks, and its spatial axes: a channels-last x as its contiguous
+    (N, H, W, C) view (one copy if it is not channels-last yet), else x itself, NCHW."""
+    return (to_nhwc(x), (1, 2)) if channels_last else (x, (2, 3))
+
+
+def _empty_operand(xp, x_shape, dtype, channels_last: bool):
+    """Uninitialised dx in the layout :func:`_pool_operand` uses: (N, H, W, C) or (N, C, H, W)."""
+    n, c, h, w = x_shape
+    return xp.empty((n, h, w, c) if channels_last else x_shape, dtype=dtype)
 
 
 def maxpool_forward(x, k: int, stride: int):
@@ -200,57 +213,53 @@ def maxpool_forward(x, k: int, stride: int):
 
     ``idx`` is the row-major position (i*k + j) of the *first* maximum of each window, as in
     PyTorch's CPU kernel, so that the backward routes each gradient to exactly one element.
-    y keeps x's memory layout. The 2x2 case uses a pairwise tree; the general case a running max
-    over the k*k offsets (strict '>' keeps the first maximum).
+    y and idx keep x's memory layout. The 2x2 case uses a pairwise tree; the general case a running
+    max over the k*k offsets (strict '>' keeps the first maximum).
     """
     xp = get_array_module(x)
-    views = pool_windows(x, k, stride)
+    channels_last = is_channels_last(x)
+    a, axes = _pool_operand(x, channels_last)
+    views = pool_windows(a, k, stride, axes)
     if k == 2:
-        a, b, c, d = views  # (0,0), (0,1), (1,0), (1,1)
-        top, bottom = xp.maximum(a, b), xp.maximum(c, d)
-        idx_top = (b > a).view(xp.uint8)  # 0 or 1; ties -> 0 (a comes first)
-        idx_bottom = (d > c).view(xp.uint8)
+        v00, v01, v10, v11 = views
+        top, bottom = xp.maximum(v00, v01), xp.maximum(v10, v11)
+        idx = (v01 > v00).view(xp.uint8)  # 0 or 1; ties -> 0 (comes first)
+        idx_bottom = (v11 > v10).view(xp.uint8)
         idx_bottom += 2  # 2 or 3
         use_bottom = (bottom > top).view(xp.uint8)  # ties -> the top row (comes first)
-        idx = idx_top
-        idx += use_bottom * (idx_bottom - idx_top)  # (2 or 3) - (0 or 1) >= 1: no uint8 wrap
+        idx += use_bottom * (idx_bottom - idx)  # (2 or 3) - (0 or 1) >= 1: no uint8 wrap-around
         y = xp.maximum(top, bottom)
-        return y, idx
-    y = views[0].copy()
-    idx = xp.zeros(y.shape, dtype=xp.uint8 if k * k <= 256 else xp.int32)
-    for t in range(1, k * k):
-        greater = (views[t] > y).view(xp.uint8)
-        idx += greater * (t - idx)  # idx = t where greater; t > idx so no underflow
-        xp.maximum(y, views[t], out=y)
+    else:
+        y = views[0].copy()
+        idx = xp.zeros(y.shape, dtype=xp.uint8 if k * k <= 256 else xp.int32)
+        for t in range(1, k * k):
+            greater = (views[t] > y).view(xp.uint8)
+            idx += greater * (t - idx)  # idx = t where greater; t > idx, so no underflow
+            xp.maximum(y, views[t], out=y)
+    if channels_last:
+        return from_nhwc(y), from_nhwc(idx)
     return y, idx
 
 
 def maxpool_backward(dy, idx, x_shape, channels_last: bool, k: int, stride: int):
     """Adjoint of :func:`maxpool_forward`: each dy (N, C, Ho, Wo) goes to the one element idx chose.
 
-    Returns dx: ``x_shape`` (N, C, H, W), channels-last in memory if ``channels_last``.
-    Non-overlapping windows (stride >= k) write each slot once; overlapping ones accumulate.
+    Returns dx: ``x_shape`` (N, C, H, W), channels-last in memory if ``channels_last`` (the
+    forward input's layout). Non-overlapping windows write each slot once; overlapping ones add.
     """
     xp = get_array_module(dy)
-    dy = _like_layout(dy, channels_last)
-    dx = empty_images(xp, x_shape, dy.dtype, channels_last)
+    g, axes = _pool_operand(dy, channels_last)
+    idx, _ = _pool_operand(idx, channels_last)
+    dx = _empty_operand(xp, x_shape, dy.dtype, channels_last)
     overlapping = stride < k
     if not _tiles_exactly(x_shape, dy.shape, k, stride):
         dx[...] = 0  # elements in no window (or, when overlapping, reached by several) start at 0
-    for t, view in enumerate(pool_windows(dx, k, stride)):
+    for t, view in enumerate(pool_windows(dx, k, stride, axes)):
         if overlapping:
-            view += dy * (idx == t)
+            view += g * (idx == t)
         else:
-            xp.multiply(dy, idx == t, out=view)
-    return dx
-
-
-def _like_layout(dy, channels_last: bool):
-    """dy in channels-last memory when the pool's input was (one small copy if it is not), so the
-    per-offset writes into dx and the reads of dy/idx walk memory in the same order."""
-    if channels_last and not is_channels_last(dy):
-        return from_nhwc(to_nhwc(dy))
-    return dy
+            xp.multiply(g, idx == t, out=view)
+    return from_nhwc(dx) if channels_last else dx
 
 
 def _tiles_exactly(x_shape, y_shape, k, stride) -> bool:
@@ -260,28 +269,31 @@ def _tiles_exactly(x_shape, y_shape, k, stride) -> bool:
 
 def avgpool_forward(x, k: int, stride: int):
     """Mean over k x k windows. x: (N, C, H, W) -> (N, C, Ho, Wo), same layout and dtype as x."""
-    views = pool_windows(x, k, stride)
+    channels_last = is_channels_last(x)
+    a, axes = _pool_operand(x, channels_last)
+    views = pool_windows(a, k, stride, axes)
     y = views[0].copy()
     for view in views[1:]:
         y += view
     y *= 1.0 / (k * k)  # a Python float stays in x's dtype
-    return y
+    return from_nhwc(y) if channels_last else y
 
 
 def avgpool_backward(dy, x_shape, channels_last: bool, k: int, stride: int):
     """Adjoint of :func:`avgpool_forward`. dy: (N, C, Ho, Wo) -> dx: ``x_shape`` (layout as for max)."""
     xp = get_array_module(dy)
-    share = _like_layout(dy, channels_last) * (1.0 / (k * k))
-    dx = empty_images(xp, x_shape, dy.dtype, channels_last)
+    g, axes = _pool_operand(dy, channels_last)
+    share = g * (1.0 / (k * k))
+    dx = _empty_operand(xp, x_shape, dy.dtype, channels_last)
     overlapping = stride < k
     if not _tiles_exactly(x_shape, dy.shape, k, stride):
         dx[...] = 0
-    for view in pool_windows(dx, k, stride):
+    for view in pool_windows(dx, k, stride, axes):
         if overlapping:
             view += share
         else:
             view[...] = share
-    return dx
+    return from_nhwc(dx) if channels_last else dx
 
 
 # --------------------------------------------------------------------------- legacy NCHW unfold

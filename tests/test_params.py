@@ -1,0 +1,79 @@
+"""params.yaml validation, and the README's reference table staying complete."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nnlib import params, shards, training
+from nnlib.params import Field, ParamsError, validate
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMAS = {"prepare": shards.SCHEMA, "train": training.TRAIN_SCHEMA, "evaluate": training.EVALUATE_SCHEMA}
+
+
+def key_paths(schema: dict, prefix: str):
+    for key, spec in schema.items():
+        if isinstance(spec, dict):
+            yield from key_paths(spec, f"{prefix}.{key}")
+        else:
+            yield f"{prefix}.{key}"
+
+
+def test_readme_documents_every_key():
+    readme = (ROOT / "README.md").read_text()
+    missing = [p for name, schema in SCHEMAS.items() for p in key_paths(schema, name) if f"| `{p}` |" not in readme]
+    assert not missing, f"README.md's params table lacks {missing}"
+
+
+def test_repository_params_are_valid():
+    data = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert set(data) <= set(params.TOP_LEVEL_KEYS)
+    for name, schema in SCHEMAS.items():
+        validate(data.get(name), schema, name)
+
+
+@pytest.mark.parametrize(
+    "section, message",
+    [
+        ({"epochs": 0}, "train.epochs must be an integer >= 1, got 0"),
+        ({"epochs": 2.5}, "train.epochs must be an integer >= 1, got 2.5"),
+        ({"epochs": True}, "train.epochs"),
+        ({"epoch": 3}, "unknown key train.epoch"),
+        ({"optimizer": {"lr": 0}}, "train.optimizer.lr must be a number > 0"),
+        ({"optimizer": {"lr": "fast"}}, "train.optimizer.lr"),
+        ({"optimizer": {"name": "rmsprop"}}, "train.optimizer.name must be one of ['adam', 'adamw', 'sgd']"),
+        ({"select": "best"}, "train.select must be 'last' or 'best_val'"),
+    ],
+)
+def test_bad_train_values_name_the_key(section, message):
+    section = {"model": [{"type": "flatten"}, {"type": "dense", "out": 10}], **section}
+    with pytest.raises(ParamsError) as err:
+        validate(section, training.TRAIN_SCHEMA, "train")
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_required_key():
+    with pytest.raises(ParamsError, match="missing key train.model"):
+        validate({}, training.TRAIN_SCHEMA, "train")
+
+
+def test_defaults_are_filled_and_ints_accepted_as_floats():
+    out = validate({"model": [{"type": "flatten"}], "optimizer": {"lr": 1}}, training.TRAIN_SCHEMA, "train")
+    assert out["optimizer"]["lr"] == 1.0 and isinstance(out["optimizer"]["lr"], float)
+    assert out["epochs"] == training.TRAIN_SCHEMA["epochs"].default
+
+
+def test_unknown_top_level_key(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("seed: 1\ntrian: {}\n")
+    with pytest.raises(ParamsError, match="unknown top-level key 'trian'"):
+        params.load_section("train", training.TRAIN_SCHEMA, path)
+
+
+def test_field_check_that_raises_counts_as_invalid():
+    field = Field(list, [], "a list of two numbers", lambda v: len(v) == 2 and v[0] < v[1])
+    with pytest.raises(ParamsError):
+        field.validate("x.y", ["a", 1])
