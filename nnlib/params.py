@@ -96,6 +96,7 @@ def load(path: str | Path = PARAMS_FILE) -> dict:
 
 
 SEED = Field(int, 0, "an integer >= 0", lambda v: v >= 0, "global seed for every random stream")
+PRESET = Field(str, "custom", "the name of a preset in conf/preset/ (a string)", None, "which preset params.yaml was composed from")
 TOP_LEVEL_KEYS = ("seed", "preset", "prepare", "train", "evaluate")
 
 
@@ -109,6 +110,7 @@ def load_section(name: str, schema: dict, path: str | Path = PARAMS_FILE) -> tup
     if unknown:
         raise ParamsError(f"{path}: unknown top-level key {unknown[0]!r}: allowed keys are {list(TOP_LEVEL_KEYS)}")
     seed = SEED.validate("seed", data.get("seed", SEED.default))
+    PRESET.validate("preset", data.get("preset", PRESET.default))
     return seed, validate(data.get(name), schema, name)
 
 

@@ -1,12 +1,16 @@
 """params.yaml validation, and the README's reference table staying complete."""
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
+
+import numpy as np
 
 import pytest
 import yaml
 
 from nnlib import params, shards, training
+from nnlib.model import Sequential
 from nnlib.params import Field, ParamsError, validate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,6 +29,40 @@ def test_readme_documents_every_key():
     readme = (ROOT / "README.md").read_text()
     missing = [p for name, schema in SCHEMAS.items() for p in key_paths(schema, name) if f"| `{p}` |" not in readme]
     assert not missing, f"README.md's params table lacks {missing}"
+
+
+def compose(*overrides: str) -> dict:
+    """What `dvc exp run -S ...` writes to params.yaml: DVC's own Hydra composition of conf/."""
+    from dvc.utils.hydra import compose_and_dump  # noqa: PLC0415 - dvc is a dependency, but heavy
+
+    out = Path(tempfile.mkdtemp()) / "params.yaml"
+    compose_and_dump(out, str(ROOT / "conf"), None, "config", "", list(overrides))
+    return yaml.safe_load(out.read_text())
+
+
+PRESETS = sorted(p.stem for p in (ROOT / "conf" / "preset").glob("*.yaml"))
+
+
+def test_params_yaml_is_the_composed_default():
+    """`dvc exp run` recomposes params.yaml from conf/: the committed file must be what it would write."""
+    assert yaml.safe_load((ROOT / "params.yaml").read_text()) == compose()
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_is_valid_and_builds(preset):
+    data = compose(f"preset={preset}")
+    assert data["preset"] == preset
+    assert set(data) == set(params.TOP_LEVEL_KEYS)
+    checked = {name: validate(data[name], schema, name) for name, schema in SCHEMAS.items()}
+    for name, schema in SCHEMAS.items():  # every effective value is spelled out: nothing left to defaults
+        assert set(key_paths(schema, name)) == set(key_paths(data[name], name)), name
+    model = Sequential.from_specs(checked["train"]["model"], (1, 28, 28), np.random.default_rng(0))
+    assert model.output_shape == (10,)
+
+
+def test_preset_override_of_one_value():
+    data = compose("preset=nielsen", "train.epochs=5")
+    assert data["train"]["epochs"] == 5 and data["train"]["batch_size"] == 10
 
 
 def test_repository_params_are_valid():

@@ -16,7 +16,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_MNIST = (ROOT / ".." / "shared" / "mnist").resolve()
-PIPELINE_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", "stages", "nnlib", ".dvc/config"]
+PIPELINE_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", "stages", "nnlib", "conf", ".dvc/config"]
 
 pytestmark = pytest.mark.slow
 
@@ -134,3 +134,28 @@ def test_divergence_stops_without_writing_a_model(repo):
     assert result.returncode != 0
     assert "epoch 1" in result.stderr and "lower train.optimizer.lr" in result.stderr
     assert model.read_bytes() == before, "a diverged run must not replace the model"
+
+
+def test_missing_model_names_the_file_and_its_stage(repo):
+    model = repo / "models/model.npz"
+    kept = model.read_bytes()
+    model.unlink()
+    try:
+        result = run([sys.executable, "stages/evaluate.py"], repo, check=False)
+    finally:
+        model.write_bytes(kept)
+    assert result.returncode == 1
+    assert "models/model.npz is missing" in result.stderr and "train stage" in result.stderr
+
+
+def test_exp_run_with_a_preset_records_every_value(repo):
+    """Runs last: `dvc exp run -S preset=...` recomposes params.yaml from conf/ through Hydra."""
+    tiny = ["prepare.max_train=300", "prepare.val_size=200", "prepare.shard_size=200", "prepare.augment.copies=1",
+            "train.epochs=1", "train.images_per_epoch=300"]
+    run([sys.executable, "-m", "dvc", "exp", "run", "-S", "preset=mlp-momentum", *[a for o in tiny for a in ("-S", o)]], repo)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    assert params["preset"] == "mlp-momentum"
+    assert params["train"]["batch_size"] == 32 and params["train"]["epochs"] == 1
+    assert params["train"]["optimizer"]["momentum"] == 0.9  # effective values, not just the preset's name
+    shown = run([sys.executable, "-m", "dvc", "exp", "show", "--json"], repo)
+    assert "mlp-momentum" in shown.stdout
