@@ -21,7 +21,20 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _nnlib_root(argv) -> str:
+    """--nnlib-root DIR (read before argparse, since it decides what gets imported)."""
+    for i, arg in enumerate(argv):
+        if arg == "--nnlib-root" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--nnlib-root="):
+            return arg.split("=", 1)[1]
+    return str(REPO)
+
+
+sys.path.insert(0, _nnlib_root(sys.argv[1:]))
 
 import numpy as np  # noqa: E402
 
@@ -55,6 +68,8 @@ def parse_args(argv=None):
     p.add_argument("--breakdown-batches", type=int, default=20, help="batches for the per-layer table (0: skip)")
     p.add_argument("--no-torch", action="store_true", help="time nnlib only")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--nnlib-root", default=str(REPO),
+                   help="directory holding the nnlib package to time (default: this checkout), for A/B runs")
     return p.parse_args(argv)
 
 
@@ -178,6 +193,9 @@ def main(argv=None):
     args = parse_args(argv)
     limiter, blas_desc = limit_threads(args.threads)
     env = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS") if k in os.environ}
+    import nnlib
+
+    print(f"nnlib from {Path(nnlib.__file__).parent}")
     print(f"numpy {np.__version__}; BLAS: {blas_desc}; env: {env or 'no OPENBLAS_* set'}")
 
     rng = np.random.default_rng(args.seed)

@@ -76,6 +76,22 @@ def from_rows(rows, shape):
     return from_nhwc(rows.reshape(n, h, w, c))
 
 
+def wide_rows(rows, *vectors, width: int = 16384):
+    """Re-block an (M, C) C-contiguous matrix so per-channel broadcasts run in long inner loops.
+
+    rows: (M, C); vectors: per-channel (C,) arrays. Returns (rows viewed as (M/r, r*C), each vector
+    tiled r times to (r*C,)), with r the largest power of two dividing M and r*C <= width. The
+    elementwise result is identical; NumPy just makes M/r ufunc inner-loop calls instead of M
+    calls of length C (C = 32 leaves the loop overhead-bound). r = 1 when M is odd.
+    """
+    xp = get_array_module(rows)
+    m, c = rows.shape
+    r = 1
+    while m % (2 * r) == 0 and 2 * r * c <= width:
+        r *= 2
+    return (rows.reshape(m // r, r * c), *(xp.tile(v, r) for v in vectors))
+
+
 def column_sums(a):
     """a: (M, C) -> (C,) sums over the rows, as one (multi-threaded) GEMV: ones(M) @ a."""
     xp = get_array_module(a)
@@ -223,8 +239,9 @@ def maxpool_forward(x, k: int, stride: int):
     if k == 2:
         v00, v01, v10, v11 = views
         top, bottom = xp.maximum(v00, v01), xp.maximum(v10, v11)
-        idx = (v01 > v00).view(xp.uint8)  # 0 or 1; ties -> 0 (comes first)
-        idx_bottom = (v11 > v10).view(xp.uint8)
+        # top != v00 <=> v01 > v00, but reads only v00's half of x again. Ties -> 0 (comes first).
+        idx = (top != v00).view(xp.uint8)  # 0 or 1
+        idx_bottom = (bottom != v10).view(xp.uint8)
         idx_bottom += 2  # 2 or 3
         use_bottom = (bottom > top).view(xp.uint8)  # ties -> the top row (comes first)
         idx += use_bottom * (idx_bottom - idx)  # (2 or 3) - (0 or 1) >= 1: no uint8 wrap-around

@@ -33,6 +33,7 @@ from .functional import (
     relu_forward,
     sigmoid,
     to_rows,
+    wide_rows,
 )
 
 
@@ -370,7 +371,8 @@ class BatchNorm(Layer):
         self.shape, self.count, self.batch_stats = x.shape, count, train
         if train:
             mean = column_sums(x_rows) / count  # (C,)
-            centred = x_rows - mean  # (M, C); kept for backward (x_hat = centred * inv_std)
+            wide, wide_mean = wide_rows(x_rows, mean)
+            centred = (wide - wide_mean).reshape(x_rows.shape)  # (M, C); x_hat = centred * inv_std
             var = column_dots(centred, centred) / count  # biased batch variance (C,)
             m = self.momentum
             self.buffers["running_mean"] *= 1 - m
@@ -379,17 +381,19 @@ class BatchNorm(Layer):
             self.buffers["running_var"] += m * var * (count / max(count - 1, 1))
             self.inv_std = 1.0 / xp.sqrt(var + self.eps)  # (C,), x's dtype (eps is a Python float)
             self.centred, self.x_rows, self.mean = centred, None, None
-            y = centred * (gamma * self.inv_std)  # = x_hat * gamma, without forming x_hat
-            y += beta
+            wide, scale, shift = wide_rows(centred, gamma * self.inv_std, beta)
+            y = wide * scale  # = x_hat * gamma, without forming x_hat
+            y += shift
         else:
             mean = self.buffers["running_mean"]
             self.inv_std = 1.0 / xp.sqrt(self.buffers["running_var"] + self.eps)
             scale = gamma * self.inv_std
             # y = x * scale + (beta - mean * scale): two passes; centred is only formed if backward runs.
             self.centred, self.x_rows, self.mean = None, x_rows, mean
-            y = x_rows * scale
-            y += beta - mean * scale
-        return from_rows(y, x.shape)
+            wide, scale, shift = wide_rows(x_rows, scale, beta - mean * scale)
+            y = wide * scale
+            y += shift
+        return from_rows(y.reshape(x_rows.shape), x.shape)
 
     def backward(self, dy):
         dy_rows = to_rows(dy)  # (M, C)
@@ -403,14 +407,16 @@ class BatchNorm(Layer):
             return None
         scale = self.params["gamma"] * inv_std  # (C,)
         if not self.batch_stats:  # eval mode: running statistics are constants, the layer is affine
-            return from_rows(dy_rows * scale, self.shape)
+            wide_dy, wide_scale = wide_rows(dy_rows, scale)
+            return from_rows((wide_dy * wide_scale).reshape(dy_rows.shape), self.shape)
         # Batch statistics: dx = gamma * inv_std * (dy - mean(dy) - x_hat * mean(dy * x_hat)),
         # with x_hat * mean(dy * x_hat) = centred * (inv_std * sum_dy_xhat / M): four passes, one buffer.
-        dx = centred * (-inv_std * sum_dy_xhat / self.count)
-        dx += dy_rows
-        dx -= sum_dy / self.count
+        wide_c, a, b, scale = wide_rows(centred, -inv_std * sum_dy_xhat / self.count, sum_dy / self.count, scale)
+        dx = wide_c * a
+        dx += dy_rows.reshape(dx.shape)
+        dx -= b
         dx *= scale
-        return from_rows(dx, self.shape)
+        return from_rows(dx.reshape(dy_rows.shape), self.shape)
 
 
 LAYERS = {
