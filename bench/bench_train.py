@@ -136,10 +136,11 @@ def build_torch(seed, threads):
 
 
 def time_steps(step, xs, ys, start, count):
-    t0 = time.perf_counter()
+    """(wall seconds, process CPU seconds over all threads) for ``count`` training steps."""
+    t0, c0 = time.perf_counter(), time.process_time()
     for i in range(start, start + count):
         step(xs[i % len(xs)], ys[i % len(ys)])
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def breakdown(model, loss, opt, xs, ys, batches):
@@ -218,21 +219,28 @@ def main(argv=None):
 
     per_round = max(1, args.batches // args.rounds)
     times = {name: [] for name in steps}
+    cpu = {name: [] for name in steps}
     for r in range(args.rounds):
         for name, step in steps.items():  # interleaved: nnlib chunk, torch chunk, nnlib chunk, ...
-            times[name].append(time_steps(step, *data[name], r * per_round, per_round) / per_round)
+            wall, cpu_s = time_steps(step, *data[name], r * per_round, per_round)
+            times[name].append(wall / per_round)
+            cpu[name].append(cpu_s / per_round)
 
     per_batch = {name: statistics.median(t) for name, t in times.items()}
+    cpu_batch = {name: statistics.median(t) for name, t in cpu.items()}
     spread = {name: (min(t), max(t)) for name, t in times.items()}
     epoch_batches = EPOCH_IMAGES / args.batch_size
     print(f"\n{args.rounds} rounds x {per_round} batches of {args.batch_size}, median per round "
           f"(epoch = {EPOCH_IMAGES} images = {epoch_batches:.1f} batches)")
-    print(f"{'framework':<10} {'ms/batch':>9} {'[min..max]':>16} {'s/epoch':>8} {'images/s':>9} {'vs torch':>9}")
+    print(f"{'framework':<10} {'ms/batch':>9} {'[min..max]':>16} {'s/epoch':>8} {'images/s':>9} {'vs torch':>9}"
+          f" {'cpu ms/batch':>13}")
     for name, t in per_batch.items():
         ratio = f"{t / per_batch['torch']:.2f}x" if "torch" in per_batch else "-"
         lo, hi = spread[name]
         print(f"{name:<10} {t * 1e3:9.1f} {f'[{lo * 1e3:.0f}..{hi * 1e3:.0f}]':>16} {t * epoch_batches:8.1f} "
-              f"{args.batch_size / t:9.0f} {ratio:>9}")
+              f"{args.batch_size / t:9.0f} {ratio:>9} {cpu_batch[name] * 1e3:13.1f}")
+    print("(cpu ms/batch: process CPU time over all threads, including BLAS threads that spin while waiting;\n"
+          " with --threads 1 it is the compute time itself and barely moves when other processes compete)")
 
     if args.breakdown_batches:
         rows = breakdown(model, loss, opt, xs, ys, args.breakdown_batches)
