@@ -126,7 +126,7 @@ def test_divergence_stops_without_writing_a_model(repo):
     model = repo / "models/model.npz"
     before = model.read_bytes()
     # A quadratic loss on unbounded outputs explodes geometrically at this learning rate.
-    write_params(repo, {"train": {"loss": {"name": "mse"}, "optimizer": {"lr": 50.0}, "schedule": {"name": "constant"}}})
+    write_params(repo, {"train": {"loss": {"name": "mse"}, "optimizer": {"name": "sgd", "lr": 50.0, "momentum": 0.0}, "schedule": {"name": "constant"}}})
     try:
         result = run([sys.executable, "stages/train.py"], repo, check=False)
     finally:
