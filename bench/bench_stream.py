@@ -50,17 +50,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _nnlib_root(argv) -> str:
-    """--nnlib-root DIR (read before argparse, since it decides which nnlib gets imported)."""
-    for i, arg in enumerate(argv):
-        if arg == "--nnlib-root" and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith("--nnlib-root="):
-            return arg.split("=", 1)[1]
-    return str(ROOT)
+from nnlib_select import select_nnlib  # noqa: E402 - bench/ is on sys.path for `python bench/x.py`
 
-
-sys.path.insert(0, _nnlib_root(sys.argv[1:]))
+select_nnlib()
 
 import numpy as np  # noqa: E402
 

@@ -24,17 +24,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _nnlib_root(argv) -> str:
-    """--nnlib-root DIR (read before argparse, since it decides what gets imported)."""
-    for i, arg in enumerate(argv):
-        if arg == "--nnlib-root" and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith("--nnlib-root="):
-            return arg.split("=", 1)[1]
-    return str(REPO)
+from nnlib_select import select_nnlib  # noqa: E402 - bench/ is on sys.path for `python bench/x.py`
 
-
-sys.path.insert(0, _nnlib_root(sys.argv[1:]))
+select_nnlib()
 
 import numpy as np  # noqa: E402
 
