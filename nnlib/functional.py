@@ -153,7 +153,7 @@ def conv2d_input_grad_nhwc(dy_rows, w_kkoc, x_shape_nhwc, stride: int, pad: int)
     dy_rows: (N*Ho*Wo, O) output gradient; w_kkoc: (k, k, O, C) kernel; x_shape_nhwc: (N, H, W, C).
     Returns dx: (N, H, W, C) (a view into a padded buffer when pad > 0).
 
-    Equivalent to ``col2im(dy_rows @ w_mat.T)`` but done offset by offset: for each (i, j) one GEMM
+    Equivalent to scattering the column gradient ``dy_rows @ w_mat.T`` back (col2im) but done offset by offset: for each (i, j) one GEMM
     (N*Ho*Wo, O) @ (O, C) whose cache-sized result is added straight into the shifted input window,
     so the (N*Ho*Wo, k*k*C) column gradient is never materialised.
     """
@@ -312,41 +312,3 @@ def avgpool_backward(dy, x_shape, channels_last: bool, k: int, stride: int):
             view[...] = share
     return from_nhwc(dx) if channels_last else dx
 
-
-# --------------------------------------------------------------------------- legacy NCHW unfold
-
-def im2col(x, kh: int, kw: int, stride: int, pad: int):
-    """Unfold sliding windows into columns (NCHW order; the layers use :func:`im2col_nhwc`).
-
-    x: (N, C, H, W) -> cols: (N, C*kh*kw, Ho*Wo), ordered (c, i, j) like a conv weight (O, C, kh, kw).
-    The windows are a strided view; the one copy happens in the final reshape.
-    """
-    xp = get_array_module(x)
-    n, c, h, w = x.shape
-    if pad:
-        x = xp.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-    ho = conv_output_size(h, kh, stride, pad)
-    wo = conv_output_size(w, kw, stride, pad)
-    sn, sc, sh, sw = x.strides
-    windows = xp.lib.stride_tricks.as_strided(
-        x, shape=(n, c, kh, kw, ho, wo), strides=(sn, sc, sh, sw, sh * stride, sw * stride)
-    )
-    return windows.reshape(n, c * kh * kw, ho * wo)
-
-
-def col2im(cols, x_shape, kh: int, kw: int, stride: int, pad: int):
-    """Adjoint of :func:`im2col`: scatter-add columns back into an image.
-
-    cols: (N, C*kh*kw, Ho*Wo) -> dx: (N, C, H, W). Loops over the kh*kw kernel offsets only;
-    each iteration is one vectorised add over the whole batch.
-    """
-    xp = get_array_module(cols)
-    n, c, h, w = x_shape
-    ho = conv_output_size(h, kh, stride, pad)
-    wo = conv_output_size(w, kw, stride, pad)
-    cols = cols.reshape(n, c, kh, kw, ho, wo)
-    padded = xp.zeros((n, c, h + 2 * pad, w + 2 * pad), dtype=cols.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            padded[:, :, i : i + stride * ho : stride, j : j + stride * wo : stride] += cols[:, :, i, j]
-    return padded[:, :, pad : pad + h, pad : pad + w] if pad else padded
