@@ -29,9 +29,9 @@ shards (2 x 55,000 images = 11 shards read as 4 windows of 3 = 12 shards): a sli
 
 Then a data-only breakdown (no model; medians of at least 5 interleaved passes, cheap and much steadier
 than the training runs): the same images drawn from each stream, the time split into np.load of shards
-(``nnlib.data.load_shard``), window build (``next`` on ShardStream._chunks minus load_shard: concatenate
-+ permutation copy, and any shard reading done another way), ``to_batch``, and the rest (slicing in
-_take / fancy indexing, label casts, generator overhead). The extra data time of the stream, as a share
+(``nnlib.data.load_shard``), window build (``next`` on ShardStream._chunks minus load_shard: copying the
+shards into the window buffer, the permutation, and any shard reading done another way), ``to_batch``,
+and the rest (the per-batch gather in _take, label casts, generator overhead). The extra data time of the stream, as a share
 of a baseline training run, estimates the overhead without the noise of training.
 """
 from __future__ import annotations
@@ -304,7 +304,7 @@ def main(argv=None) -> int:
 
     print(f"\ndata only (no model), {n:,} images in batches of {args.batch_size}, seconds (median of "
           f"{len(samples['stream'])} interleaved passes):")
-    print("| loop | total | np.load shards | window concat + permute | to_batch | rest | us/batch |")
+    print("| loop | total | np.load shards | window build | to_batch | rest | us/batch |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for kind, label in (("memory", "in memory"), ("stream", "ShardStream")):
         b = breakdown[kind]

@@ -95,30 +95,48 @@ class ShardStream:
     def __init__(self, shard_dir, files: list[str], rng: np.random.Generator, window: int = 3):
         self.shard_dir, self.files, self.rng, self.window = Path(shard_dir), list(files), rng, window
         self._chunks = self._chunk_stream()
-        self._pending: tuple[np.ndarray, np.ndarray] | None = None
+        self._pending: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # (x, y, order still to take)
+        self._buffer: tuple[np.ndarray, np.ndarray] | None = None  # reused window storage, grown on demand
+
+    def _read_window(self, shard_indices) -> tuple[np.ndarray, np.ndarray]:
+        """Read the given shards one after another into the reusable window buffer.
+
+        Returns views x: (M, 28, 28) uint8 and y: (M,) of the buffer; they stay valid until the next call.
+        """
+        loaded = [load_shard(self.shard_dir / self.files[i]) for i in shard_indices]
+        total = sum(len(x) for x, _ in loaded)
+        if self._buffer is None or len(self._buffer[0]) < total:
+            x0, y0 = loaded[0]
+            self._buffer = (np.empty((total, *x0.shape[1:]), x0.dtype), np.empty(total, y0.dtype))
+        buf_x, buf_y, at = *self._buffer, 0
+        for x, y in loaded:
+            buf_x[at : at + len(x)], buf_y[at : at + len(x)] = x, y
+            at += len(x)
+        return buf_x[:total], buf_y[:total]
 
     def _chunk_stream(self):
-        """Endless generator of shuffled (x, y) chunks, one per window of shards."""
+        """Endless generator of (x, y, order): one window of shards and the shuffled order to read it in.
+
+        The images are not copied into shuffled order here; ``_take`` gathers each batch through ``order``.
+        """
         while True:
             order = self.rng.permutation(len(self.files))
             for start in range(0, len(order), self.window):
-                loaded = [load_shard(self.shard_dir / self.files[i]) for i in order[start : start + self.window]]
-                x = np.concatenate([s[0] for s in loaded])
-                y = np.concatenate([s[1] for s in loaded])
-                perm = self.rng.permutation(len(x))
-                yield x[perm], y[perm]
+                x, y = self._read_window(order[start : start + self.window])
+                yield x, y, self.rng.permutation(len(x))
 
     def _take(self, count: int) -> tuple[np.ndarray, np.ndarray]:
-        """The next ``count`` images of the stream (fewer never: the stream is endless)."""
+        """The next ``count`` images of the stream (fewer never: the stream is endless), as new arrays."""
         parts_x, parts_y, need = [], [], count
         while need:
-            if self._pending is None or len(self._pending[0]) == 0:
-                self._pending = next(self._chunks)
-            x, y = self._pending
-            parts_x.append(x[:need])
-            parts_y.append(y[:need])
-            self._pending = (x[need:], y[need:])
-            need -= len(parts_x[-1])
+            if self._pending is None or len(self._pending[2]) == 0:
+                self._pending = next(self._chunks)  # overwrites the buffer: earlier parts are copies already
+            x, y, order = self._pending
+            idx = order[:need]
+            parts_x.append(x[idx])
+            parts_y.append(y[idx])
+            self._pending = (x, y, order[need:])
+            need -= len(idx)
         if len(parts_x) == 1:
             return parts_x[0], parts_y[0]
         return np.concatenate(parts_x), np.concatenate(parts_y)
