@@ -54,7 +54,7 @@ def minibatches(x, y, batch_size: int, rng: np.random.Generator | None = None):
 
 def load_shard(path, made_by: str = "the prepare stage (dvc repro -s prepare)") -> tuple[np.ndarray, np.ndarray]:
     """Read one shard ``.npz`` -> (x uint8 (N, 28, 28), y uint8 (N,)), with clear errors."""
-    from .io import load_npz  # noqa: PLC0415 - keeps io optional for IDX-only users
+    from .files import load_npz  # noqa: PLC0415 - only shard readers need it
 
     path = Path(path)
     if not path.exists():

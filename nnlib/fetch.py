@@ -36,7 +36,7 @@ from typing import BinaryIO, Callable, Mapping
 import numpy as np
 from tqdm import tqdm
 
-from .io import atomic_path
+from .files import atomic_path
 from .params import InputError
 
 #: SHA-256 of the *decompressed* bytes of each official MNIST IDX file.

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from . import seeding
 from .augment import AugmentConfig, distort
 from .data import read_idx
-from .io import save_npz, write_json
+from .files import save_npz, write_json
 from .params import PARAMS_FILE, Field, InputError, ParamsError, load_section, validate
 
 RAW_DIR = Path("data/raw")

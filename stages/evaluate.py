@@ -10,7 +10,8 @@ from pathlib import Path
 
 from nnlib import plots
 from nnlib.data import load_shard, read_manifest
-from nnlib.io import load_model, write_json, write_text
+from nnlib.files import write_json, write_text
+from nnlib.io import load_model
 from nnlib.metrics import confusion_matrix, per_class_accuracy
 from nnlib.params import InputError, load_section, run_stage
 from nnlib.training import EVALUATE_SCHEMA, evaluate, make_loss

@@ -96,6 +96,18 @@ def test_second_repro_runs_nothing(repo):
     assert "Running stage" not in again.stdout, again.stdout
 
 
+def test_editing_a_layer_reruns_train_and_evaluate_only(repo):
+    """Stages depend on the nnlib modules they import, not the whole folder (see test_stage_deps.py)."""
+    layers = repo / "nnlib/layers.py"
+    kept = layers.read_text()
+    layers.write_text(kept + "\n# an edit\n")
+    try:
+        status = json.loads(run([sys.executable, "-m", "dvc", "status", "--json"], repo).stdout)
+    finally:
+        layers.write_text(kept)
+    assert sorted(status) == ["evaluate", "train"], status
+
+
 def test_metrics_show(repo):
     shown = run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], repo)
     assert "accuracy" in shown.stdout

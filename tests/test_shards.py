@@ -13,7 +13,7 @@ import yaml
 
 from nnlib import seeding, shards
 from nnlib.augment import AugmentConfig, distort
-from nnlib.io import load_npz
+from nnlib.files import load_npz
 from nnlib.params import InputError, ParamsError
 
 ROOT = Path(__file__).resolve().parents[1]
