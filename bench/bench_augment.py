@@ -5,7 +5,7 @@
 Rows:
   naive baseline   gaussian_filter on float64 fields + map_coordinates on the (N, 28, 28) batch
                    (3-D coordinates, identity on axis 0), per batch of 1000: the straightforward way
-  distort, 1 core  nnlib.augment.distort in this process
+  distort, 1 core  nnlib.augment.distort in this process, with the config above and with affine only
   shards, workers  nnlib.shards.prepare (split, distort, write .npz) with 1 and the default worker
                    count (one per CPU core); images/s counts the distorted copies only (copy 0 is
                    written as it is)
@@ -16,6 +16,7 @@ Each row is the best of --repeat runs; the machine is shared, so compare rows of
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gzip
 import os
 import sys
@@ -33,6 +34,7 @@ from nnlib.augment import AugmentConfig, distort
 from nnlib.data import read_idx
 
 CFG = AugmentConfig(rotate=10, shift=2, scale=0.1, elastic_alpha=8, elastic_sigma=3)
+AFFINE_ONLY = dataclasses.replace(CFG, elastic_alpha=0.0, elastic_sigma=0.0)  # what the elastic field costs
 
 
 def naive_distort(images: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig, batch: int = 1000) -> np.ndarray:
@@ -100,6 +102,8 @@ def main() -> None:
         rows.append(("naive baseline (gaussian_filter + map_coordinates)", 1, naive))
         ours = len(images) / best_time(lambda: distort(images, np.random.default_rng(0), CFG), args.repeat)
         rows.append(("nnlib.augment.distort", 1, ours))
+        affine = len(images) / best_time(lambda: distort(images, np.random.default_rng(0), AFFINE_ONLY), args.repeat)
+        rows.append(("nnlib.augment.distort, affine only (alpha = 0)", 1, affine))
 
         section = {
             "val_size": 5000, "max_train": args.max_train, "shard_size": 10000,

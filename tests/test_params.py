@@ -31,6 +31,27 @@ def test_readme_documents_every_key():
     assert not missing, f"README.md's params table lacks {missing}"
 
 
+def readme_value(value) -> str:
+    """How the README's params table writes a value of params.yaml (YAML spelling of booleans)."""
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+def test_readme_table_shows_the_values_in_params_yaml():
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    readme = (ROOT / "README.md").read_text()
+    wrong = []
+    for name, schema in SCHEMAS.items():
+        for path in key_paths(schema, name):
+            value = params
+            for part in path.split("."):
+                value = value[part]
+            if isinstance(value, list) and value and isinstance(value[0], dict):
+                continue  # train.model: a layer list, shown in its own table
+            if f"| `{path}` | `{readme_value(value)}` |" not in readme:
+                wrong.append(f"{path}={readme_value(value)}")
+    assert not wrong, f"README.md's params table disagrees with params.yaml on {wrong}"
+
+
 def compose(*overrides: str) -> dict:
     """What `dvc exp run -S ...` writes to params.yaml: DVC's own Hydra composition of conf/."""
     from dvc.utils.hydra import compose_and_dump  # noqa: PLC0415 - dvc is a dependency, but heavy
