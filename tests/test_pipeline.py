@@ -80,8 +80,10 @@ def test_repro_writes_metrics(repo):
     assert 0.5 < evaluation["accuracy"] <= 1.0, "a small MLP on 300 images beats chance (0.1) by far"
     assert set(evaluation["per_class"]) == {str(d) for d in range(10)}
     log = (repo / "metrics/train_log.tsv").read_text().splitlines()
-    assert log[0].split("\t") == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
+    assert log[0].split("\t") == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr"]
     assert len(log) == 3
+    timing = json.loads((repo / "metrics/timing.json").read_text())
+    assert len(timing["epoch_seconds"]) == 2 and timing["train_seconds"] > 0
     predictions = (repo / "metrics/predictions.csv").read_text().splitlines()
     assert predictions[0] == "actual,predicted" and len(predictions) == 10_001
     for png in ["curves", "confusion", "misclassified", "augment_preview"]:
@@ -106,6 +108,17 @@ def test_editing_a_layer_reruns_train_and_evaluate_only(repo):
     finally:
         layers.write_text(kept)
     assert sorted(status) == ["evaluate", "train"], status
+
+
+def test_training_again_gives_the_same_bytes_except_timing(repo):
+    """Same params and data -> same model bytes and metrics; only metrics/timing.json may differ."""
+    outputs = ["models/model.npz", "metrics/train.json", "metrics/train_log.tsv"]
+    before = {name: (repo / name).read_bytes() for name in outputs}
+    run([sys.executable, "stages/train.py"], repo)
+    changed = [name for name in outputs if (repo / name).read_bytes() != before[name]]
+    assert not changed, f"a second training run changed {changed}"
+    status = json.loads(run([sys.executable, "-m", "dvc", "status", "--json"], repo).stdout)
+    assert "evaluate" not in status, status  # its inputs (model, train log) are unchanged
 
 
 def test_metrics_show(repo):
