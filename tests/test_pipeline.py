@@ -47,6 +47,11 @@ def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedPr
     return result
 
 
+def dvc_status(repo: Path) -> dict:
+    """`dvc status --json`: the stages that are out of date (empty when everything is)."""
+    return json.loads(run([sys.executable, "-m", "dvc", "status", "--json"], repo).stdout)
+
+
 def write_params(repo: Path, override: dict) -> None:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     (repo / "params.yaml").write_text(yaml.safe_dump(merge(merge(params, TINY), override), sort_keys=False))
@@ -104,7 +109,7 @@ def test_editing_a_layer_reruns_train_and_evaluate_only(repo):
     kept = layers.read_text()
     layers.write_text(kept + "\n# an edit\n")
     try:
-        status = json.loads(run([sys.executable, "-m", "dvc", "status", "--json"], repo).stdout)
+        status = dvc_status(repo)
     finally:
         layers.write_text(kept)
     assert sorted(status) == ["evaluate", "train"], status
@@ -117,7 +122,7 @@ def test_training_again_gives_the_same_bytes_except_timing(repo):
     run([sys.executable, "stages/train.py"], repo)
     changed = [name for name in outputs if (repo / name).read_bytes() != before[name]]
     assert not changed, f"a second training run changed {changed}"
-    status = json.loads(run([sys.executable, "-m", "dvc", "status", "--json"], repo).stdout)
+    status = dvc_status(repo)
     assert "evaluate" not in status, status  # its inputs (model, train log) are unchanged
 
 

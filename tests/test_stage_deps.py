@@ -57,7 +57,7 @@ def test_stage_depends_on_exactly_the_modules_it_imports(stage):
     assert not deps - needed, f"dvc.yaml stage {stage} lists deps it never imports: {sorted(deps - needed)}"
 
 
-def test_closure_follows_imports_inside_functions(tmp_path, monkeypatch):
+def test_closure_follows_imports_inside_functions(tmp_path):
     """The walk must see lazy imports (``from .files import load_npz`` inside a function of data.py)."""
     assert "nnlib/files.py" in module_closure(ROOT / "stages" / "train.py")
     script = tmp_path / "stage.py"
