@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .backend import current, to_device
-from .params import InputError
+from .errors import InputError
 
 IDX_DTYPES = {0x08: np.uint8}
 

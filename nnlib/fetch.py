@@ -36,8 +36,8 @@ from typing import BinaryIO, Callable, Mapping
 import numpy as np
 from tqdm import tqdm
 
-from .files import atomic_path
-from .params import InputError
+from .files import atomic_path, file_sha256
+from .errors import InputError
 
 #: SHA-256 of the *decompressed* bytes of each official MNIST IDX file.
 SHA256 = {
@@ -92,15 +92,6 @@ def log_stderr(message: str) -> None:
 def sha256_of(data: bytes) -> str:
     """Hex SHA-256 of some bytes."""
     return hashlib.sha256(data).hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def check_sha256(what: str, actual: str, expected: str) -> None:

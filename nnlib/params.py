@@ -1,28 +1,20 @@
-"""Loading and validating ``params.yaml``: one error type for bad params, one for bad inputs.
+"""Loading and validating ``params.yaml``.
 
 A schema is a nested dict whose leaves are :class:`Field` objects. :func:`validate` checks a
 section against it, fills in defaults, and raises :class:`ParamsError` with a one-line message that
-names the key path and the expected value. Stage scripts wrap their ``main`` in :func:`run_stage`,
-which turns these errors into one line on stderr and a non-zero exit, without a traceback.
+names the key path and the expected value (see :mod:`nnlib.errors` for how it reaches the user).
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
 
+from .errors import ParamsError
+
 PARAMS_FILE = "params.yaml"
-
-
-class ParamsError(ValueError):
-    """A key of params.yaml is unknown, missing, of the wrong type or out of range (exit code 2)."""
-
-
-class InputError(RuntimeError):
-    """An input file is missing or corrupt (exit code 1). The message names the file and its maker."""
 
 
 @dataclass
@@ -112,18 +104,3 @@ def load_section(name: str, schema: dict, path: str | Path = PARAMS_FILE) -> tup
     seed = SEED.validate("seed", data.get("seed", SEED.default))
     PRESET.validate("preset", data.get("preset", PRESET.default))
     return seed, validate(data.get(name), schema, name)
-
-
-def run_stage(main: Callable[[], None]) -> None:
-    """Run a stage's ``main``; bad params exit 2, bad inputs exit 1, each with one line on stderr."""
-    try:
-        main()
-    except ParamsError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)

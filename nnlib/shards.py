@@ -32,7 +32,8 @@ from . import seeding
 from .augment import AugmentConfig, distort
 from .data import read_idx
 from .files import save_npz, write_json
-from .params import PARAMS_FILE, Field, InputError, ParamsError, load_section, validate
+from .errors import InputError, ParamsError
+from .params import PARAMS_FILE, Field, load_section, validate
 
 RAW_DIR = Path("data/raw")
 SHARDS_DIR = Path("data/shards")

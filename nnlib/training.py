@@ -15,6 +15,7 @@ from tqdm import tqdm
 from . import losses, optim, schedules
 from .backend import to_numpy
 from .data import minibatches
+from .errors import Diverged
 from .params import Field
 
 positive = lambda v: v > 0  # noqa: E731
@@ -59,10 +60,6 @@ EVALUATE_SCHEMA = {
     "batch_size": Field(int, 1000, "an integer >= 1", positive, "images per forward pass"),
     "misclassified": Field(int, 40, "an integer in [0, 200]", lambda v: 0 <= v <= 200, "misclassified test digits shown in the grid"),
 }
-
-
-class Diverged(RuntimeError):
-    """The training loss became NaN or infinite."""
 
 
 def make_loss(cfg: dict):

@@ -11,9 +11,10 @@ from pathlib import Path
 from nnlib import plots
 from nnlib.data import load_shard, read_manifest
 from nnlib.files import write_json, write_text
-from nnlib.io import load_model
+from nnlib.modelfile import load_model, training_loss
 from nnlib.metrics import confusion_matrix, per_class_accuracy
-from nnlib.params import InputError, load_section, run_stage
+from nnlib.errors import InputError, run_stage
+from nnlib.params import load_section
 from nnlib.training import EVALUATE_SCHEMA, evaluate, make_loss
 
 SHARDS = Path("data/shards")
@@ -32,17 +33,13 @@ def read_log(path: Path) -> list[dict]:
 
 def main() -> None:
     _, cfg = load_section("evaluate", EVALUATE_SCHEMA)
-    if not MODEL.exists():
-        raise InputError(f"{MODEL} is missing: it is made by the train stage (dvc repro -s train)")
-    try:
-        model, meta = load_model(MODEL)
-    except (ValueError, OSError, KeyError) as err:
-        raise InputError(f"{MODEL} is corrupt ({err}): re-run the train stage (dvc repro -s train)") from None
+    model, meta = load_model(MODEL)
+    loss_cfg = training_loss(meta, MODEL)
     manifest = read_manifest(SHARDS)
     x, y = load_shard(SHARDS / manifest["test"]["file"])
     y = y.astype("int64")
 
-    loss, accuracy, predictions = evaluate(model, make_loss(meta["train"]["loss"]), x, y, cfg["batch_size"])
+    loss, accuracy, predictions = evaluate(model, make_loss(loss_cfg), x, y, cfg["batch_size"])
     matrix = confusion_matrix(y, predictions)
     per_class = per_class_accuracy(matrix)
     write_json(METRICS / "eval.json", {

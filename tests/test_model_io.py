@@ -6,7 +6,8 @@ import time
 import numpy as np
 import pytest
 
-from nnlib import files, io, layers, losses, optim
+from nnlib import files, layers, losses, modelfile, optim
+from nnlib.errors import ModelFileError
 from nnlib.layers import ShapeError
 from nnlib.model import Sequential
 
@@ -114,8 +115,8 @@ def test_round_trip_gives_identical_predictions(tmp_path):
     x = np.random.default_rng(7).normal(0.5, 2.0, size=(20, *INPUT)).astype(np.float32)
     before = model.predict_logits(x)
 
-    io.save_model(tmp_path / "model.npz", model, metadata={"epochs": 3, "note": "test"})
-    loaded, metadata = io.load_model(tmp_path / "model.npz")
+    modelfile.save_model(tmp_path / "model.npz", model, metadata={"epochs": 3, "note": "test"})
+    loaded, metadata = modelfile.load_model(tmp_path / "model.npz")
 
     assert metadata == {"epochs": 3, "note": "test"}
     assert not loaded.training and loaded.specs() == model.specs() and loaded.input_shape == INPUT
@@ -136,11 +137,11 @@ def test_predictions_differ_from_a_fresh_model(tmp_path):
 
 def test_saving_twice_gives_identical_bytes(tmp_path, monkeypatch):
     model = trained_model()
-    io.save_model(tmp_path / "a.npz", model, metadata={"k": 1})
+    modelfile.save_model(tmp_path / "a.npz", model, metadata={"k": 1})
     # Two hours later (a wall-clock timestamp in the archive would change the bytes).
     later = time.time() + 7200
     monkeypatch.setattr(time, "time", lambda: later)
-    io.save_model(tmp_path / "b.npz", model, metadata={"k": 1})
+    modelfile.save_model(tmp_path / "b.npz", model, metadata={"k": 1})
     assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
 
 
@@ -159,23 +160,23 @@ class _Payload:
 
 def test_loading_a_pickled_object_array_fails_without_running_it(tmp_path):
     model = trained_model(steps=1)
-    io.save_model(tmp_path / "good.npz", model)
+    modelfile.save_model(tmp_path / "good.npz", model)
     arrays = files.load_npz(tmp_path / "good.npz")
     arrays["0.conv.b"] = np.array([_Payload()], dtype=object)
     np.savez(tmp_path / "evil.npz", **arrays)  # savez pickles object arrays
-    with pytest.raises(ValueError, match="pickle"):
-        io.load_model(tmp_path / "evil.npz")
+    with pytest.raises(ModelFileError, match="pickle"):
+        modelfile.load_model(tmp_path / "evil.npz")
     assert UNPICKLED == []
 
 
 def test_load_rejects_files_that_are_not_models(tmp_path):
     np.savez(tmp_path / "plain.npz", w=np.zeros(3))
-    with pytest.raises(ValueError, match="not an nnlib model"):
-        io.load_model(tmp_path / "plain.npz")
+    with pytest.raises(ModelFileError, match="not an nnlib model"):
+        modelfile.load_model(tmp_path / "plain.npz")
     model = trained_model(steps=1)
-    io.save_model(tmp_path / "m.npz", model)
+    modelfile.save_model(tmp_path / "m.npz", model)
     arrays = files.load_npz(tmp_path / "m.npz")
-    arrays[io.META_KEY] = np.array(str(arrays[io.META_KEY]).replace('"format_version": 1', '"format_version": 99'))
+    arrays[modelfile.META_KEY] = np.array(str(arrays[modelfile.META_KEY]).replace('"format_version": 1', '"format_version": 99'))
     files.save_npz(tmp_path / "future.npz", arrays)
-    with pytest.raises(ValueError, match="model format 99"):
-        io.load_model(tmp_path / "future.npz")
+    with pytest.raises(ModelFileError, match="model format 99"):
+        modelfile.load_model(tmp_path / "future.npz")

@@ -11,7 +11,8 @@ import yaml
 
 from nnlib import params, shards, training
 from nnlib.model import Sequential
-from nnlib.params import Field, ParamsError, validate
+from nnlib.errors import ParamsError
+from nnlib.params import Field, validate
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMAS = {"prepare": shards.SCHEMA, "train": training.TRAIN_SCHEMA, "evaluate": training.EVALUATE_SCHEMA}

@@ -14,7 +14,7 @@ import yaml
 from nnlib import seeding, shards
 from nnlib.augment import AugmentConfig, distort
 from nnlib.files import load_npz
-from nnlib.params import InputError, ParamsError
+from nnlib.errors import InputError, ParamsError
 
 ROOT = Path(__file__).resolve().parents[1]
 N_TRAIN, N_TEST = 1000, 150

@@ -63,4 +63,4 @@ def test_closure_follows_imports_inside_functions(tmp_path):
     script = tmp_path / "stage.py"
     script.write_text("def main():\n    from nnlib.data import read_idx\n")
     assert module_closure(script) == {"nnlib/__init__.py", "nnlib/data.py", "nnlib/backend.py",
-                                      "nnlib/params.py", "nnlib/files.py"}
+                                      "nnlib/errors.py", "nnlib/files.py"}

@@ -1,0 +1,61 @@
+"""The errors a user can cause, and the exit code each one gets.
+
+Every stage script and every ``nnlib`` subcommand runs through :func:`run_stage`, which turns these
+errors into one line on stderr and the exit code of this table (README, "Errors"):
+
+=====  ==========================================================================
+code   meaning
+=====  ==========================================================================
+0      ok
+1      a missing or corrupt input file: image, raw file, shard or model
+2      bad params, flags or layer spec, including an ``init_from`` architecture mismatch
+3      training diverged (the loss stopped being finite)
+130    interrupted (Ctrl-C)
+=====  ==========================================================================
+"""
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+
+class ParamsError(ValueError):
+    """A key of params.yaml, a command-line flag or a layer spec is wrong (exit code 2)."""
+
+    exit_code = 2
+
+
+class InputError(RuntimeError):
+    """An input file is missing or corrupt (exit code 1). The message names the file and its maker."""
+
+    exit_code = 1
+
+
+class ModelFileError(InputError):
+    """A model file is missing, unreadable, malformed or holds non-finite weights (exit code 1)."""
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite (exit code 3)."""
+
+    exit_code = 3
+
+
+EXIT_INTERRUPTED = 130
+ERRORS = (ParamsError, InputError, Diverged)
+
+
+def run_stage(main: Callable[[], int | None], prefix: str = "error") -> None:
+    """Run ``main`` and exit with its return value (0 if None), or with the code of the error it raised.
+
+    An error becomes one line on stderr (``error: <message>``), never a traceback.
+    """
+    try:
+        code = main()
+    except ERRORS as err:
+        print(f"{prefix}: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+    sys.exit(code or 0)

@@ -1,0 +1,133 @@
+"""Model files: a :class:`~nnlib.model.Sequential` saved as arrays + JSON in one ``.npz``, never pickle.
+
+The archive holds every parameter and buffer under its name (``"0.conv.W"``), plus a JSON description
+under ``__meta__``::
+
+    {"format_version": 1, "input_shape": [1, 28, 28], "layers": [{"type": "conv", ...}, ...],
+     "metadata": {"seed": 0, "train": {...params...}, "epoch": 20, "val_accuracy": 0.995,
+                  "manifest_sha256": "...", "nnlib_version": "0.1.0", "init_from": null}}
+
+:func:`load_model` is the one function every reader goes through (evaluate, predict, info, export,
+``train.init_from``), and the one place that refuses a bad file: whatever is wrong with it (missing,
+truncated, bytes flipped, not a zip, a bare ``.npy``, pickled objects, malformed JSON, layer specs
+that do not build, arrays that do not fit the layers, NaN or infinite weights) ends in one
+:class:`~nnlib.errors.ModelFileError` naming the file and the problem. Reading uses
+``allow_pickle=False`` and rebuilds the model from its specs: loading never executes code.
+"""
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ModelFileError
+from .files import save_npz
+from .model import Sequential
+
+META_KEY = "__meta__"
+FORMAT_VERSION = 1
+REMEDY = "re-train it (dvc repro -s train) or point to another model file"
+
+
+def save_model(path, model: Sequential, metadata: dict | None = None) -> None:
+    """Save a model as its arrays plus a JSON description, atomically and byte-for-byte deterministically.
+
+    ``metadata`` (JSON-serialisable) is stored as given, e.g. the params the model was trained with.
+    """
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "input_shape": list(model.input_shape),
+        "layers": model.specs(),
+        "metadata": metadata or {},
+    }
+    arrays = dict(model.state())
+    arrays[META_KEY] = np.array(json.dumps(meta, sort_keys=True, allow_nan=False))
+    save_npz(path, arrays)
+
+
+def _read_arrays(path: Path) -> dict:
+    """Every array of the archive, read and CRC-checked in full; any failure is a ModelFileError."""
+    if not path.exists():
+        raise ModelFileError(f"{path}: no such model file: {REMEDY}")
+    if not path.is_file():
+        raise ModelFileError(f"{path} is not a file: point to a model .npz")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if not isinstance(archive, np.lib.npyio.NpzFile):
+                raise ModelFileError(f"{path} holds a bare array (.npy), not a model archive: {REMEDY}")
+            return {name: archive[name] for name in archive.files}
+    except ModelFileError:
+        raise
+    except ValueError as err:
+        if "pickle" in str(err):
+            raise ModelFileError(f"{path} holds pickled objects, which nnlib never loads: {REMEDY}") from None
+        raise ModelFileError(f"{path} is not a readable model file ({err}): {REMEDY}") from None
+    except (zipfile.BadZipFile, EOFError, OSError, Exception) as err:  # noqa: BLE001 - every read failure
+        reason = str(err) or type(err).__name__
+        raise ModelFileError(f"{path} is truncated or corrupt ({reason}): {REMEDY}") from None
+
+
+def _read_meta(path: Path, arrays: dict) -> dict:
+    """The parsed ``__meta__`` JSON, with its structure checked."""
+    if META_KEY not in arrays:
+        raise ModelFileError(f"{path} is not an nnlib model (it has no {META_KEY} entry): {REMEDY}")
+    raw = arrays.pop(META_KEY)
+    if raw.dtype.kind != "U" or raw.ndim != 0:
+        raise ModelFileError(f"{path}: {META_KEY} must be a JSON string, got a {raw.dtype} array: {REMEDY}")
+    try:
+        meta = json.loads(str(raw))
+    except json.JSONDecodeError as err:
+        raise ModelFileError(f"{path}: {META_KEY} is not valid JSON ({err}): {REMEDY}") from None
+    if not isinstance(meta, dict):
+        raise ModelFileError(f"{path}: {META_KEY} must be a JSON object, got {type(meta).__name__}: {REMEDY}")
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ModelFileError(f"{path}: model format {version!r}, this nnlib reads format {FORMAT_VERSION}: {REMEDY}")
+    shape = meta.get("input_shape")
+    if not (isinstance(shape, list) and shape and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
+        raise ModelFileError(f"{path}: input_shape must be a list of positive integers, got {shape!r}: {REMEDY}")
+    specs = meta.get("layers")
+    if not (isinstance(specs, list) and specs and all(isinstance(s, dict) for s in specs)):
+        raise ModelFileError(f"{path}: layers must be a non-empty list of layer specs, got {specs!r:.80}: {REMEDY}")
+    if not isinstance(meta.get("metadata", {}), dict):
+        raise ModelFileError(f"{path}: metadata must be a JSON object: {REMEDY}")
+    return meta
+
+
+def load_model(path) -> tuple[Sequential, dict]:
+    """Rebuild a model saved by :func:`save_model`. Returns ``(model in eval mode, metadata dict)``.
+
+    Raises :class:`~nnlib.errors.ModelFileError` (one line: the file, the problem, what to do) for
+    every file that is missing, unreadable or malformed, or whose weights are not all finite.
+    """
+    path = Path(path)
+    arrays = _read_arrays(path)
+    meta = _read_meta(path, arrays)
+    try:
+        model = Sequential.from_specs(meta["layers"], tuple(meta["input_shape"]), np.random.default_rng(0))
+    except Exception as err:  # noqa: BLE001 - any spec that does not build is a malformed file
+        raise ModelFileError(f"{path}: its layer specs do not build a network ({err}): {REMEDY}") from None
+    for name, array in arrays.items():
+        if array.dtype.kind != "f":
+            raise ModelFileError(f"{path}: array {name} has dtype {array.dtype}, expected floating point: {REMEDY}")
+        if not np.isfinite(array).all():
+            raise ModelFileError(f"{path}: array {name} holds NaN or infinite values: {REMEDY}")
+    try:
+        model.load_state(arrays)
+    except ValueError as err:
+        raise ModelFileError(f"{path}: its arrays do not fit its layers ({err}): {REMEDY}") from None
+    return model.eval(), meta.get("metadata", {})
+
+
+def training_loss(metadata: dict, path) -> dict:
+    """The ``train.loss`` section a model was trained with (``{"name": ..., ...}``), from its metadata."""
+    train = metadata.get("train")
+    loss = train.get("loss") if isinstance(train, dict) else None
+    if not isinstance(loss, dict) or loss.get("name") not in ("cross_entropy", "mse"):
+        raise ModelFileError(f"{path} records no training loss (metadata.train.loss): {REMEDY}")
+    smoothing, half = loss.get("label_smoothing", 0.0), loss.get("half", True)
+    if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float)) or not 0 <= smoothing < 1 or not isinstance(half, bool):
+        raise ModelFileError(f"{path}: metadata.train.loss is malformed ({loss!r:.80}): {REMEDY}")
+    return {"name": loss["name"], "label_smoothing": float(smoothing), "half": half}
