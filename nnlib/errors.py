@@ -25,6 +25,10 @@ class ParamsError(ValueError):
     exit_code = 2
 
 
+class MissingExtra(ParamsError):
+    """An optional package is needed and not installed; the message names the extra (exit code 2)."""
+
+
 class InputError(RuntimeError):
     """An input file is missing or corrupt (exit code 1). The message names the file and its maker."""
 

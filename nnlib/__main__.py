@@ -1,0 +1,4 @@
+"""``python -m nnlib ...`` runs the ``nnlib`` command (see :mod:`nnlib.cli`)."""
+from .cli import main
+
+main()
