@@ -17,12 +17,11 @@ that do not build, arrays that do not fit the layers, NaN or infinite weights) e
 from __future__ import annotations
 
 import json
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from .errors import ModelFileError
+from .errors import ModelFileError, ParamsError
 from .files import save_npz
 from .model import Sequential
 
@@ -53,18 +52,22 @@ def _read_arrays(path: Path) -> dict:
         raise ModelFileError(f"{path}: no such model file: {REMEDY}")
     if not path.is_file():
         raise ModelFileError(f"{path} is not a file: point to a model .npz")
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if not magic:
+        raise ModelFileError(f"{path} is empty (0 bytes): truncated or corrupt: {REMEDY}")
+    if magic == b"\x93NUMPY":
+        raise ModelFileError(f"{path} holds a bare array (.npy), not a model archive: {REMEDY}")
+    if not magic.startswith(b"PK"):
+        raise ModelFileError(f"{path} is not an .npz archive (it does not start like a zip file): {REMEDY}")
     try:
         with np.load(path, allow_pickle=False) as archive:
-            if not isinstance(archive, np.lib.npyio.NpzFile):
-                raise ModelFileError(f"{path} holds a bare array (.npy), not a model archive: {REMEDY}")
             return {name: archive[name] for name in archive.files}
-    except ModelFileError:
-        raise
     except ValueError as err:
         if "pickle" in str(err):
             raise ModelFileError(f"{path} holds pickled objects, which nnlib never loads: {REMEDY}") from None
-        raise ModelFileError(f"{path} is not a readable model file ({err}): {REMEDY}") from None
-    except (zipfile.BadZipFile, EOFError, OSError, Exception) as err:  # noqa: BLE001 - every read failure
+        raise ModelFileError(f"{path} is truncated or corrupt ({err}): {REMEDY}") from None
+    except Exception as err:  # noqa: BLE001 - BadZipFile, CRC errors, EOFError, OSError, zlib errors...
         reason = str(err) or type(err).__name__
         raise ModelFileError(f"{path} is truncated or corrupt ({reason}): {REMEDY}") from None
 
@@ -131,3 +134,29 @@ def training_loss(metadata: dict, path) -> dict:
     if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float)) or not 0 <= smoothing < 1 or not isinstance(half, bool):
         raise ModelFileError(f"{path}: metadata.train.loss is malformed ({loss!r:.80}): {REMEDY}")
     return {"name": loss["name"], "label_smoothing": float(smoothing), "half": half}
+
+
+def _spec_text(spec: dict | None) -> str:
+    if spec is None:
+        return "nothing"
+    return "{" + ", ".join(f"{k}: {v}" for k, v in spec.items()) + "}"
+
+
+def load_weights(model: Sequential, path, what: str = "train.init_from") -> dict:
+    """Copy the weights and buffers of model file ``path`` into ``model``; return the file's metadata.
+
+    The file's architecture (input shape and every layer spec) must equal ``model``'s; otherwise a
+    :class:`~nnlib.errors.ParamsError` names the first layer that differs (the params are what to fix).
+    """
+    source, metadata = load_model(path)
+    if source.input_shape != model.input_shape:
+        raise ParamsError(f"{what}: {path} takes inputs {source.input_shape}, train.model takes {model.input_shape}")
+    ours, theirs = model.specs(), source.specs()
+    for index in range(max(len(ours), len(theirs))):
+        mine = ours[index] if index < len(ours) else None
+        its = theirs[index] if index < len(theirs) else None
+        if mine != its:
+            raise ParamsError(f"{what}: {path} does not match train.model at layer {index}: "
+                              f"params.yaml has {_spec_text(mine)}, the file has {_spec_text(its)}")
+    model.load_state(source.state())
+    return metadata

@@ -26,6 +26,8 @@ TRAIN_SCHEMA = {
     "epochs": Field(int, 10, "an integer >= 1", lambda v: v >= 1, "number of epochs"),
     "batch_size": Field(int, 64, "an integer >= 1", positive, "images per optimizer step"),
     "images_per_epoch": Field(int, 0, "an integer >= 0 (0 = the size of the train split)", non_negative, "images drawn from the shard stream per epoch"),
+    "init_from": Field(str, "", "'' (fresh) or the path of a model file under models/init/", None,
+                       "start from this model's weights instead of a fresh initialisation (see README, continue training)"),
     "select": Field(str, "last", "'last' or 'best_val'", lambda v: v in ("last", "best_val"), "which epoch's weights are kept"),
     "model": Field(list, None, "a non-empty list of layer specs like {type: dense, out: 10}", lambda v: len(v) > 0, "the network, layer by layer", required=True),
     "loss": {

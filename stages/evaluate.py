@@ -10,7 +10,7 @@ from pathlib import Path
 
 from nnlib import plots
 from nnlib.data import load_shard, read_manifest
-from nnlib.files import write_json, write_text
+from nnlib.files import file_sha256, write_json, write_text
 from nnlib.modelfile import load_model, training_loss
 from nnlib.metrics import confusion_matrix, per_class_accuracy
 from nnlib.errors import InputError, run_stage
@@ -34,6 +34,7 @@ def read_log(path: Path) -> list[dict]:
 def main() -> None:
     _, cfg = load_section("evaluate", EVALUATE_SCHEMA)
     model, meta = load_model(MODEL)
+    model_sha256 = file_sha256(MODEL)
     loss_cfg = training_loss(meta, MODEL)
     manifest = read_manifest(SHARDS)
     x, y = load_shard(SHARDS / manifest["test"]["file"])
@@ -44,7 +45,7 @@ def main() -> None:
     per_class = per_class_accuracy(matrix)
     write_json(METRICS / "eval.json", {
         "accuracy": accuracy, "loss": loss, "errors": int((predictions != y).sum()), "images": len(y),
-        "per_class": {str(k): float(v) for k, v in enumerate(per_class)},
+        "per_class": {str(k): float(v) for k, v in enumerate(per_class)}, "model_sha256": model_sha256,
     })
     write_text(METRICS / "predictions.csv", "actual,predicted\n" + "".join(f"{a},{p}\n" for a, p in zip(y, predictions)))
 

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
+import nnlib
 from nnlib import backend, seeding
 from nnlib.data import ShardStream, load_shard, read_manifest
-from nnlib.files import write_json, write_text
-from nnlib.modelfile import save_model
+from nnlib.errors import InputError
+from nnlib.files import file_sha256, write_json, write_text
+from nnlib.modelfile import load_weights, save_model
 from nnlib.model import Sequential
 from nnlib.errors import Diverged, ParamsError, run_stage
 from nnlib.params import load_section
@@ -21,6 +23,7 @@ from nnlib.training import TRAIN_SCHEMA, fit, make_loss, make_optimizer, make_sc
 
 SHARDS = Path("data/shards")
 MODEL = Path("models/model.npz")
+INIT_DIR = Path("models/init")  # dvc.yaml declares this folder a dependency, so a new init file re-runs train
 METRICS = Path("metrics")
 LOG_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr"]  # deterministic: timings go to timing.json
 
@@ -31,6 +34,19 @@ def build_model(specs: list, input_shape: tuple, seed: int) -> Sequential:
         return Sequential.from_specs(specs, input_shape, seeding.rng(seed, seeding.INIT))
     except (ValueError, TypeError) as err:
         raise ParamsError(f"params.yaml: train.model: {err}") from None
+
+
+def init_source(init_from: str) -> dict | None:
+    """Check ``train.init_from`` (a model file under models/init/, or '' for a fresh start)."""
+    if not init_from:
+        return None
+    path = Path(init_from)
+    if INIT_DIR.resolve() not in path.resolve().parents:
+        raise ParamsError(f"params.yaml: train.init_from must be a file under {INIT_DIR}/ (which dvc.yaml tracks), "
+                          f"got {init_from!r}: copy it there, e.g. cp {init_from} {INIT_DIR}/{path.name}")
+    if not path.is_file():
+        raise InputError(f"{path} (train.init_from) is missing: copy a trained model there, or set train.init_from: ''")
+    return {"path": path.as_posix(), "sha256": file_sha256(path)}
 
 
 def log_tsv(rows: list[dict]) -> str:
@@ -47,7 +63,11 @@ def main() -> None:
     val = load_shard(SHARDS / manifest["val"]["file"])
     images_per_epoch = cfg["images_per_epoch"] or manifest["train_split_size"]
 
+    init = init_source(cfg["init_from"])
     model = build_model(cfg["model"], (1, *manifest["image_shape"]), seed)
+    if init:
+        load_weights(model, init["path"])
+        print(f"train: starting from the weights of {init['path']} (sha256 {init['sha256'][:12]})", file=sys.stderr)
     loss_fn = make_loss(cfg["loss"])
     optimizer = make_optimizer(model, cfg["optimizer"])
     steps_per_epoch = -(-images_per_epoch // cfg["batch_size"])
@@ -71,7 +91,10 @@ def main() -> None:
     if cfg["select"] == "best_val":
         model.load_state(history.best_state)
     kept = history.best() if cfg["select"] == "best_val" else history.rows[-1]
-    save_model(MODEL, model, {"seed": seed, "train": cfg, "epoch": kept["epoch"], "val_accuracy": kept["val_acc"]})
+    save_model(MODEL, model, {
+        "seed": seed, "train": cfg, "epoch": kept["epoch"], "val_accuracy": kept["val_acc"],
+        "manifest_sha256": file_sha256(SHARDS / "manifest.json"), "nnlib_version": nnlib.__version__, "init_from": init,
+    })
     best = history.best()
     write_json(METRICS / "train.json", {
         "best_val_accuracy": best["val_acc"], "best_val_loss": best["val_loss"], "best_epoch": best["epoch"],

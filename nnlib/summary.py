@@ -1,0 +1,115 @@
+"""What a model file holds: a Keras-style layer table and the metadata saved with the model (``nnlib info``).
+
+:func:`describe` returns a JSON-ready dict; :func:`format_description` renders it as text. The test
+accuracy is shown only when ``metrics/eval.json`` records the SHA-256 of this very file, so a
+number measured on another model is never attributed to this one.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+from .files import file_sha256
+from .modelfile import load_model
+
+
+def layer_table(model) -> list[dict]:
+    """One row per layer: index, type, options, output shape (without the batch axis), parameter count.
+
+    Shapes come from one eval-mode forward pass of a single zero image, so they are what the layers
+    really produce.
+    """
+    x = np.zeros((1, *model.input_shape), np.float32)
+    rows = []
+    for index, layer in enumerate(model.layers):
+        x = layer.forward(x, train=False)
+        options = {k: v for k, v in layer.config().items() if k != "type"}
+        rows.append({"index": index, "type": layer.type_name, "options": options,
+                     "output_shape": list(x.shape[1:]), "parameters": int(sum(p.size for p in layer.params.values()))})
+    return rows
+
+
+def scored_accuracy(eval_json: Path, model_sha256: str) -> tuple[float | None, str]:
+    """(accuracy, why) from ``eval_json`` when it scored the file with ``model_sha256``, else (None, why not)."""
+    if not eval_json.is_file():
+        return None, f"not evaluated ({eval_json} not found: run dvc repro -s evaluate)"
+    try:
+        record = json.loads(eval_json.read_text())
+        recorded, accuracy = record.get("model_sha256"), record.get("accuracy")
+    except (json.JSONDecodeError, AttributeError, UnicodeDecodeError) as err:
+        raise InputError(f"{eval_json} is not a valid evaluation record ({err}): re-run dvc repro -s evaluate") from None
+    if recorded != model_sha256:
+        return None, f"not evaluated ({eval_json} scored another model file)"
+    return float(accuracy), f"from {eval_json}"
+
+
+def describe(path, eval_json="metrics/eval.json") -> dict:
+    """Everything ``nnlib info`` shows about the model file at ``path``, as a JSON-ready dict."""
+    path = Path(path)
+    model, meta = load_model(path)
+    sha256 = file_sha256(path)
+    accuracy, accuracy_source = scored_accuracy(Path(eval_json), sha256)
+    layers = layer_table(model)
+    return {
+        "file": str(path), "sha256": sha256, "bytes": path.stat().st_size,
+        "input_shape": list(model.input_shape), "layers": layers,
+        "total_parameters": sum(row["parameters"] for row in layers),
+        "seed": meta.get("seed"), "epoch": meta.get("epoch"), "val_accuracy": meta.get("val_accuracy"),
+        "test_accuracy": accuracy, "test_accuracy_source": accuracy_source,
+        "manifest_sha256": meta.get("manifest_sha256"), "nnlib_version": meta.get("nnlib_version"),
+        "init_from": meta.get("init_from"), "train": meta.get("train"),
+    }
+
+
+def _flat(params: dict, prefix: str = "") -> list[tuple[str, object]]:
+    """Nested params as (dotted key, value) pairs; the layer list is shown in the table instead."""
+    out = []
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out += _flat(value, f"{name}.")
+        elif key != "model":
+            out.append((name, value))
+    return out
+
+
+def _options(options: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in options.items())
+
+
+def format_description(d: dict) -> str:
+    """The text ``nnlib info`` prints: the layer table, then the metadata."""
+    def known(value, fmt="{}"):
+        return "(not recorded)" if value is None else fmt.format(value)
+
+    header = ("#", "layer (options)", "output shape", "params")
+    cells = [(str(r["index"]), f"{r['type']} ({_options(r['options'])})" if r["options"] else r["type"],
+              "(N, " + ", ".join(map(str, r["output_shape"])) + ")", f"{r['parameters']:,}") for r in d["layers"]]
+    widths = [max(len(row[i]) for row in [header, *cells]) for i in range(4)]
+    line = "  ".join("-" * w for w in widths)
+
+    def fmt_row(row):
+        return "  ".join(cell.rjust(w) if i in (0, 3) else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+
+    lines = [f"model: {d['file']} ({d['bytes']:,} bytes, sha256 {d['sha256']})",
+             f"input: (N, {', '.join(map(str, d['input_shape']))})", line, fmt_row(header), line,
+             *map(fmt_row, cells), line, f"total parameters: {d['total_parameters']:,}", ""]
+    init = d["init_from"]
+    lines += [
+        f"seed:              {known(d['seed'])}",
+        f"epoch kept:        {known(d['epoch'])}",
+        f"val accuracy:      {known(d['val_accuracy'], '{:.4f}')}",
+        f"test accuracy:     {known(d['test_accuracy'], '{:.4f}')}  ({d['test_accuracy_source']})"
+        if d["test_accuracy"] is not None else f"test accuracy:     {d['test_accuracy_source']}",
+        f"shard manifest:    sha256 {known(d['manifest_sha256'])}",
+        f"started from:      {init['path']} (sha256 {init['sha256']})" if init else "started from:      a fresh initialisation",
+        f"nnlib version:     {known(d['nnlib_version'])}",
+    ]
+    if d["train"]:
+        lines += ["training params:"] + [f"  train.{key}: {json.dumps(value)}" for key, value in _flat(d["train"])]
+    else:
+        lines.append("training params:   (not recorded)")
+    return "\n".join(lines)
