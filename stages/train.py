@@ -84,8 +84,7 @@ def main() -> None:
                       images_per_epoch=images_per_epoch, batch_size=cfg["batch_size"], val=val,
                       interval=interval, keep_best=cfg["select"] == "best_val")
     except Diverged as err:
-        print(f"error: training diverged: {err}; no model was written", file=sys.stderr)
-        sys.exit(1)
+        raise Diverged(f"training diverged: {err}; no model was written") from None
     seconds = time.perf_counter() - start
 
     if cfg["select"] == "best_val":

@@ -14,9 +14,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from model_faults import FAULTS, LOADS_BUT_CANNOT_BE_EVALUATED, make_bad_copy
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_MNIST = (ROOT / ".." / "shared" / "mnist").resolve()
-PIPELINE_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", "stages", "nnlib", "conf", ".dvc/config"]
+PIPELINE_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "stages", "nnlib", "conf", ".dvc/config",
+                  "models/init/README.md"]
 
 pytestmark = pytest.mark.slow
 
@@ -161,7 +164,7 @@ def test_divergence_stops_without_writing_a_model(repo):
         result = run([sys.executable, "stages/train.py"], repo, check=False)
     finally:
         write_params(repo, {})
-    assert result.returncode != 0
+    assert result.returncode == 3
     assert "epoch 1" in result.stderr and "lower train.optimizer.lr" in result.stderr
     assert model.read_bytes() == before, "a diverged run must not replace the model"
 
@@ -175,7 +178,78 @@ def test_missing_model_names_the_file_and_its_stage(repo):
     finally:
         model.write_bytes(kept)
     assert result.returncode == 1
-    assert "models/model.npz is missing" in result.stderr and "train stage" in result.stderr
+    assert "models/model.npz: no such model file" in result.stderr and "dvc repro -s train" in result.stderr
+
+
+def last_val_loss(repo: Path) -> float:
+    header, *rows = (repo / "metrics/train_log.tsv").read_text().splitlines()
+    return float(rows[-1].split("\t")[header.split("\t").index("val_loss")])
+
+
+def one_error_line(result: subprocess.CompletedProcess) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.stderr, result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("name", sorted({**FAULTS, **LOADS_BUT_CANNOT_BE_EVALUATED}))
+def test_evaluate_refuses_a_bad_model_file_in_one_line(repo, name, tmp_path):
+    model = repo / "models/model.npz"
+    kept, metrics = model.read_bytes(), (repo / "metrics/eval.json").read_bytes()
+    bad = make_bad_copy(name, model, tmp_path)
+    model.unlink()
+    if bad.is_dir():
+        model.mkdir()
+    elif bad.exists():
+        shutil.copy(bad, model)
+    try:
+        result = run([sys.executable, "stages/evaluate.py"], repo, check=False)
+    finally:
+        shutil.rmtree(model) if model.is_dir() else model.unlink(missing_ok=True)
+        model.write_bytes(kept)
+    assert result.returncode == 1
+    assert "models/model.npz" in one_error_line(result)
+    assert (repo / "metrics/eval.json").read_bytes() == metrics
+
+
+def test_continue_training_from_the_model(repo):
+    """train.init_from: 2 more epochs from the trained model lower the validation loss."""
+    before = last_val_loss(repo)
+    init = repo / "models/init/start.npz"
+    shutil.copy(repo / "models/model.npz", init)
+    write_params(repo, {"train": {"init_from": "models/init/start.npz"}})
+    try:
+        assert "train" in dvc_status(repo)  # the new file in models/init makes train stale
+        result = run([sys.executable, "stages/train.py"], repo)
+        assert "starting from the weights of models/init/start.npz" in result.stderr
+        after = last_val_loss(repo)
+        info = json.loads(run([sys.executable, "-m", "nnlib", "info", "--json"], repo).stdout)
+    finally:
+        init.unlink()
+        write_params(repo, {})
+        run([sys.executable, "-m", "dvc", "repro"], repo)
+    assert after < before, (before, after)
+    assert info["init_from"]["path"] == "models/init/start.npz" and len(info["init_from"]["sha256"]) == 64
+    assert dvc_status(repo) == {}
+
+
+@pytest.mark.parametrize("override, code, fragment", [
+    ({"init_from": "models/init/nowhere.npz"}, 1, "models/init/nowhere.npz (train.init_from) is missing"),
+    ({"init_from": "models/model.npz"}, 2, "train.init_from must be a file under models/init/"),
+    ({"init_from": "models/init/start.npz", "model": [{"type": "flatten"}, {"type": "dense", "out": 16}, {"type": "relu"},
+                                                       {"type": "dense", "out": 10}]},
+     2, "does not match train.model at layer 1"),
+])
+def test_bad_init_from_is_one_line(repo, override, code, fragment):
+    shutil.copy(repo / "models/model.npz", repo / "models/init/start.npz")
+    write_params(repo, {"train": override})
+    try:
+        result = run([sys.executable, "stages/train.py"], repo, check=False)
+    finally:
+        (repo / "models/init/start.npz").unlink()
+        write_params(repo, {})
+    assert result.returncode == code
+    assert fragment in one_error_line(result)
 
 
 def test_exp_run_with_a_preset_records_every_value(repo):
