@@ -7,10 +7,17 @@ and returns the gradient with respect to the input. Shapes exclude nothing: ``x:
 A layer is built from a spec dict such as ``{"type": "conv", "out": 32, "k": 5}``: the ``type``
 picks the class in :data:`LAYERS`, the other keys are its constructor arguments. ``build`` is given
 the input shape (without the batch axis) and returns the output shape, so shapes are inferred.
+
+Each constructor checks its own options (types and ranges) with :func:`check_int`,
+:func:`check_float`, :func:`check_bool` and :func:`check_choice`, so a bad spec fails when the
+model is built, with one line such as ``conv: stride must be an integer >= 1, got 0``, never in
+the middle of training.
 """
 from __future__ import annotations
 
 import inspect
+import math
+import numbers
 
 import numpy as np
 
@@ -39,6 +46,68 @@ from .functional import (
 
 class ShapeError(ValueError):
     """A layer cannot accept the shape that reaches it."""
+
+
+class LayerSpecError(ValueError):
+    """A layer option has the wrong type or is out of range.
+
+    The message is one line naming the layer, the option, what it must be and what it got:
+    ``conv: stride must be an integer >= 1, got 0``; :meth:`at` puts the layer's index in front:
+    ``layer 4 (conv): stride must be an integer >= 1, got 0``.
+    """
+
+    def __init__(self, layer: str, detail: str, index: int | None = None):
+        where = layer if index is None else f"layer {index} ({layer})"
+        super().__init__(f"{where}: {detail}")
+        self.layer, self.detail, self.index = layer, detail, index
+
+    def at(self, index: int) -> "LayerSpecError":
+        """The same error, located at position ``index`` of a layer list."""
+        return LayerSpecError(self.layer, self.detail, index)
+
+    def __reduce__(self):  # picklable despite the custom signature
+        return type(self), (self.layer, self.detail, self.index)
+
+
+def _refuse(layer: "Layer", name: str, expect: str, value) -> None:
+    raise LayerSpecError(layer.type_name, f"{name} must be {expect}, got {value!r}")
+
+
+def check_int(layer: "Layer", name: str, value, minimum: int) -> int:
+    """``value`` as an int >= ``minimum``. Bools (``true``) and floats (even ``2.0``) are refused."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        _refuse(layer, name, f"an integer >= {minimum}", value)
+    return int(value)
+
+
+def check_float(layer: "Layer", name: str, value, low: float, high: float = math.inf, *,
+                open_low: bool = False, open_high: bool = False) -> float:
+    """``value`` as a finite float in the interval from ``low`` to ``high`` (ints accepted, bools not).
+
+    Each end is included unless ``open_low`` / ``open_high``; ``high = inf`` means no upper bound.
+    """
+    if math.isinf(high):
+        expect = f"a number {'>' if open_low else '>='} {low:g}"
+    else:
+        expect = f"a number in {'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < low or value > high or (open_low and value == low) or (open_high and value == high):
+        _refuse(layer, name, expect, value)
+    return float(value)
+
+
+def check_bool(layer: "Layer", name: str, value) -> bool:
+    """``value`` if it is a real bool (``true``/``false``): not ``"no"``, not ``0``."""
+    if not isinstance(value, bool):
+        _refuse(layer, name, "true or false", value)
+    return value
+
+
+def check_choice(layer: "Layer", name: str, value, choices) -> str:
+    """``value`` if it is one of the names in ``choices``."""
+    if not isinstance(value, str) or value not in choices:
+        _refuse(layer, name, f"one of {sorted(choices)}", value)
+    return value
 
 
 class Layer:
@@ -86,7 +155,9 @@ class Dense(Layer):
 
     def __init__(self, out: int, init: str = "he_normal", bias: bool = True):
         super().__init__()
-        self.out, self.init, self.bias = out, init, bias
+        self.out = check_int(self, "out", out, 1)
+        self.init = check_choice(self, "init", init, initializers.INITIALIZERS)
+        self.bias = check_bool(self, "bias", bias)
 
     def build(self, input_shape, rng):
         if len(input_shape) != 1:
@@ -178,9 +249,7 @@ class Dropout(Layer):
 
     def __init__(self, p: float = 0.5):
         super().__init__()
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"dropout p must be in [0, 1), got {p}")
-        self.p = p
+        self.p = check_float(self, "p", p, 0.0, 1.0, open_high=True)
 
     def build(self, input_shape, rng):
         self.rng = np.random.default_rng(rng.integers(2**63))
@@ -218,7 +287,12 @@ class Conv2D(Layer):
 
     def __init__(self, out: int, k: int = 3, stride: int = 1, pad: int = 0, bias: bool = True, init: str = "he_normal"):
         super().__init__()
-        self.out, self.k, self.stride, self.pad, self.bias, self.init = out, k, stride, pad, bias, init
+        self.out = check_int(self, "out", out, 1)
+        self.k = check_int(self, "k", k, 1)
+        self.stride = check_int(self, "stride", stride, 1)
+        self.pad = check_int(self, "pad", pad, 0)
+        self.bias = check_bool(self, "bias", bias)
+        self.init = check_choice(self, "init", init, initializers.INITIALIZERS)
 
     def build(self, input_shape, rng):
         if len(input_shape) != 3:
@@ -272,7 +346,8 @@ class _Pool2D(Layer):
 
     def __init__(self, k: int = 2, stride: int | None = None):
         super().__init__()
-        self.k, self.stride = k, stride if stride is not None else k
+        self.k = check_int(self, "k", k, 1)
+        self.stride = self.k if stride is None else check_int(self, "stride", stride, 1)
 
     def build(self, input_shape, rng):
         if len(input_shape) != 3:
@@ -350,7 +425,8 @@ class BatchNorm(Layer):
 
     def __init__(self, momentum: float = 0.1, eps: float = 1e-5):
         super().__init__()
-        self.momentum, self.eps = momentum, eps
+        self.momentum = check_float(self, "momentum", momentum, 0.0, 1.0)
+        self.eps = check_float(self, "eps", eps, 0.0, open_low=True)
 
     def build(self, input_shape, rng):
         if len(input_shape) not in (1, 3):
@@ -428,17 +504,23 @@ LAYERS = {
 def from_spec(spec: dict) -> Layer:
     """Make a layer from a spec dict such as ``{"type": "dense", "out": 10}``.
 
-    Raises ValueError naming the unknown type (with the valid ones) or the unexpected key.
+    Raises ValueError naming the unknown type (with the valid ones), the unexpected or missing key,
+    and :class:`LayerSpecError` (a ValueError) for an option of the wrong type or out of range.
     """
     if not isinstance(spec, dict) or "type" not in spec:
         raise ValueError(f"layer spec must be a mapping with a 'type' key, got {spec!r}")
     kind = spec["type"]
-    if kind not in LAYERS:
+    if not isinstance(kind, str) or kind not in LAYERS:
         raise ValueError(f"unknown layer type {kind!r}: expected one of {sorted(LAYERS)}")
     cls = LAYERS[kind]
-    allowed = list(inspect.signature(cls.__init__).parameters)[1:]
+    options = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    allowed = [option.name for option in options]
     args = {k: v for k, v in spec.items() if k != "type"}
     unknown = sorted(set(args) - set(allowed))
     if unknown:
         raise ValueError(f"layer {kind!r} has no option {unknown[0]!r}: allowed options are {allowed}")
+    required = [option.name for option in options if option.default is inspect.Parameter.empty]
+    missing = [name for name in required if name not in args]
+    if missing:
+        raise ValueError(f"layer {kind!r} needs option {missing[0]!r}: its options are {allowed}")
     return cls(**args)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .backend import get_array_module
-from .layers import Layer, ShapeError, from_spec
+from .layers import Layer, LayerSpecError, ShapeError, from_spec
 
 
 class Sequential:
@@ -30,15 +30,36 @@ class Sequential:
             layers[0].skip_input_grad = True
 
     @classmethod
-    def from_specs(cls, specs: list[dict], input_shape: tuple, rng: np.random.Generator) -> "Sequential":
-        """Build from a list of layer spec dicts, inferring every shape."""
+    def from_specs(cls, specs: list[dict], input_shape: tuple, rng: np.random.Generator,
+                   num_classes: int | None = None) -> "Sequential":
+        """Build from a list of layer spec dicts, inferring every shape.
+
+        Every error is one line that names the layer's index: :class:`LayerSpecError` for a bad
+        option (``layer 4 (conv): stride must be an integer >= 1, got 0``), ValueError for an unknown
+        type or option, :class:`ShapeError` for a shape that does not fit. With ``num_classes``, a
+        network whose output is not ``(num_classes,)`` logits is refused with a ShapeError too.
+        """
         layers = []
         for index, spec in enumerate(specs):
             try:
                 layers.append(from_spec(spec))
+            except LayerSpecError as err:
+                raise err.at(index) from None
             except (ValueError, TypeError) as err:
                 raise ValueError(f"layer {index}: {err}") from None
-        return cls(layers, input_shape, rng)
+        model = cls(layers, input_shape, rng)
+        if num_classes is not None:
+            model.require_output(num_classes)
+        return model
+
+    def require_output(self, num_classes: int) -> None:
+        """Raise ShapeError unless the network ends in ``num_classes`` logits per example."""
+        if self.output_shape == (num_classes,):
+            return
+        last = f"layer {len(self.layers) - 1} ({self.layers[-1].type_name})" if self.layers else "the empty network"
+        flatten = "" if len(self.output_shape) == 1 else "{type: flatten} and "
+        raise ShapeError(f"the last layer must produce {num_classes} logits, got shape {self.output_shape} "
+                         f"from {last}: end the network with {flatten}{{type: dense, out: {num_classes}}}")
 
     def specs(self) -> list[dict]:
         return [layer.config() for layer in self.layers]

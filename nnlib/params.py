@@ -3,9 +3,11 @@
 A schema is a nested dict whose leaves are :class:`Field` objects. :func:`validate` checks a
 section against it, fills in defaults, and raises :class:`ParamsError` with a one-line message that
 names the key path and the expected value (see :mod:`nnlib.errors` for how it reaches the user).
+Every float must be finite, and a key written twice in one mapping is refused (as ``dvc repro`` does).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -21,8 +23,9 @@ PARAMS_FILE = "params.yaml"
 class Field:
     """One leaf of a schema.
 
-    ``kind`` is a type or tuple of types (bool is never accepted where a number is expected);
-    ``check`` an optional predicate; ``expect`` the human description used in errors and the README.
+    ``kind`` is a type or tuple of types (bool is never accepted where a number is expected, nor
+    NaN or an infinity where a float is); ``check`` an optional predicate; ``expect`` the human
+    description used in errors and the README.
     """
 
     kind: Any
@@ -40,6 +43,8 @@ class Field:
             value, ok = float(value), True
         else:
             ok = isinstance(value, kinds)
+        if ok and isinstance(value, float) and not math.isfinite(value):
+            ok = False  # .inf / .nan: YAML floats, but never a usable setting
         if ok and self.check is not None:
             try:
                 ok = bool(self.check(value))
@@ -73,13 +78,43 @@ def validate(section: dict | None, schema: dict, path: str) -> dict:
     return out
 
 
+class _DuplicateKey(Exception):
+    """Raised by :class:`_UniqueKeyLoader`; :func:`load` turns it into a ParamsError naming the file."""
+
+    def __init__(self, key, line: int, first_line: int):
+        super().__init__(f"duplicate key {key!r} (line {line}, first on line {first_line}): keep one")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key written twice in one mapping instead of keeping the last.
+
+    Keys brought in by a merge (``<<: *defaults``) may still be overridden, as YAML intends.
+    """
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+            try:
+                if key in seen:
+                    raise _DuplicateKey(key, line, seen[key])
+                seen[key] = line
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+        return super().construct_mapping(node, deep=deep)
+
+
 def load(path: str | Path = PARAMS_FILE) -> dict:
-    """Read params.yaml as a dict, with clear errors for a missing or unparsable file."""
+    """Read params.yaml as a dict, with clear errors for a missing or unparsable file or a duplicate key."""
     path = Path(path)
     if not path.exists():
         raise ParamsError(f"{path} not found: run from the repository root, where params.yaml lives")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+    except _DuplicateKey as err:
+        raise ParamsError(f"{path}: {err}") from None
     except yaml.YAMLError as err:
         raise ParamsError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
     if not isinstance(data, dict):

@@ -88,7 +88,7 @@ def test_dropout_eval_is_identity_and_train_drops_about_p():
 
 
 def test_dropout_rejects_p_outside_unit_interval():
-    with pytest.raises(ValueError, match="dropout p"):
+    with pytest.raises(layers.LayerSpecError, match=r"dropout: p must be a number in \[0, 1\), got 1.0"):
         layers.from_spec({"type": "dropout", "p": 1.0})
 
 

@@ -105,6 +105,11 @@ def test_repository_params_are_valid():
         ({"optimizer": {"lr": "fast"}}, "train.optimizer.lr"),
         ({"optimizer": {"name": "rmsprop"}}, "train.optimizer.name must be one of ['adam', 'adamw', 'sgd']"),
         ({"select": "best"}, "train.select must be 'last' or 'best_val'"),
+        ({"optimizer": {"lr": float("inf")}}, "train.optimizer.lr must be a number > 0, got inf"),
+        ({"optimizer": {"lr": float("nan")}}, "train.optimizer.lr must be a number > 0, got nan"),
+        ({"optimizer": {"weight_decay": float("inf")}}, "train.optimizer.weight_decay must be a number >= 0, got inf"),
+        ({"schedule": {"gamma": float("inf")}}, "train.schedule.gamma must be a number > 0, got inf"),
+        ({"schedule": {"min_lr": float("-inf")}}, "train.schedule.min_lr must be a number >= 0, got -inf"),
     ],
 )
 def test_bad_train_values_name_the_key(section, message):
@@ -137,3 +142,36 @@ def test_field_check_that_raises_counts_as_invalid():
     field = Field(list, [], "a list of two numbers", lambda v: len(v) == 2 and v[0] < v[1])
     with pytest.raises(ParamsError):
         field.validate("x.y", ["a", 1])
+
+
+@pytest.mark.parametrize("text", [".inf", "-.inf", ".nan", ".NaN"])
+def test_float_fields_refuse_non_finite_yaml_values(text):
+    value = yaml.safe_load(f"x: {text}")["x"]
+    for field in (Field(float, 0.0, "a number"), Field((int, float), 0, "a number")):
+        with pytest.raises(ParamsError, match=r"x\.y must be a number, got -?(inf|nan)$"):
+            field.validate("x.y", value)
+
+
+def test_augmentation_floats_refuse_infinity():
+    with pytest.raises(ParamsError, match="prepare.augment.shift"):
+        validate({"augment": {"shift": float("inf")}}, shards.SCHEMA, "prepare")
+
+
+@pytest.mark.parametrize("text, key, line, first", [
+    ("seed: 0\ntrain:\n  optimizer:\n    lr: 0.1\n    name: sgd\n    lr: 0.2\n", "lr", 6, 4),
+    ("seed: 0\nseed: 1\n", "seed", 2, 1),
+    ("train: {epochs: 1, epochs: 2}\n", "epochs", 1, 1),
+    ("train:\n  model:\n  - {type: dense, out: 10, out: 5}\n", "out", 3, 3),
+])
+def test_duplicate_keys_are_refused(tmp_path, text, key, line, first):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ParamsError) as err:
+        params.load(path)
+    assert str(err.value) == f"{path}: duplicate key {key!r} (line {line}, first on line {first}): keep one"
+
+
+def test_same_key_in_different_mappings_and_merge_overrides_are_fine(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("base: &b {lr: 0.1, name: sgd}\ntrain:\n  optimizer:\n    <<: *b\n    lr: 0.2\nevaluate: {lr: 1}\n")
+    assert params.load(path)["train"]["optimizer"] == {"lr": 0.2, "name": "sgd"}
