@@ -5,6 +5,7 @@ once, per batch, in the iterators here.
 """
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from .backend import current, to_device
 from .errors import InputError
 
 IDX_DTYPES = {0x08: np.uint8}
+NUM_CLASSES = 10
 
 
 def read_idx(path, made_by: str = "the fetch stage (dvc repro -s fetch)") -> np.ndarray:
@@ -82,6 +84,77 @@ def read_manifest(shard_dir, made_by: str = "the prepare stage (dvc repro -s pre
         raise InputError(f"{path} is corrupt ({err}): re-run {made_by}") from None
 
 
+def _fail(path, problem: str, made_by: str):
+    raise InputError(f"{path} {problem}: re-run {made_by}")
+
+
+def _check_entry(shard_dir: Path, entry, name: str, image_shape: tuple, made_by: str) -> int:
+    """Check one manifest entry and its file: size, count, shape, dtype and label histogram.
+
+    Reads the archive's directory, the array headers and the labels only, never the images.
+    Returns the entry's image count.
+    """
+    manifest = shard_dir / "manifest.json"
+    if not (isinstance(entry, dict) and isinstance(entry.get("file"), str) and isinstance(entry.get("count"), int)
+            and entry["count"] > 0 and isinstance(entry.get("label_histogram"), list) and len(entry["label_histogram"]) == NUM_CLASSES):
+        _fail(manifest, f"has a malformed {name} entry ({entry!r:.80})", made_by)
+    path = shard_dir / entry["file"]
+    if not path.is_file():
+        _fail(path, "is missing", made_by)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            x_shape, x_dtype = _npy_header(archive, "x.npy")
+            labels = np.lib.format.read_array(archive.open("y.npy"), allow_pickle=False)
+    except Exception as err:  # noqa: BLE001 - a shard that does not open is corrupt, whatever the reason
+        _fail(path, f"is truncated or corrupt ({err or type(err).__name__})", made_by)
+    count = entry["count"]
+    if x_dtype != np.uint8 or x_shape != (count, *image_shape):
+        _fail(path, f"holds images {x_shape} {x_dtype}, the manifest says ({count}, {', '.join(map(str, image_shape))}) uint8", made_by)
+    if labels.dtype != np.uint8 or labels.shape != (count,):
+        _fail(path, f"holds labels {labels.shape} {labels.dtype}, the manifest says ({count},) uint8", made_by)
+    if labels.size and int(labels.max()) >= NUM_CLASSES:
+        _fail(path, f"holds label {int(labels.max())}, outside 0..{NUM_CLASSES - 1}", made_by)
+    if np.bincount(labels, minlength=NUM_CLASSES).tolist() != entry["label_histogram"]:
+        _fail(path, "has labels that do not match the manifest's label histogram", made_by)
+    return count
+
+
+def _npy_header(archive: zipfile.ZipFile, member: str) -> tuple[tuple, np.dtype]:
+    """(shape, dtype) of one ``.npy`` member of an open ``.npz``, from its header alone."""
+    with archive.open(member) as f:
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(f)
+    return shape, dtype
+
+
+def check_shards(shard_dir, manifest: dict, made_by: str = "the prepare stage (dvc repro -s prepare)") -> None:
+    """Check the manifest's schema and every shard it lists against it, before training starts.
+
+    Each shard's size on disk, image count, shape, dtype and label histogram must match the manifest
+    (a truncated file, a swapped shard or a relabelled one is found here, not at epoch 7). Raises one
+    :class:`~nnlib.errors.InputError` naming the file and ``made_by``.
+    """
+    shard_dir = Path(shard_dir)
+    path = shard_dir / "manifest.json"
+    if not isinstance(manifest, dict):
+        _fail(path, f"must be a JSON object, got {type(manifest).__name__}", made_by)
+    shape = manifest.get("image_shape")
+    if not (isinstance(shape, list) and len(shape) == 2 and all(isinstance(d, int) and d > 0 for d in shape)):
+        _fail(path, f"has a malformed image_shape ({shape!r})", made_by)
+    shards = manifest.get("train_shards")
+    if not isinstance(shards, list) or not shards:
+        _fail(path, "lists no train shards", made_by)
+    split = manifest.get("train_split_size")
+    if not isinstance(split, int) or split < 1:
+        _fail(path, f"has train_split_size {split!r}, expected an integer >= 1", made_by)
+    total = sum(_check_entry(shard_dir, entry, f"train_shards[{i}]", tuple(shape), made_by) for i, entry in enumerate(shards))
+    if total < split:
+        _fail(path, f"lists {total} train images, fewer than its train_split_size {split}", made_by)
+    for name in ("val", "test"):
+        _check_entry(shard_dir, manifest.get(name), name, tuple(shape), made_by)
+
+
 class ShardStream:
     """An endless, shuffled stream of training images read from shards with bounded memory.
 
@@ -90,11 +163,20 @@ class ShardStream:
     peak footprint is ``window * shard_size`` images however many augmented copies exist.
     ``epoch(n, batch_size)`` yields the next ``n`` images of the stream as batches: epochs continue
     where the last one stopped, so successive epochs see fresh distorted copies until the data wrap.
+
+    ``counts`` (images per shard, from the manifest) lets :meth:`fast_forward` skip ahead without
+    reading the shards it skips: the random draws depend only on the counts. ``position`` is the
+    number of images taken so far, so ``ShardStream(same args).fast_forward(position)`` resumes the
+    very same stream (a checkpoint stores just that number).
     """
 
-    def __init__(self, shard_dir, files: list[str], rng: np.random.Generator, window: int = 3):
+    def __init__(self, shard_dir, files: list[str], rng: np.random.Generator, window: int = 3, counts: list[int] | None = None):
         self.shard_dir, self.files, self.rng, self.window = Path(shard_dir), list(files), rng, window
-        self._chunks = self._chunk_stream()
+        if not self.files:
+            raise InputError(f"{self.shard_dir}: no train shards to stream: re-run the prepare stage (dvc repro -s prepare)")
+        self.counts = list(counts) if counts is not None else [len(load_shard(self.shard_dir / f)[1]) for f in self.files]
+        self.position = 0
+        self._windows = self._window_stream()
         self._pending: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # (x, y, order still to take)
         self._buffer: tuple[np.ndarray, np.ndarray] | None = None  # reused window storage, grown on demand
 
@@ -114,29 +196,49 @@ class ShardStream:
             at += len(x)
         return buf_x[:total], buf_y[:total]
 
-    def _chunk_stream(self):
-        """Endless generator of (x, y, order): one window of shards and the shuffled order to read it in.
+    def _window_stream(self):
+        """Endless generator of (shard indices, order): one window of shards and the shuffled order to read it in.
 
-        The images are not copied into shuffled order here; ``_take`` gathers each batch through ``order``.
+        Nothing is read here; ``_take`` loads a window when it needs its images and gathers each batch
+        through ``order``.
         """
         while True:
             order = self.rng.permutation(len(self.files))
             for start in range(0, len(order), self.window):
-                x, y = self._read_window(order[start : start + self.window])
-                yield x, y, self.rng.permutation(len(x))
+                indices = order[start : start + self.window]
+                yield indices, self.rng.permutation(sum(self.counts[i] for i in indices))
+
+    def _next_window(self, skip: int = 0) -> None:
+        indices, order = next(self._windows)  # overwrites the buffer: earlier batches are copies already
+        x, y = self._read_window(indices)
+        self._pending = (x, y, order[skip:])
+
+    def fast_forward(self, images: int) -> None:
+        """Advance the stream by ``images`` images, reading only the window where it lands."""
+        if self._pending is not None:
+            raise RuntimeError("fast_forward works only on a fresh stream")
+        self.position += images
+        while images > 0:
+            indices, order = next(self._windows)
+            if images < len(order):
+                x, y = self._read_window(indices)
+                self._pending = (x, y, order[images:])
+                return
+            images -= len(order)
 
     def _take(self, count: int) -> tuple[np.ndarray, np.ndarray]:
         """The next ``count`` images of the stream (fewer never: the stream is endless), as new arrays."""
         parts_x, parts_y, need = [], [], count
         while need:
             if self._pending is None or len(self._pending[2]) == 0:
-                self._pending = next(self._chunks)  # overwrites the buffer: earlier parts are copies already
+                self._next_window()
             x, y, order = self._pending
             idx = order[:need]
             parts_x.append(x[idx])
             parts_y.append(y[idx])
             self._pending = (x, y, order[need:])
             need -= len(idx)
+        self.position += count
         if len(parts_x) == 1:
             return parts_x[0], parts_y[0]
         return np.concatenate(parts_x), np.concatenate(parts_y)

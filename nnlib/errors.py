@@ -7,7 +7,7 @@ errors into one line on stderr and the exit code of this table (README, "Errors"
 code   meaning
 =====  ==========================================================================
 0      ok
-1      a missing or corrupt input file: image, raw file, shard or model
+1      a missing or corrupt input file: image, raw file, shard or model (or an output that cannot be written)
 2      bad params, flags or layer spec, including an ``init_from`` architecture mismatch
 3      training diverged (the loss stopped being finite)
 130    interrupted (Ctrl-C)
@@ -15,7 +15,11 @@ code   meaning
 """
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import threading
+import time
 from typing import Callable
 
 
@@ -39,6 +43,12 @@ class ModelFileError(InputError):
     """A model file is missing, unreadable, malformed or holds non-finite weights (exit code 1)."""
 
 
+class OutputError(RuntimeError):
+    """An output cannot be written (read-only folder, disk full); the message names the path (exit code 1)."""
+
+    exit_code = 1
+
+
 class Diverged(RuntimeError):
     """The training loss became NaN or infinite (exit code 3)."""
 
@@ -46,14 +56,29 @@ class Diverged(RuntimeError):
 
 
 EXIT_INTERRUPTED = 130
-ERRORS = (ParamsError, InputError, Diverged)
+ERRORS = (ParamsError, InputError, OutputError, Diverged)
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _exit_with_parent(parent: int, interval: float = 1.0) -> None:
+    """Poll the parent process; when it is gone (e.g. a killed `dvc repro`), end this one like Ctrl-C."""
+    while os.getppid() == parent:
+        time.sleep(interval)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def run_stage(main: Callable[[], int | None], prefix: str = "error") -> None:
     """Run ``main`` and exit with its return value (0 if None), or with the code of the error it raised.
 
-    An error becomes one line on stderr (``error: <message>``), never a traceback.
+    An error becomes one line on stderr (``error: <message>``), never a traceback. SIGTERM ends the
+    run like Ctrl-C (so temporary files are cleaned up on the way out), and so does the death of the
+    parent process: a stage never runs on as an orphan after `dvc repro` itself was killed.
     """
+    signal.signal(signal.SIGTERM, _terminate)
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     try:
         code = main()
     except ERRORS as err:

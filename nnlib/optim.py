@@ -22,6 +22,14 @@ def decay_weights_only(name: str, param) -> bool:
 
 
 class Optimizer:
+    """Base class: walks ``(name, param, grad)`` triples; subclasses implement ``update``.
+
+    ``slots`` names the per-parameter state dicts (momentum buffers, Adam moments) that
+    :meth:`state` / :meth:`load_state` save and restore for checkpoints.
+    """
+
+    slots: tuple[str, ...] = ()
+
     def __init__(self, parameters, lr: float, weight_decay: float = 0.0, decay_filter=decay_all):
         if lr <= 0:
             raise ValueError(f"learning rate must be > 0, got {lr}")
@@ -41,12 +49,31 @@ class Optimizer:
     def update(self, name, param, grad) -> None:
         raise NotImplementedError
 
+    def state(self) -> tuple[int, dict]:
+        """(step count, arrays by ``"<slot>/<param name>"``): everything a resumed run needs."""
+        arrays = {f"{slot}/{name}": value for slot in self.slots for name, value in getattr(self, slot).items()}
+        return self.steps, arrays
+
+    def load_state(self, steps: int, arrays: dict) -> None:
+        """Restore what :meth:`state` returned (arrays are copied onto the parameters' backend)."""
+        self.steps = int(steps)
+        xp = get_array_module(*(p for _, p, _ in self.params))
+        for slot in self.slots:
+            getattr(self, slot).clear()
+        for key, value in arrays.items():
+            slot, name = key.split("/", 1)
+            if slot not in self.slots or name not in self.decays:
+                raise ValueError(f"optimizer state {key!r} does not belong to this optimizer")
+            getattr(self, slot)[name] = xp.array(value)
+
 
 class SGD(Optimizer):
     """p -= lr * v with v = momentum * v + (g + wd * p)  (PyTorch's form, dampening 0).
 
     With ``nesterov=True`` the step uses g + momentum * v instead of v.
     """
+
+    slots = ("velocity",)
 
     def __init__(self, parameters, lr: float, momentum: float = 0.0, nesterov: bool = False,
                  weight_decay: float = 0.0, decay_filter=decay_all):
@@ -75,6 +102,7 @@ class Adam(Optimizer):
     """Adam (Kingma & Ba) with bias correction; weight decay is L2 added to the gradient (PyTorch's Adam)."""
 
     decoupled = False
+    slots = ("m", "v")
 
     def __init__(self, parameters, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, decay_filter=decay_all):

@@ -28,6 +28,7 @@ TRAIN_SCHEMA = {
     "images_per_epoch": Field(int, 0, "an integer >= 0 (0 = the size of the train split)", non_negative, "images drawn from the shard stream per epoch"),
     "init_from": Field(str, "", "'' (fresh) or the path of a model file under models/init/", None,
                        "start from this model's weights instead of a fresh initialisation (see README, continue training)"),
+    "resume": Field(bool, True, "true or false", None, "continue a killed run from its last checkpoint (models/checkpoints/)"),
     "select": Field(str, "last", "'last' or 'best_val'", lambda v: v in ("last", "best_val"), "which epoch's weights are kept"),
     "model": Field(list, None, "a non-empty list of layer specs like {type: dense, out: 10}", lambda v: len(v) > 0, "the network, layer by layer", required=True),
     "loss": {
@@ -117,31 +118,41 @@ class History:
         return self.rows[self.best_epoch - 1]
 
 
+def steps_per_epoch(images_per_epoch: int, batch_size: int) -> int:
+    """Optimizer steps in an epoch of ``images_per_epoch`` images (the last batch may be short)."""
+    return math.ceil(images_per_epoch / batch_size)
+
+
 def fit(model, loss_fn, optimizer, schedule, stream, *, epochs: int, images_per_epoch: int, batch_size: int,
-        val: tuple, interval: str = "step", keep_best: bool = False, progress: bool = True) -> History:
+        val: tuple, interval: str = "step", keep_best: bool = False, progress: bool = True,
+        history: History | None = None, on_epoch_end=None) -> History:
     """Train ``model`` for ``epochs`` epochs of ``images_per_epoch`` images drawn from ``stream``.
 
     ``stream.epoch(n, batch_size)`` yields (x, y) batches; ``val`` is (x uint8, y) for validation after
     every epoch. The learning rate follows ``schedule`` per step or per epoch (``interval``).
     With ``keep_best`` the parameters of the best-validation-accuracy epoch are kept in the history.
-    Raises :class:`Diverged` naming the epoch when the loss stops being finite.
+    A resumed run passes the ``history`` of the epochs already done (its stream, model and optimizer
+    restored to the end of them); training continues with the next epoch and schedule step.
+    ``on_epoch_end(history, step)`` runs after every epoch (checkpoints, the live log).
+    Raises :class:`Diverged` naming the epoch and step when the loss stops being finite.
     """
-    history = History()
-    steps_per_epoch = math.ceil(images_per_epoch / batch_size)
-    step = 0
-    for epoch in range(1, epochs + 1):
+    history = history if history is not None else History()
+    per_epoch = steps_per_epoch(images_per_epoch, batch_size)
+    step = len(history.rows) * per_epoch
+    for epoch in range(len(history.rows) + 1, epochs + 1):
         model.train()
         start = time.perf_counter()
         seen = correct = 0
         loss_sum = 0.0
-        bar = tqdm(stream.epoch(images_per_epoch, batch_size), total=steps_per_epoch, disable=not progress,
+        bar = tqdm(stream.epoch(images_per_epoch, batch_size), total=per_epoch, disable=not progress,
                    desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False, mininterval=0.5)
         for xb, yb in bar:
             optimizer.lr = schedule(step if interval == "step" else epoch - 1)
             logits = model.forward(xb)
             value, dlogits = loss_fn(logits, yb)
             if not math.isfinite(value):
-                raise Diverged(f"loss became {value} in epoch {epoch}: lower train.optimizer.lr (now {optimizer.lr:g}) in params.yaml")
+                raise Diverged(f"loss became {value} in epoch {epoch}, step {step + 1}: "
+                               f"lower train.optimizer.lr (now {optimizer.lr:g}) in params.yaml")
             model.backward(dlogits)
             optimizer.step()
             step += 1
@@ -152,7 +163,8 @@ def fit(model, loss_fn, optimizer, schedule, stream, *, epochs: int, images_per_
         bar.close()
         val_loss, val_acc, _ = evaluate(model, loss_fn, *val)
         if not math.isfinite(val_loss):
-            raise Diverged(f"validation loss became {val_loss} in epoch {epoch}: lower train.optimizer.lr in params.yaml")
+            raise Diverged(f"validation loss became {val_loss} after epoch {epoch}, step {step}: "
+                           "lower train.optimizer.lr in params.yaml")
         row = {"epoch": epoch, "train_loss": loss_sum / seen, "train_acc": correct / seen,
                "val_loss": val_loss, "val_acc": val_acc, "lr": optimizer.lr, "seconds": time.perf_counter() - start}
         history.rows.append(row)
@@ -160,6 +172,8 @@ def fit(model, loss_fn, optimizer, schedule, stream, *, epochs: int, images_per_
             history.best_epoch = epoch
             if keep_best:
                 history.best_state = {k: v.copy() for k, v in model.state().items()}
+        if on_epoch_end is not None:
+            on_epoch_end(history, step)
         tqdm.write(f"epoch {epoch}/{epochs}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f} | "
                    f"val loss {val_loss:.4f} acc {val_acc:.4f} | lr {optimizer.lr:.3g} | {row['seconds']:.1f}s")
     return history

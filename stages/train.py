@@ -1,37 +1,46 @@
 """Stage train: shards -> models/model.npz, metrics/train.json, metrics/train_log.tsv, metrics/timing.json.
 
 Run from the repository root: ``python stages/train.py`` (the same command ``dvc repro -s train`` runs).
+
+Everything is checked before training starts: params, the shard manifest and every shard's header
+and labels, the ``init_from`` model, and that every output folder is writable. After every epoch a
+checkpoint goes to ``models/checkpoints/`` and the live log to ``metrics/live/train_log.tsv``; a
+killed run started again resumes from its checkpoint (``train.resume``). The outputs are written to
+temporary files and renamed into place together at the end, so they always belong to one run.
 """
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 import nnlib
-from nnlib import backend, seeding
-from nnlib.data import ShardStream, load_shard, read_manifest
-from nnlib.errors import InputError
-from nnlib.files import file_sha256, write_json, write_text
-from nnlib.modelfile import load_weights, save_model
+from nnlib import backend, checkpoints, seeding
+from nnlib.data import ShardStream, check_shards, load_shard, read_manifest
+from nnlib.errors import Diverged, InputError, ParamsError, run_stage
+from nnlib.files import OutputSet, check_writable, file_sha256, remove_stale_temporaries, text_sha256, write_json, write_text
 from nnlib.model import Sequential
-from nnlib.errors import Diverged, ParamsError, run_stage
+from nnlib.modelfile import load_weights, save_model
 from nnlib.params import load_section
-from nnlib.training import TRAIN_SCHEMA, fit, make_loss, make_optimizer, make_schedule
+from nnlib.training import TRAIN_SCHEMA, History, fit, make_loss, make_optimizer, make_schedule, steps_per_epoch
 
 SHARDS = Path("data/shards")
 MODEL = Path("models/model.npz")
+NUM_CLASSES = 10
 INIT_DIR = Path("models/init")  # dvc.yaml declares this folder a dependency, so a new init file re-runs train
 METRICS = Path("metrics")
+LIVE_LOG = METRICS / "live" / "train_log.tsv"  # rewritten after every epoch; not a stage output
+CHECKPOINTS = checkpoints.FOLDER
 LOG_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr"]  # deterministic: timings go to timing.json
+MAX_IMAGES = 10**10  # epochs x images_per_epoch above this is a typo, not a training run
+SOURCES = [Path(__file__), *sorted(Path(nnlib.__file__).parent.glob("*.py"))]  # the code a checkpoint belongs to
 
 
 def build_model(specs: list, input_shape: tuple, seed: int) -> Sequential:
     """The network from ``train.model``; spec and shape problems become a params error."""
     try:
-        return Sequential.from_specs(specs, input_shape, seeding.rng(seed, seeding.INIT))
+        return Sequential.from_specs(specs, input_shape, seeding.rng(seed, seeding.INIT), num_classes=NUM_CLASSES)
     except (ValueError, TypeError) as err:
         raise ParamsError(f"params.yaml: train.model: {err}") from None
 
@@ -55,55 +64,90 @@ def log_tsv(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def check_size(cfg: dict, images_per_epoch: int) -> None:
+    total = cfg["epochs"] * images_per_epoch
+    if total > MAX_IMAGES:
+        raise ParamsError(f"params.yaml: train.epochs x images_per_epoch = {cfg['epochs']} x {images_per_epoch:,} = "
+                          f"{total:,} images, more than {MAX_IMAGES:,}: lower train.epochs or train.images_per_epoch")
+
+
 def main() -> None:
     seed, cfg = load_section("train", TRAIN_SCHEMA)
     backend.use(cfg["backend"])
+    outputs = [MODEL.parent, METRICS, LIVE_LOG.parent, CHECKPOINTS]
+    remove_stale_temporaries(outputs)
     manifest = read_manifest(SHARDS)
-    files = [s["file"] for s in manifest["train_shards"]]
-    val = load_shard(SHARDS / manifest["val"]["file"])
+    check_shards(SHARDS, manifest)
     images_per_epoch = cfg["images_per_epoch"] or manifest["train_split_size"]
-
+    check_size(cfg, images_per_epoch)
     init = init_source(cfg["init_from"])
     model = build_model(cfg["model"], (1, *manifest["image_shape"]), seed)
     if init:
         load_weights(model, init["path"])
         print(f"train: starting from the weights of {init['path']} (sha256 {init['sha256'][:12]})", file=sys.stderr)
+    check_writable(outputs)
+
+    val = load_shard(SHARDS / manifest["val"]["file"])
+    files = [s["file"] for s in manifest["train_shards"]]
     loss_fn = make_loss(cfg["loss"])
     optimizer = make_optimizer(model, cfg["optimizer"])
-    steps_per_epoch = -(-images_per_epoch // cfg["batch_size"])
     interval = cfg["schedule"]["interval"]
-    total = cfg["epochs"] * (steps_per_epoch if interval == "step" else 1)
+    total = cfg["epochs"] * (steps_per_epoch(images_per_epoch, cfg["batch_size"]) if interval == "step" else 1)
     schedule = make_schedule(cfg["schedule"], cfg["optimizer"]["lr"], total)
-    stream = ShardStream(SHARDS, files, seeding.rng(seed, seeding.SHUFFLE))
+    stream = ShardStream(SHARDS, files, seeding.rng(seed, seeding.SHUFFLE), counts=[s["count"] for s in manifest["train_shards"]])
+    manifest_sha256 = file_sha256(SHARDS / "manifest.json")
+    run_params = {k: v for k, v in cfg.items() if k != "resume"}
+    digest = checkpoints.run_digest(seed, run_params, manifest_sha256, init and init["sha256"], SOURCES)
+
+    history = History()
+    resumed, note = checkpoints.find(CHECKPOINTS, digest) if cfg["resume"] else (None, "")
+    if resumed:
+        try:
+            resumed.restore(model, optimizer, history)
+            stream.fast_forward(resumed.stream_position)
+        except (ValueError, KeyError, TypeError) as err:
+            raise InputError(f"{resumed.path} does not fit this run ({err}): delete it, or set train.resume: false") from None
+    if note:
+        print(note, file=sys.stderr)
     print(f"train: {model.num_parameters():,} parameters, {cfg['epochs']} epochs of {images_per_epoch:,} images "
           f"from {len(files)} shards, batch {cfg['batch_size']}", file=sys.stderr)
 
-    start = time.perf_counter()
+    def after_epoch(history: History, step: int) -> None:
+        write_text(LIVE_LOG, log_tsv(history.rows))
+        checkpoints.save(CHECKPOINTS, digest, model=model, optimizer=optimizer, history=history,
+                         step=step, stream_position=stream.position)
+
     try:
-        history = fit(model, loss_fn, optimizer, schedule, stream, epochs=cfg["epochs"],
-                      images_per_epoch=images_per_epoch, batch_size=cfg["batch_size"], val=val,
-                      interval=interval, keep_best=cfg["select"] == "best_val")
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # divergence is reported in one line
+            fit(model, loss_fn, optimizer, schedule, stream, epochs=cfg["epochs"], images_per_epoch=images_per_epoch,
+                batch_size=cfg["batch_size"], val=val, interval=interval, keep_best=cfg["select"] == "best_val",
+                history=history, on_epoch_end=after_epoch)
     except Diverged as err:
-        raise Diverged(f"training diverged: {err}; no model was written") from None
-    seconds = time.perf_counter() - start
+        kept = f"; the last good checkpoint is kept in {CHECKPOINTS}/" if history.rows else ""
+        raise Diverged(f"training diverged: {err}; no model was written{kept}") from None
 
     if cfg["select"] == "best_val":
         model.load_state(history.best_state)
     kept = history.best() if cfg["select"] == "best_val" else history.rows[-1]
-    save_model(MODEL, model, {
-        "seed": seed, "train": cfg, "epoch": kept["epoch"], "val_accuracy": kept["val_acc"],
-        "manifest_sha256": file_sha256(SHARDS / "manifest.json"), "nnlib_version": nnlib.__version__, "init_from": init,
-    })
     best = history.best()
-    write_json(METRICS / "train.json", {
-        "best_val_accuracy": best["val_acc"], "best_val_loss": best["val_loss"], "best_epoch": best["epoch"],
-        "epochs": len(history.rows), "selected_epoch": kept["epoch"], "selected_val_accuracy": kept["val_acc"],
-    })
-    write_text(METRICS / "train_log.tsv", log_tsv(history.rows))
-    images = cfg["epochs"] * images_per_epoch
-    write_json(METRICS / "timing.json", {"train_seconds": round(seconds, 2), "images_per_second": round(images / seconds, 1),
-                                         "seconds_per_epoch": round(seconds / cfg["epochs"], 2),
-                                         "epoch_seconds": [round(row["seconds"], 2) for row in history.rows]})
+    log = log_tsv(history.rows)
+    seconds = sum(row["seconds"] for row in history.rows)
+    with OutputSet() as out:  # all four are renamed into place together, only when all are written
+        save_model(out.path(MODEL), model, {
+            "seed": seed, "train": run_params, "epoch": kept["epoch"], "val_accuracy": kept["val_acc"],
+            "manifest_sha256": manifest_sha256, "nnlib_version": nnlib.__version__, "init_from": init,
+            "train_log_sha256": text_sha256(log),
+        })
+        write_json(out.path(METRICS / "train.json"), {
+            "best_val_accuracy": best["val_acc"], "best_val_loss": best["val_loss"], "best_epoch": best["epoch"],
+            "epochs": len(history.rows), "selected_epoch": kept["epoch"], "selected_val_accuracy": kept["val_acc"],
+        })
+        write_text(out.path(METRICS / "train_log.tsv"), log)
+        write_json(out.path(METRICS / "timing.json"), {
+            "train_seconds": round(seconds, 2), "images_per_second": round(cfg["epochs"] * images_per_epoch / seconds, 1),
+            "seconds_per_epoch": round(seconds / cfg["epochs"], 2),
+            "epoch_seconds": [round(row["seconds"], 2) for row in history.rows]})
+    checkpoints.clear(CHECKPOINTS)
 
 
 if __name__ == "__main__":

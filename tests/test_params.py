@@ -33,8 +33,10 @@ def test_readme_documents_every_key():
 
 
 def readme_value(value) -> str:
-    """How the README's params table writes a value of params.yaml (YAML spelling of booleans)."""
-    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+    """How the README's params table writes a value of params.yaml (YAML spelling of booleans and '')."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "''" if value == "" else str(value)
 
 
 def test_readme_table_shows_the_values_in_params_yaml():
