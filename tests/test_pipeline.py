@@ -252,6 +252,72 @@ def test_bad_init_from_is_one_line(repo, override, code, fragment):
     assert fragment in one_error_line(result)
 
 
+OUTPUTS = ["models/model.npz", "metrics/train.json", "metrics/train_log.tsv"]
+RESUMABLE = {"train": {"epochs": 4, "images_per_epoch": 3000,
+                       "model": [{"type": "flatten"}, {"type": "dense", "out": 256}, {"type": "relu"},
+                                 {"type": "dropout", "p": 0.2}, {"type": "dense", "out": 10}]}}
+
+
+def kill_after_epoch(cmd: list[str], repo: Path, epoch: int = 2) -> None:
+    """Start ``cmd`` in its own process group and SIGKILL the whole group once checkpoint ``epoch`` exists."""
+    import signal
+    import time
+    checkpoint = repo / f"models/checkpoints/checkpoint-{epoch:04d}.npz"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    process = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert checkpoint.exists() or (repo / f"models/checkpoints/checkpoint-{epoch + 1:04d}.npz").exists()
+
+
+@pytest.fixture
+def uninterrupted(repo):
+    """The outputs of an uninterrupted 4-epoch run; restores the repo's tiny run afterwards."""
+    write_params(repo, RESUMABLE)
+    run([sys.executable, "stages/train.py"], repo)
+    outputs = {name: (repo / name).read_bytes() for name in OUTPUTS}
+    assert not list((repo / "models/checkpoints").glob("*.npz")), "a completed run deletes its checkpoints"
+    yield outputs
+    write_params(repo, {})
+    shutil.rmtree(repo / "models/checkpoints", ignore_errors=True)
+    run([sys.executable, "-m", "dvc", "repro"], repo)
+
+
+def test_a_killed_run_resumes_to_the_same_bytes_by_hand(repo, uninterrupted):
+    kill_after_epoch([sys.executable, "stages/train.py"], repo)
+    live = (repo / "metrics/live/train_log.tsv").read_text().splitlines()
+    assert len(live) >= 3, "the live log keeps the epochs finished before the kill"
+    result = run([sys.executable, "stages/train.py"], repo)
+    assert "train: resuming from models/checkpoints/checkpoint-000" in result.stderr
+    assert {name: (repo / name).read_bytes() for name in OUTPUTS} == uninterrupted
+
+
+def test_a_killed_dvc_repro_resumes_to_the_same_bytes(repo, uninterrupted):
+    (repo / "models/model.npz").unlink()  # make train stale for dvc
+    kill_after_epoch([sys.executable, "-m", "dvc", "repro", "-s", "train"], repo)
+    result = run([sys.executable, "-m", "dvc", "repro", "-s", "train"], repo)
+    assert "resuming from" in result.stderr + result.stdout
+    assert {name: (repo / name).read_bytes() for name in OUTPUTS} == uninterrupted
+
+
+@pytest.mark.parametrize("spoil, message", [
+    (lambda repo, ckpt: write_params(repo, {**RESUMABLE, "train": {**RESUMABLE["train"], "batch_size": 16}}), "written by another run"),
+    (lambda repo, ckpt: ckpt.write_bytes(ckpt.read_bytes()[:100]), "unreadable"),
+    (lambda repo, ckpt: write_params(repo, {**RESUMABLE, "train": {**RESUMABLE["train"], "resume": False}}), None),
+])
+def test_a_checkpoint_of_another_run_is_never_resumed(repo, uninterrupted, spoil, message):
+    kill_after_epoch([sys.executable, "stages/train.py"], repo)
+    spoil(repo, sorted((repo / "models/checkpoints").glob("*.npz"))[-1])
+    result = run([sys.executable, "stages/train.py"], repo)
+    assert "resuming" not in result.stderr
+    if message:
+        assert f"ignoring models/checkpoints/checkpoint-" in result.stderr and message in result.stderr
+
+
 def test_exp_run_with_a_preset_records_every_value(repo):
     """Runs last: `dvc exp run -S preset=...` recomposes params.yaml from conf/ through Hydra."""
     tiny = ["prepare.max_train=300", "prepare.val_size=200", "prepare.shard_size=200", "prepare.augment.copies=1",
