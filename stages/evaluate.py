@@ -23,12 +23,22 @@ METRICS = Path("metrics")
 PLOTS = METRICS / "plots"
 
 
-def read_log(path: Path) -> list[dict]:
-    """Rows of metrics/train_log.tsv as dicts of numbers."""
+def read_log(path: Path, meta: dict) -> list[dict]:
+    """Rows of metrics/train_log.tsv as dicts of numbers, refusing a log of another run than the model's.
+
+    The train stage records the log's SHA-256 in the model's metadata (models written before that
+    record nothing, and their log is taken as it is).
+    """
     if not path.exists():
         raise InputError(f"{path} is missing: it is made by the train stage (dvc repro -s train)")
-    with path.open() as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f, delimiter="\t")]
+    expected = meta.get("train_log_sha256")
+    if expected is not None and file_sha256(path) != expected:
+        raise InputError(f"{path} belongs to another training run than {MODEL}: re-run the train stage (dvc repro -s train)")
+    try:
+        with path.open() as f:
+            return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f, delimiter="\t")]
+    except (ValueError, TypeError, UnicodeDecodeError) as err:
+        raise InputError(f"{path} is corrupt ({err}): re-run the train stage (dvc repro -s train)") from None
 
 
 def main() -> None:
@@ -36,6 +46,7 @@ def main() -> None:
     model, meta = load_model(MODEL)
     model_sha256 = file_sha256(MODEL)
     loss_cfg = training_loss(meta, MODEL)
+    log = read_log(METRICS / "train_log.tsv", meta)
     manifest = read_manifest(SHARDS)
     x, y = load_shard(SHARDS / manifest["test"]["file"])
     y = y.astype("int64")
@@ -49,7 +60,7 @@ def main() -> None:
     })
     write_text(METRICS / "predictions.csv", "actual,predicted\n" + "".join(f"{a},{p}\n" for a, p in zip(y, predictions)))
 
-    plots.training_curves(read_log(METRICS / "train_log.tsv"), PLOTS / "curves.png")
+    plots.training_curves(log, PLOTS / "curves.png")
     plots.confusion(matrix, PLOTS / "confusion.png")
     wrong = (predictions != y).nonzero()[0][: cfg["misclassified"]]
     plots.digit_grid(x[wrong], [f"true {y[i]} / pred {predictions[i]}" for i in wrong], PLOTS / "misclassified.png",

@@ -212,6 +212,18 @@ def test_evaluate_refuses_a_bad_model_file_in_one_line(repo, name, tmp_path):
     assert (repo / "metrics/eval.json").read_bytes() == metrics
 
 
+def test_evaluate_refuses_a_train_log_of_another_run(repo):
+    log = repo / "metrics/train_log.tsv"
+    kept = log.read_bytes()
+    log.write_bytes(kept.replace(b"\n2\t", b"\n2\t0"))  # another run's numbers
+    try:
+        result = run([sys.executable, "stages/evaluate.py"], repo, check=False)
+    finally:
+        log.write_bytes(kept)
+    assert result.returncode == 1
+    assert "belongs to another training run" in one_error_line(result)
+
+
 def test_continue_training_from_the_model(repo):
     """train.init_from: 2 more epochs from the trained model lower the validation loss."""
     before = last_val_loss(repo)
