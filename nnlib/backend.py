@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import MissingExtra
+
 DEFAULT_DTYPE = np.float32
 
 _active = np  # the module used to create new arrays (numpy or cupy)
@@ -21,11 +23,11 @@ def use(name: str):
     elif name == "cupy":
         try:
             import cupy  # noqa: PLC0415 - optional dependency
-        except ImportError as err:  # pragma: no cover - depends on the machine
-            raise RuntimeError(
-                "backend 'cupy' was asked for but CuPy is not installed: "
-                "pip install -e '.[gpu]' (or set backend: numpy in params.yaml)"
-            ) from err
+        except ImportError:  # pragma: no cover - depends on the machine
+            raise MissingExtra(
+                "train.backend is 'cupy' but CuPy is not installed: "
+                "pip install -e '.[gpu]' on a machine with an NVIDIA GPU, or set train.backend: numpy in params.yaml"
+            ) from None
         _active = cupy
     else:
         raise ValueError(f"unknown backend {name!r}: expected 'numpy' or 'cupy'")

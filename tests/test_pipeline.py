@@ -264,6 +264,110 @@ def test_bad_init_from_is_one_line(repo, override, code, fragment):
     assert fragment in one_error_line(result)
 
 
+def snapshot(repo: Path) -> dict:
+    """Bytes of every file the stages write (model, metrics, shards), to check nothing was touched."""
+    files = [repo / "models/model.npz", *sorted((repo / "metrics").rglob("*")), *sorted((repo / "data/shards").glob("*"))]
+    return {str(f.relative_to(repo)): f.read_bytes() for f in files if f.is_file() and "live" not in f.parts}
+
+
+def layers_with(index: int, **options) -> list:
+    model = [{"type": "conv", "out": 4, "k": 3}, {"type": "batchnorm"}, {"type": "relu"}, {"type": "maxpool", "k": 2},
+             {"type": "flatten"}, {"type": "dense", "out": 10}]
+    model[index] = {**model[index], **options}
+    return model
+
+
+PARAM_FAULTS = {  # name -> (params override or raw YAML text appended, exit code, fragment of the one line)
+    "lr_inf": ({"train": {"optimizer": {"lr": float("inf")}}}, 2, "train.optimizer.lr"),
+    "weight_decay_inf": ({"train": {"optimizer": {"weight_decay": float("inf")}}}, 2, "train.optimizer.weight_decay"),
+    "gamma_inf": ({"train": {"schedule": {"gamma": float("inf")}}}, 2, "train.schedule.gamma"),
+    "cupy_missing": ({"train": {"backend": "cupy"}}, 2, "CuPy is not installed"),
+    "too_many_images": ({"train": {"images_per_epoch": 10**15}}, 2, "more than 10,000,000,000"),
+    "batch_size_zero": ({"train": {"batch_size": 0}}, 2, "train.batch_size"),
+    "duplicate_key": ("seed: 3\n", 2, "duplicate key 'seed'"),
+    "conv_stride_0": ({"train": {"model": layers_with(0, stride=0)}}, 2, "layer 0 (conv): stride"),
+    "conv_k_0": ({"train": {"model": layers_with(0, k=0)}}, 2, "layer 0 (conv): k"),
+    "conv_out_0": ({"train": {"model": layers_with(0, out=0)}}, 2, "layer 0 (conv): out"),
+    "conv_pad_negative": ({"train": {"model": layers_with(0, pad=-1)}}, 2, "layer 0 (conv): pad"),
+    "dense_out_0": ({"train": {"model": layers_with(5, out=0)}}, 2, "layer 5 (dense): out"),
+    "final_dense_5": ({"train": {"model": layers_with(5, out=5)}}, 2, "10 logits"),
+    "maxpool_stride_0": ({"train": {"model": layers_with(3, stride=0)}}, 2, "layer 3 (maxpool): stride"),
+    "maxpool_k_0": ({"train": {"model": layers_with(3, k=0)}}, 2, "layer 3 (maxpool): k"),
+    "bn_momentum_negative": ({"train": {"model": layers_with(1, momentum=-1)}}, 2, "layer 1 (batchnorm): momentum"),
+    "bn_momentum_5": ({"train": {"model": layers_with(1, momentum=5)}}, 2, "layer 1 (batchnorm): momentum"),
+    "bn_eps_0": ({"train": {"model": layers_with(1, eps=0)}}, 2, "layer 1 (batchnorm): eps"),
+    "dense_bias_string": ({"train": {"model": layers_with(5, bias="no")}}, 2, "layer 5 (dense): bias"),
+    "unknown_layer": ({"train": {"model": layers_with(2, type="swish")}}, 2, "unknown layer type 'swish'"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PARAM_FAULTS))
+def test_bad_params_and_layer_specs_are_one_line_and_touch_nothing(repo, name):
+    override, code, fragment = PARAM_FAULTS[name]
+    before = snapshot(repo)
+    if isinstance(override, str):
+        write_params(repo, {})
+        with (repo / "params.yaml").open("a") as f:
+            f.write(override)
+    else:
+        write_params(repo, override)
+    try:
+        result = run([sys.executable, "stages/train.py"], repo, check=False)
+    finally:
+        write_params(repo, {})
+    assert result.returncode == code, result.stderr
+    assert fragment in one_error_line(result)
+    assert snapshot(repo) == before
+
+
+def _rewrite_shard(repo: Path, name: str, edit) -> None:
+    from nnlib.files import load_npz, save_npz  # noqa: PLC0415
+    arrays = load_npz(repo / "data/shards" / name)
+    edit(arrays)
+    save_npz(repo / "data/shards" / name, arrays)
+
+
+def _edit_manifest(repo: Path, edit) -> None:
+    path = repo / "data/shards/manifest.json"
+    path.write_text(json.dumps(edit(json.loads(path.read_text()))))
+
+
+SHARD_FAULTS = {  # name -> (fault(repo), fragment of the one line)
+    "truncated_shard": (lambda r: (r / "data/shards/train-00001.npz").write_bytes((r / "data/shards/train-00001.npz").read_bytes()[:500]),
+                        "train-00001.npz is truncated or corrupt"),
+    "missing_shard": (lambda r: (r / "data/shards/train-00002.npz").unlink(), "train-00002.npz is missing"),
+    "no_train_shards": (lambda r: _edit_manifest(r, lambda m: {**m, "train_shards": []}), "lists no train shards"),
+    "manifest_is_a_list": (lambda r: _edit_manifest(r, lambda m: [m]), "must be a JSON object"),
+    "manifest_not_json": (lambda r: (r / "data/shards/manifest.json").write_text("{"), "manifest.json is corrupt"),
+    "train_split_size_0": (lambda r: _edit_manifest(r, lambda m: {**m, "train_split_size": 0}), "train_split_size 0"),
+    "label_200": (lambda r: _rewrite_shard(r, "train-00000.npz", lambda a: a["y"].__setitem__(0, 200)), "holds label 200"),
+    "images_20x20": (lambda r: _rewrite_shard(r, "train-00000.npz", lambda a: a.update(x=a["x"][:, :20, :20].copy())),
+                     "holds images"),
+    "empty_val": (lambda r: _rewrite_shard(r, "val.npz", lambda a: a.update(x=a["x"][:0], y=a["y"][:0])), "val.npz holds images"),
+    "relabelled_shard": (lambda r: _rewrite_shard(r, "train-00000.npz", lambda a: a.update(y=(a["y"] + 1) % 10)),
+                         "do not match the manifest's label histogram"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SHARD_FAULTS))
+def test_corrupt_shards_are_found_before_training(repo, name, tmp_path):
+    fault, fragment = SHARD_FAULTS[name]
+    shards = repo / "data/shards"
+    shutil.copytree(shards, tmp_path / "shards")
+    fault(repo)
+    before = snapshot(repo)
+    try:
+        result = run([sys.executable, "stages/train.py"], repo, check=False)
+        after = snapshot(repo)
+    finally:
+        shutil.rmtree(shards)
+        shutil.copytree(tmp_path / "shards", shards)
+    assert result.returncode == 1, result.stderr
+    line = one_error_line(result)
+    assert fragment in line and "dvc repro -s prepare" in line
+    assert after == before
+
+
 OUTPUTS = ["models/model.npz", "metrics/train.json", "metrics/train_log.tsv"]
 RESUMABLE = {"train": {"epochs": 4, "images_per_epoch": 3000,
                        "model": [{"type": "flatten"}, {"type": "dense", "out": 256}, {"type": "relu"},
