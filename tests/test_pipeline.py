@@ -434,6 +434,26 @@ def test_a_checkpoint_of_another_run_is_never_resumed(repo, uninterrupted, spoil
         assert f"ignoring models/checkpoints/checkpoint-" in result.stderr and message in result.stderr
 
 
+def test_share_a_run_through_a_dvc_remote(repo, tmp_path):
+    """dvc push to a directory remote; a git clone + dvc pull has everything and runs nothing."""
+    dvc = [sys.executable, "-m", "dvc"]
+    run([*dvc, "remote", "add", "--local", "-d", "store", str(tmp_path / "store")], repo)
+    try:
+        run([*dvc, "push"], repo)
+    finally:
+        run([*dvc, "remote", "remove", "--local", "store"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "a run"], repo)
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
+    run([*dvc, "remote", "add", "--local", "-d", "store", str(tmp_path / "store")], clone)
+    run([*dvc, "pull"], clone)
+    assert (clone / "models/model.npz").read_bytes() == (repo / "models/model.npz").read_bytes()
+    assert dvc_status(clone) == {}
+    again = run([*dvc, "repro"], clone)
+    assert "Running stage" not in again.stdout, again.stdout
+
+
 def test_exp_run_with_a_preset_records_every_value(repo):
     """Runs last: `dvc exp run -S preset=...` recomposes params.yaml from conf/ through Hydra."""
     tiny = ["prepare.max_train=300", "prepare.val_size=200", "prepare.shard_size=200", "prepare.augment.copies=1",
