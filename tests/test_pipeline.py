@@ -320,6 +320,22 @@ def test_bad_params_and_layer_specs_are_one_line_and_touch_nothing(repo, name):
     assert snapshot(repo) == before
 
 
+def test_an_unwritable_output_folder_is_found_before_training(repo):
+    live = repo / "metrics/live"
+    shutil.rmtree(live, ignore_errors=True)
+    live.write_text("a file where the live-log folder should be")
+    stale = repo / "models/.model.npz.dead1234.tmp"
+    stale.write_bytes(b"left by a SIGKILL")
+    before = snapshot(repo)
+    try:
+        result = run([sys.executable, "stages/train.py"], repo, check=False)
+    finally:
+        live.unlink()
+    assert result.returncode == 1
+    assert "cannot write to metrics/live/" in one_error_line(result)
+    assert snapshot(repo) == before and not stale.exists()
+
+
 def _rewrite_shard(repo: Path, name: str, edit) -> None:
     from nnlib.files import load_npz, save_npz  # noqa: PLC0415
     arrays = load_npz(repo / "data/shards" / name)

@@ -1,0 +1,62 @@
+"""Atomic outputs: OutputSet renames a stage's files together, check_writable finds a bad folder early."""
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+
+from nnlib import files
+from nnlib.errors import OutputError
+
+
+def test_output_set_renames_every_file_only_at_the_end(tmp_path):
+    (tmp_path / "a.txt").write_text("old a")
+    with files.OutputSet() as out:
+        files.write_text(out.path(tmp_path / "a.txt"), "new a")
+        files.write_json(out.path(tmp_path / "sub" / "b.json"), {"b": 1})
+        assert (tmp_path / "a.txt").read_text() == "old a"  # nothing moves before the set commits
+        assert not (tmp_path / "sub" / "b.json").exists()
+    assert (tmp_path / "a.txt").read_text() == "new a"
+    assert (tmp_path / "sub" / "b.json").read_text() == '{\n  "b": 1\n}\n'
+    assert sorted(p.name for p in tmp_path.rglob("*.tmp")) == []
+
+
+def test_output_set_keeps_the_old_files_when_the_block_fails(tmp_path):
+    (tmp_path / "a.txt").write_text("old a")
+    with pytest.raises(RuntimeError), files.OutputSet() as out:
+        files.write_text(out.path(tmp_path / "a.txt"), "new a")
+        raise RuntimeError("training failed half-way")
+    assert (tmp_path / "a.txt").read_text() == "old a"
+    assert list(tmp_path.glob(".*.tmp")) == []
+
+
+def test_a_full_disk_becomes_one_output_error_naming_the_path(tmp_path, monkeypatch):
+    real_replace = os.replace
+
+    def full(src, dst):
+        if str(dst).endswith("b.txt"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(OutputError, match=r"cannot write .*b.txt \(No space left on device\)"):
+        with files.OutputSet() as out:
+            files.write_text(out.path(tmp_path / "a.txt"), "a")
+            files.write_text(out.path(tmp_path / "b.txt"), "b")
+    assert list(tmp_path.glob(".*.tmp")) == []
+
+
+def test_check_writable_names_the_folder(tmp_path):
+    files.check_writable([tmp_path / "new" / "folder"])  # created when missing
+    assert (tmp_path / "new" / "folder").is_dir()
+    (tmp_path / "metrics").write_text("a file where a folder should be")
+    with pytest.raises(OutputError, match="cannot write to .*metrics/"):
+        files.check_writable([tmp_path / "metrics"])
+
+
+def test_stale_temporaries_of_a_killed_run_are_removed(tmp_path):
+    (tmp_path / ".model.npz.abc123.tmp").write_bytes(b"half")
+    (tmp_path / "model.npz").write_bytes(b"whole")
+    assert files.remove_stale_temporaries([tmp_path, tmp_path / "absent"]) == [tmp_path / ".model.npz.abc123.tmp"]
+    assert [p.name for p in tmp_path.iterdir()] == ["model.npz"]
