@@ -1,6 +1,6 @@
 """The prepare stage: split MNIST, write augmented training shards, validation and test sets.
 
-Layout of ``data/shards`` (all arrays uint8, written deterministically and atomically):
+Layout of ``data/shards`` (all arrays uint8, written deterministically):
 
 * ``train-00000.npz``, ... : ``x`` (n, 28, 28) and ``y`` (n,). The *train stream* is the train split
   as it is (copy 0) followed by ``copies`` distorted copies (copy c holds every train image exactly
@@ -8,22 +8,43 @@ Layout of ``data/shards`` (all arrays uint8, written deterministically and atomi
   one may be shorter). Shard i's distortions draw only from ``seeding.rng(seed, AUGMENT, i)``, so a
   shard can be rebuilt alone (:func:`shard_arrays`) and nothing depends on the number of workers.
 * ``val.npz``, ``test.npz``: never distorted.
-* ``manifest.json``: written last (atomically). A run first deletes the manifest, then the shard,
-  val, test and temporary files left by an earlier run, so after a crash or ``kill -9`` there is no
-  manifest: shard files without a manifest are never taken as complete data. Every file is
-  renamed into place only once fully written; worker processes exit when the stage process dies.
+* ``manifest.json``: written last; its presence means every file beside it is complete.
 
-Plus ``metrics/plots/augment_preview.png``: a few train digits next to distorted copies.
-Only the ``prepare`` section of params.yaml (and the global ``seed``) is read.
+How a run replaces the shard set (:func:`prepare`):
+
+1. Check the inputs and params, touching nothing: the raw files (shapes, counts, labels 0..9) and
+   the params against the data (``val_size`` and ``max_train`` against the train images).
+2. Remove stale ``data/.shards.*.tmp`` directories: what runs killed with ``kill -9`` left behind
+   (never data, so their space counts as free in the next check).
+3. Check the free disk space against the estimated size of the new set: the old set stays until the
+   swap, so the new one needs its full size free. A run refused in 1 or 3 leaves ``data/shards`` as it was.
+4. Build the whole new set, manifest last, in a fresh sibling directory ``data/.shards.<random>.tmp``
+   (each file renamed into place there once fully written), with at most ``2 x workers`` shards in
+   flight, so memory stays bounded however many copies are asked for.
+5. Swap: rename ``data/shards`` aside (``data/.shards.<random>.old.tmp``), rename the new directory to
+   ``data/shards``, delete the old one. SIGINT and SIGTERM are held during the two renames.
+
+A run that fails or is interrupted before the swap deletes its temporary directory and leaves the
+previous ``data/shards`` byte-for-byte as it was; worker processes exit when the stage process dies.
+
+Plus ``metrics/plots/augment_preview.png`` (a few train digits next to distorted copies), written
+only once the new shards are in place. Only the ``prepare`` section of params.yaml (and the global
+``seed``) is read.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import secrets
+import shutil
+import signal
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 from tqdm import tqdm
@@ -47,6 +68,13 @@ RAW_FILES = {
 MANIFEST = "manifest.json"
 SHARD_NAME = "train-{:05d}.npz"
 NUM_CLASSES = 10
+IMAGE_SHAPE = (28, 28)
+REFETCH = "re-run the fetch stage (dvc repro -s fetch)"
+# Disk estimate: every image is 28 * 28 pixel bytes + 1 label byte; each file adds its .npy/.zip
+# headers (about 500 bytes), its manifest entry and rounding up to a filesystem block: 8 KiB covers them.
+BYTES_PER_IMAGE = IMAGE_SHAPE[0] * IMAGE_SHAPE[1] + 1
+BYTES_PER_FILE = 8192
+WINDOW_PER_WORKER = 2  # shards in flight per worker process: one running, one queued
 
 
 def _number(low=None, high=None, high_open=False):
@@ -103,29 +131,54 @@ def load_params(path=PARAMS_FILE) -> tuple[int, dict]:
 def load_mnist(raw_dir=RAW_DIR) -> dict:
     """The four raw MNIST arrays (``train_images``, ``train_labels``, ``test_images``, ``test_labels``).
 
-    Raises InputError naming the file and the fetch stage when one is missing or inconsistent.
+    Raises InputError naming the file and the fetch stage when one is missing or inconsistent
+    (see :func:`check_raw_pair`).
     """
     raw_dir = Path(raw_dir)
     arrays = {key: read_idx(raw_dir / name) for key, name in RAW_FILES.items()}
     for part in ("train", "test"):
-        images, labels = arrays[f"{part}_images"], arrays[f"{part}_labels"]
-        path = raw_dir / RAW_FILES[f"{part}_images"]
-        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-            raise InputError(
-                f"{path}: images {images.shape} do not match labels {labels.shape}: re-run the fetch stage"
-            )
-        if labels.size and labels.max() >= NUM_CLASSES:
-            raise InputError(f"{raw_dir / RAW_FILES[f'{part}_labels']}: labels above 9: re-run the fetch stage")
+        check_raw_pair(raw_dir / RAW_FILES[f"{part}_images"], arrays[f"{part}_images"],
+                       raw_dir / RAW_FILES[f"{part}_labels"], arrays[f"{part}_labels"])
     return arrays
+
+
+def check_raw_pair(images_path: Path, images: np.ndarray, labels_path: Path, labels: np.ndarray) -> None:
+    """Raise InputError unless ``images`` is (n, 28, 28) with n >= 1 and ``labels`` is n digits 0..9.
+
+    The exact MNIST sizes (60000 and 10000 images) are not required here: the fetch stage already
+    checks every raw file's SHA-256, and the tests run the stage on small synthetic sets.
+    """
+    if images.ndim != 3 or images.shape[1:] != IMAGE_SHAPE:
+        raise InputError(f"{images_path}: images of shape {images.shape}, expected (n, 28, 28): {REFETCH}")
+    if labels.ndim != 1:
+        raise InputError(f"{labels_path}: labels of shape {labels.shape}, expected (n,): {REFETCH}")
+    if len(images) != len(labels):
+        raise InputError(
+            f"{images_path} holds {len(images)} images but {labels_path.name} holds {len(labels)} labels: {REFETCH}"
+        )
+    if len(images) == 0:
+        raise InputError(f"{images_path} holds no images: {REFETCH}")
+    if labels.max() >= NUM_CLASSES:
+        raise InputError(f"{labels_path}: label {labels.max()} is not a digit 0..9: {REFETCH}")
+
+
+def check_split(n: int, val_size: int, max_train: int) -> None:
+    """Raise ParamsError unless ``val_size`` (and ``max_train``, when set) fit in ``n`` training images."""
+    if val_size >= n:
+        raise ParamsError(f"{PARAMS_FILE}: prepare.val_size must be less than the {n} training images, got {val_size}")
+    if max_train > n - val_size:
+        raise ParamsError(
+            f"{PARAMS_FILE}: prepare.max_train ({max_train}) + prepare.val_size ({val_size}) exceed the {n} "
+            f"training images: lower prepare.max_train (0 = all {n - val_size} images left after validation)"
+        )
 
 
 def split_indices(n: int, val_size: int, max_train: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Seeded split of ``range(n)``: (train indices, validation indices), both in shuffled order.
 
-    ``max_train`` > 0 keeps only the first ``max_train`` shuffled train indices.
+    ``max_train`` > 0 keeps only the first ``max_train`` shuffled train indices (see :func:`check_split`).
     """
-    if val_size >= n:
-        raise ParamsError(f"{PARAMS_FILE}: prepare.val_size must be less than the {n} training images, got {val_size}")
+    check_split(n, val_size, max_train)
     order = seeding.rng(seed, seeding.SPLIT).permutation(n)
     val, train = order[:val_size], order[val_size:]
     if max_train:
@@ -183,13 +236,17 @@ _WORKER_JOB: _ShardWriter | None = None
 def _init_worker(job: _ShardWriter, parent_pid: int) -> None:
     global _WORKER_JOB  # noqa: PLW0603 - one job per worker process
     _WORKER_JOB = job
+    # Ctrl-C reaches the whole process group: the stage process handles it (it cancels the queued
+    # shards and waits for the running ones), so a worker ignores it rather than dying mid-task.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the stage's handler, inherited through fork
     threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
 
 
 def _exit_with_parent(parent_pid: int) -> None:
     """End this worker soon after the stage process dies (e.g. kill -9), instead of idling forever.
 
-    Half-written shards stay ``.tmp`` files, which the next run deletes.
+    What it wrote lies in the run's temporary directory, which the next run deletes.
     """
     while os.getppid() == parent_pid:
         time.sleep(0.2)
@@ -200,36 +257,210 @@ def _run_in_worker(index: int) -> dict:
     return _WORKER_JOB(index)
 
 
-def _write_shards(job: _ShardWriter, count: int, workers: int, progress: bool) -> list[dict]:
-    """Write shards 0..count-1 (in-process for one worker); return their manifest entries in order."""
+class BoundedWindow:
+    """Run ``fn(0), ..., fn(count - 1)`` through ``submit`` with at most ``size`` futures in flight.
+
+    The first ``size`` calls are submitted at construction; iterating yields ``(index, result)`` in
+    completion order and submits the next call as each one is collected. Memory therefore holds at
+    most ``size`` pending tasks and results, however large ``count`` is.
+    """
+
+    def __init__(self, submit: Callable[..., Future], fn: Callable[[int], object], count: int, size: int):
+        if size < 1:
+            raise ValueError(f"window size must be >= 1, got {size}")
+        self._submit, self._fn, self._count, self._size = submit, fn, count, size
+        self._pending: dict[Future, int] = {}
+        self._next = 0
+        self._top_up()
+
+    def _top_up(self) -> None:
+        while self._next < self._count and len(self._pending) < self._size:
+            self._pending[self._submit(self._fn, self._next)] = self._next
+            self._next += 1
+
+    def __iter__(self) -> Iterator[tuple[int, object]]:
+        while self._pending:
+            done, _ = wait(self._pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                index = self._pending.pop(future)
+                yield index, future.result()
+            self._top_up()
+
+
+def _collect(results, count: int, progress: bool) -> list[dict]:
+    """Manifest entries, in shard order, from ``(index, entry)`` pairs arriving in any order."""
     entries: list[dict | None] = [None] * count
-    if workers <= 1:
-        for index in tqdm(range(count), desc="prepare: shards", unit="shard", disable=not progress):
-            entries[index] = job(index)
-        return entries
-    # The pool starts its workers at the first submit, before the progress bar starts its thread.
-    with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(job, os.getpid())) as pool:
-        futures = {pool.submit(_run_in_worker, index): index for index in range(count)}
-        try:
-            with tqdm(total=count, desc="prepare: shards", unit="shard", disable=not progress) as bar:
-                for future in as_completed(futures):
-                    entries[futures[future]] = future.result()
-                    bar.update()
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
+    with tqdm(total=count, desc="prepare: shards", unit="shard", disable=not progress) as bar:
+        for index, entry in results:
+            entries[index] = entry
+            bar.update()
     return entries
 
 
-def clear_outputs(out_dir) -> None:
-    """Delete what an earlier (possibly killed) run left: the manifest first, then data files."""
+def _write_shards(job: _ShardWriter, count: int, workers: int, progress: bool) -> list[dict]:
+    """Write shards 0..count-1 (in-process for one worker); return their manifest entries in order."""
+    if workers <= 1:
+        return _collect(((index, job(index)) for index in range(count)), count, progress)
+    with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(job, os.getpid())) as pool:
+        try:
+            # The first window forks the workers here, before the progress bar starts its thread.
+            window = BoundedWindow(pool.submit, _run_in_worker, count, WINDOW_PER_WORKER * workers)
+            return _collect(window, count, progress)
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+
+
+# --- checks before anything is touched ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """What a run will write, worked out from the params and the raw data before anything changes."""
+
+    n_train: int  # images in the train split
+    count: int  # train shards
+    bytes_needed: int  # estimated size of the whole new shard set
+
+
+def plan_shards(params: dict, n_train_images: int, n_test_images: int) -> ShardPlan:
+    """Check the split params against the data (ParamsError) and size the new shard set."""
+    val_size, max_train = params["val_size"], params["max_train"]
+    check_split(n_train_images, val_size, max_train)
+    n_train = max_train or n_train_images - val_size
+    copies = params["augment"]["copies"]
+    count = num_shards(n_train, copies, params["shard_size"])
+    images = (copies + 1) * n_train + val_size + n_test_images
+    files = count + 3  # the train shards, val.npz, test.npz, manifest.json
+    return ShardPlan(n_train, count, images * BYTES_PER_IMAGE + files * BYTES_PER_FILE)
+
+
+def disk_free(path) -> int:
+    """Free bytes on the filesystem holding ``path`` (a test replaces this to simulate a full disk)."""
+    return shutil.disk_usage(path).free
+
+
+def _existing_ancestor(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def _size(nbytes: float) -> str:
+    """A byte count for people: ``512 bytes``, ``820.0 MiB``, ``3.4 GiB``."""
+    units = ["bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"]
+    step = 0
+    while nbytes >= 1024 and step < len(units) - 1:
+        nbytes /= 1024
+        step += 1
+    return f"{nbytes:.0f} bytes" if step == 0 else f"{nbytes:.1f} {units[step]}"
+
+
+def check_disk_space(out_dir: Path, plan: ShardPlan) -> None:
+    """Refuse when the new shard set would not fit beside the old one (which stays until the swap).
+
+    A ParamsError (exit code 2), not an InputError: the input files are fine (exit code 1 would send
+    the user to re-fetch them for nothing); it is the size the params ask for (``augment.copies``,
+    ``max_train``) that this disk cannot hold, and, as for any bad params, nothing has been touched.
+    """
+    where = _existing_ancestor(Path(out_dir).parent)
+    free = disk_free(where)
+    if plan.bytes_needed > free:
+        raise ParamsError(
+            f"{PARAMS_FILE}: the new shard set ({plan.count} train shards, val and test) needs about "
+            f"{_size(plan.bytes_needed)} of disk in {where}, but only {_size(free)} is free (the old set "
+            "is kept until the new one is complete): lower prepare.augment.copies or prepare.max_train, "
+            "or free some space"
+        )
+
+
+# --- building beside the old set, then swapping ------------------------------------------------
+
+
+def temp_dirs(out_dir) -> list[Path]:
+    """The temporary directories of runs building ``out_dir``: ``.<name>.*.tmp`` beside it."""
     out_dir = Path(out_dir)
-    if not out_dir.exists():
+    return sorted(out_dir.parent.glob(f".{out_dir.name}.*.tmp"))
+
+
+def _remove(path: Path) -> None:
+    """Delete a directory tree, a file or a link, if it exists."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def remove_stale_temp_dirs(out_dir) -> None:
+    """Delete what runs killed with ``kill -9`` left beside ``out_dir`` (partial new sets, old sets set aside)."""
+    for path in temp_dirs(out_dir):
+        _remove(path)
+
+
+def _new_temp_dir(out_dir: Path) -> Path:
+    """Create an empty ``.<name>.<random>.tmp`` beside ``out_dir`` (its mode from the umask, as for mkdir)."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        path = out_dir.parent / f".{out_dir.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+
+
+@contextlib.contextmanager
+def _signals_deferred(signums=(signal.SIGINT, signal.SIGTERM)):
+    """Hold these signals during the block and deliver them after it (main thread only).
+
+    Python runs signal handlers in the main thread between bytecodes; swapping the handlers (rather
+    than masking the signal, which other threads might still receive) holds them whichever thread
+    the kernel picks.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
         return
-    (out_dir / MANIFEST).unlink(missing_ok=True)
-    for pattern in ("train-*.npz", "val.npz", "test.npz", ".*.tmp"):
-        for path in out_dir.glob(pattern):
-            path.unlink(missing_ok=True)
+    caught: list[int] = []
+    previous = {signum: signal.signal(signum, lambda signum, frame: caught.append(signum)) for signum in signums}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        for signum in caught:
+            signal.raise_signal(signum)
+
+
+def _swap_in(new_dir: Path, out_dir: Path) -> None:
+    """Rename ``new_dir`` to ``out_dir``; the old ``out_dir``, if any, is renamed aside, then deleted.
+
+    Both renames happen or neither (signals are held between them). If the deletion is cut short,
+    the aside ``.<name>.<random>.old.tmp`` is a stale temporary directory for the next run to remove.
+    """
+    aside = new_dir.with_name(new_dir.name.removesuffix(".tmp") + ".old.tmp")
+    with _signals_deferred():
+        had_old = out_dir.exists() or out_dir.is_symlink()
+        if had_old:
+            os.rename(out_dir, aside)
+        os.rename(new_dir, out_dir)
+    if had_old:
+        _remove(aside)
+
+
+@contextlib.contextmanager
+def _replacing(out_dir: Path) -> Iterator[Path]:
+    """Yield a new empty directory beside ``out_dir``; when the block succeeds, swap it in for ``out_dir``.
+
+    Afterwards no temporary directory is left, and ``out_dir`` is either untouched (the block raised,
+    including KeyboardInterrupt and SystemExit) or the complete new directory.
+    """
+    new_dir = _new_temp_dir(out_dir)
+    try:
+        yield new_dir
+        _swap_in(new_dir, out_dir)
+    finally:
+        _remove(new_dir)  # already gone after a swap; a partial set otherwise
 
 
 def write_preview(path, images: np.ndarray, cfg: AugmentConfig, seed: int, rows: int = 6, copies: int = 8) -> None:
@@ -264,28 +495,40 @@ def prepare(
     preview_path=PREVIEW_PATH,
     progress: bool = True,
 ) -> dict:
-    """Run the whole stage with validated ``params`` (see :func:`check_params`); return the manifest."""
+    """Run the whole stage with validated ``params`` (see :func:`check_params`); return the manifest.
+
+    Everything is checked before anything changes, the new set is built beside the old one and
+    swapped in at the end (module docstring): a refused, failed or interrupted run leaves ``out_dir``
+    as it was and no temporary directory. The preview is drawn once the new shards are in place.
+    """
     out_dir = Path(out_dir)
-    clear_outputs(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     raw = load_mnist(raw_dir)
-    aug = params["augment"]
-    cfg = AugmentConfig.from_params(aug)
-    copies, shard_size = aug["copies"], params["shard_size"]
+    plan = plan_shards(params, len(raw["train_images"]), len(raw["test_images"]))
+    remove_stale_temp_dirs(out_dir)  # garbage of killed runs, never data: their space counts as free
+    check_disk_space(out_dir, plan)
 
     train_idx, val_idx = split_indices(len(raw["train_images"]), params["val_size"], params["max_train"], seed)
+    with _replacing(out_dir) as new_dir:
+        manifest = _build(new_dir, seed, params, raw, train_idx, val_idx, plan.count, progress)
+    if preview_path is not None:
+        train_x = raw["train_images"][train_idx]
+        write_preview(preview_path, train_x, AugmentConfig.from_params(params["augment"]), seed)
+    return manifest
+
+
+def _build(out_dir: Path, seed: int, params: dict, raw: dict, train_idx, val_idx, count: int, progress: bool) -> dict:
+    """Write the val, test and ``count`` train shard files into ``out_dir``, then the manifest; return it."""
+    aug = params["augment"]
+    copies, shard_size = aug["copies"], params["shard_size"]
     train_x, train_y = raw["train_images"][train_idx], raw["train_labels"][train_idx]
     val_y = raw["train_labels"][val_idx]
     save_npz(out_dir / "val.npz", {"x": raw["train_images"][val_idx], "y": val_y})
     save_npz(out_dir / "test.npz", {"x": raw["test_images"], "y": raw["test_labels"]})
 
-    count = num_shards(len(train_x), copies, shard_size)
     workers = min(params["workers"] or os.cpu_count() or 1, count)
-    job = _ShardWriter(out_dir, train_x, train_y, copies, shard_size, seed, cfg)
+    job = _ShardWriter(out_dir, train_x, train_y, copies, shard_size, seed, AugmentConfig.from_params(aug))
     train_entries = _write_shards(job, count, workers, progress)
 
-    if preview_path is not None:
-        write_preview(preview_path, train_x, cfg, seed)
     manifest = {
         "seed": seed,
         # workers changes no output, so it is left out: the manifest is the same for any worker count

@@ -177,11 +177,12 @@ def test_different_seed_gives_different_shards(tmp_path, raw):
 # --- crashes and stale files -------------------------------------------------------------------
 
 
-def test_stale_files_are_cleared_and_the_manifest_comes_last(tmp_path, raw, monkeypatch):
+def test_a_crash_leaves_the_old_set_untouched_and_the_next_run_replaces_it(tmp_path, raw, monkeypatch):
     out = tmp_path / "shards"
     out.mkdir()
     for name in ["manifest.json", "train-00042.npz", ".train-00000.npz.abc123.tmp", "val.npz"]:
         (out / name).write_text("stale")
+    before = files_bytes(out)
     calls = []
 
     def failing_distort(images, rng, cfg):
@@ -193,16 +194,16 @@ def test_stale_files_are_cleared_and_the_manifest_comes_last(tmp_path, raw, monk
     monkeypatch.setattr(shards, "distort", failing_distort)
     with pytest.raises(RuntimeError, match="simulated crash"):
         run_prepare(tmp_path)
-    names = {p.name for p in out.iterdir()}
-    assert "manifest.json" not in names and "train-00042.npz" not in names
-    assert not any(name.endswith(".tmp") for name in names)
-    assert {"train-00000.npz", "train-00001.npz", "train-00002.npz"} <= names  # complete ones, atomically renamed
+    assert files_bytes(out) == before  # the new set was being built elsewhere
+    assert shards.temp_dirs(out) == []
+    assert not (tmp_path / "shards.png").exists()  # the preview comes only after the shards
 
     monkeypatch.setattr(shards, "distort", distort)
     manifest, out = run_prepare(tmp_path)
-    assert sorted(p.name for p in out.iterdir()) == sorted(
+    assert sorted(p.name for p in out.iterdir()) == sorted(  # nothing of the old directory is left
         ["manifest.json", "val.npz", "test.npz"] + [e["file"] for e in manifest["train_shards"]]
     )
+    assert shards.temp_dirs(out) == []
 
 
 # --- params and input errors -------------------------------------------------------------------
@@ -303,18 +304,19 @@ def test_stage_missing_raw_exits_1(tmp_path):
     assert "train-images-idx3-ubyte" in result.stderr and "the fetch stage" in result.stderr
 
 
-def test_kill_9_mid_run_leaves_no_manifest_and_no_partial_shard(tmp_path):
-    repo = tmp_path
-    (repo / "data").mkdir()
-    make_raw(repo / "data" / "raw")
+def test_kill_9_mid_run_leaves_the_old_set_and_the_next_run_clears_the_temp_dir(tmp_path):
+    repo = stage_repo(tmp_path, {})  # a first, complete run: the set a killed run must leave alone
+    assert run_stage_script(repo).returncode == 0
+    out = repo / "data" / "shards"
+    before = files_bytes(out)
     section = {"val_size": 100, "shard_size": 100, "workers": 2,
                "augment": {"copies": 60, "elastic_alpha": 8, "elastic_sigma": 3}}  # 549 shards
     (repo / "params.yaml").write_text(yaml.safe_dump({"seed": 0, "prepare": section}))
     proc = subprocess.Popen([sys.executable, str(ROOT / "stages" / "prepare.py")], cwd=repo,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    out = repo / "data" / "shards"
     deadline = time.monotonic() + 60
-    while not (out / "train-00010.npz").exists() and proc.poll() is None and time.monotonic() < deadline:
+    while (not any((d / "train-00010.npz").exists() for d in shards.temp_dirs(out))
+           and proc.poll() is None and time.monotonic() < deadline):
         time.sleep(0.01)
     workers = subprocess.run(["ps", "-o", "pid=", "--ppid", str(proc.pid)], capture_output=True, text=True).stdout.split()
     proc.kill()
@@ -325,13 +327,12 @@ def test_kill_9_mid_run_leaves_no_manifest_and_no_partial_shard(tmp_path):
             assert "zombie" in Path(f"/proc/{pid}/status").read_text()
         except FileNotFoundError:
             pass
-    manifest = out / "manifest.json"
-    if manifest.exists():  # the run won the race: then it is complete
-        assert len(json.loads(manifest.read_text())["train_shards"]) == 549
-    for shard in out.glob("train-*.npz"):  # every renamed shard is whole
-        assert load_npz(shard)["x"].shape == (100, 28, 28)
-    # a later run clears what is left and completes
+    if len(list(out.glob("train-*.npz"))) != 549:  # unless the run won the race, the old set is intact
+        assert files_bytes(out) == before
+        assert shards.temp_dirs(out)  # and the killed run's half-built set is still beside it
+    # a later run removes the temporary directory the killed one left, and completes
     result = run_stage_script(repo)
     assert result.returncode == 0, result.stderr
+    assert shards.temp_dirs(out) == []
     assert not list(out.glob(".*.tmp"))
     assert len(list(out.glob("train-*.npz"))) == 549
