@@ -5,17 +5,55 @@ Sources, in order: ``$MNIST_MIRROR`` (a folder or URL), the public HTTPS mirrors
 
     python stages/fetch.py
     MNIST_MIRROR=../shared/mnist python stages/fetch.py
+    MNIST_MIRROR=../shared/mnist MNIST_FETCH_SOURCES=mirror python stages/fetch.py  # that folder only
+
+``MNIST_FETCH_SOURCES`` picks the sources, ``MNIST_FETCH_DEADLINE`` (seconds per source, default
+600), ``MNIST_FETCH_MIN_RATE`` (bytes/s, default 10000) and ``MNIST_FETCH_RATE_WINDOW`` (seconds,
+default 30) bound how long each may take; a malformed value exits 2 (see :mod:`nnlib.fetch`).
+
+It runs only from the repository root (where ``dvc.yaml`` and ``params.yaml`` are), so it never
+writes ``data/raw/`` anywhere else. SIGTERM, like Ctrl-C, unwinds the fetch, so the temporary file
+being written is removed (exit 143); one left by a SIGKILL is removed by the next run.
 """
+import signal
+import sys
 from pathlib import Path
 
-from nnlib.fetch import fetch_mnist
-from nnlib.errors import run_stage
+from nnlib.errors import ParamsError, run_stage
+from nnlib.fetch import default_sources, fetch_mnist
 
 OUT_DIR = Path("data/raw")
+ROOT_FILES = ("dvc.yaml", "params.yaml")  # what marks the repository root
+EXIT_TERMINATED = 128 + signal.SIGTERM
 
 
-def main() -> None:
-    fetch_mnist(OUT_DIR)
+def check_repo_root() -> None:
+    """Refuse to run (ParamsError, exit 2) unless the current directory is the repository root."""
+    missing = [name for name in ROOT_FILES if not Path(name).is_file()]
+    if missing:
+        raise ParamsError(f"{' and '.join(missing)} not found in {Path.cwd()}: run this stage from the "
+                          f"repository root (it writes {OUT_DIR}/ there)")
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised wherever the fetch is, so that it unwinds like Ctrl-C and ``atomic_path``
+    removes the temporary file it is writing (a BaseException: no ``except Exception`` stops it)."""
+
+
+def terminate(signum, frame) -> None:
+    raise Terminated
+
+
+def main() -> int | None:
+    check_repo_root()
+    sources = default_sources()  # checks the MNIST_FETCH_* variables even when nothing is missing
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        fetch_mnist(OUT_DIR, sources)
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        return EXIT_TERMINATED
+    return None
 
 
 if __name__ == "__main__":
