@@ -11,6 +11,7 @@ code   meaning
 2      bad params, flags or layer spec, including an ``init_from`` architecture mismatch
 3      training diverged (the loss stopped being finite)
 130    interrupted (Ctrl-C)
+143    terminated (SIGTERM, or the parent process died: e.g. a killed ``dvc repro``)
 =====  ==========================================================================
 """
 from __future__ import annotations
@@ -55,12 +56,20 @@ class Diverged(RuntimeError):
     exit_code = 3
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised wherever the stage is, so it unwinds like Ctrl-C and temporary files are removed.
+
+    A BaseException, so no ``except Exception`` stops it on the way out.
+    """
+
+
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 ERRORS = (ParamsError, InputError, OutputError, Diverged)
 
 
 def _terminate(signum, frame):
-    raise KeyboardInterrupt
+    raise Terminated
 
 
 def _exit_with_parent(parent: int, interval: float = 1.0) -> None:
@@ -73,9 +82,9 @@ def _exit_with_parent(parent: int, interval: float = 1.0) -> None:
 def run_stage(main: Callable[[], int | None], prefix: str = "error") -> None:
     """Run ``main`` and exit with its return value (0 if None), or with the code of the error it raised.
 
-    An error becomes one line on stderr (``error: <message>``), never a traceback. SIGTERM ends the
-    run like Ctrl-C (so temporary files are cleaned up on the way out), and so does the death of the
-    parent process: a stage never runs on as an orphan after `dvc repro` itself was killed.
+    An error becomes one line on stderr (``error: <message>``), never a traceback. SIGTERM unwinds the
+    run like Ctrl-C (so temporary files are cleaned up on the way out; exit 143), and so does the death
+    of the parent process: a stage never runs on as an orphan after `dvc repro` itself was killed.
     """
     signal.signal(signal.SIGTERM, _terminate)
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
@@ -87,4 +96,7 @@ def run_stage(main: Callable[[], int | None], prefix: str = "error") -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        sys.exit(EXIT_TERMINATED)
     sys.exit(code or 0)

@@ -15,8 +15,6 @@ It runs only from the repository root (where ``dvc.yaml`` and ``params.yaml`` ar
 writes ``data/raw/`` anywhere else. SIGTERM, like Ctrl-C, unwinds the fetch, so the temporary file
 being written is removed (exit 143); one left by a SIGKILL is removed by the next run.
 """
-import signal
-import sys
 from pathlib import Path
 
 from nnlib.errors import ParamsError, run_stage
@@ -24,7 +22,6 @@ from nnlib.fetch import default_sources, fetch_mnist
 
 OUT_DIR = Path("data/raw")
 ROOT_FILES = ("dvc.yaml", "params.yaml")  # what marks the repository root
-EXIT_TERMINATED = 128 + signal.SIGTERM
 
 
 def check_repo_root() -> None:
@@ -35,25 +32,10 @@ def check_repo_root() -> None:
                           f"repository root (it writes {OUT_DIR}/ there)")
 
 
-class Terminated(BaseException):
-    """SIGTERM, raised wherever the fetch is, so that it unwinds like Ctrl-C and ``atomic_path``
-    removes the temporary file it is writing (a BaseException: no ``except Exception`` stops it)."""
-
-
-def terminate(signum, frame) -> None:
-    raise Terminated
-
-
-def main() -> int | None:
+def main() -> None:
     check_repo_root()
     sources = default_sources()  # checks the MNIST_FETCH_* variables even when nothing is missing
-    signal.signal(signal.SIGTERM, terminate)
-    try:
-        fetch_mnist(OUT_DIR, sources)
-    except Terminated:
-        print("terminated", file=sys.stderr)
-        return EXIT_TERMINATED
-    return None
+    fetch_mnist(OUT_DIR, sources)  # SIGTERM unwinds it like Ctrl-C (run_stage), removing the temporary file
 
 
 if __name__ == "__main__":

@@ -3,21 +3,15 @@
 Run from the repository root: ``python stages/prepare.py``. Reads ``seed`` and the ``prepare``
 section of params.yaml only; see nnlib/shards.py for the schema, the layout of the outputs and how a
 run replaces them (everything checked first, the new set built beside the old one, then swapped in).
-SIGTERM is handled like Ctrl-C, so a terminated run, too, leaves data/shards as it was.
+SIGTERM unwinds it like Ctrl-C (see nnlib.errors.run_stage), so a terminated run, too, leaves
+data/shards as it was (exit 143).
 """
-import signal
 
 from nnlib import shards
 from nnlib.errors import run_stage
 
 
-def _interrupt(signum, frame) -> None:
-    """SIGTERM handler: raise KeyboardInterrupt, so cleanup runs and run_stage exits 130 with one line."""
-    raise KeyboardInterrupt
-
-
 def main() -> None:
-    signal.signal(signal.SIGTERM, _interrupt)
     seed, params = shards.load_params()
     manifest = shards.prepare(seed, params)
     n_train = sum(entry["count"] for entry in manifest["train_shards"])
