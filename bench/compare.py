@@ -1,0 +1,584 @@
+"""Training speed of every preset network: nnlib against PyTorch, plus the per-example loop and the train stage.
+
+    python bench/compare.py                                  # every preset, 2 threads, a few minutes on 2 cores
+    python bench/compare.py --configs cnn,cnn-small --rounds 7 --json /tmp/compare.json
+    python bench/compare.py --no-torch --breakdown cnn       # nnlib only, with a per-layer breakdown
+    python bench/compare.py --nnlib-root /path/to/other/checkout   # time another nnlib (A/B)
+
+For each configuration (a preset's network, batch size, loss and optimizer; read through
+bench_presets.load_preset) the same network is built in nnlib and, when PyTorch is installed, in
+PyTorch (bench/torch_nets.py; eager mode, default settings, CPU) with nnlib's initial weights. Both
+train on the same batches of real MNIST (data/raw, else ../shared/mnist; random images when neither
+exists), converted to float32 once before timing. One step = forward, loss, backward, optimizer step.
+After ``--warmup`` steps each, the ``--steps`` timed steps are split into ``--rounds`` rounds that
+alternate nnlib / PyTorch (the order flips every round), so noise from other processes hits both;
+img/s comes from the median round, the ratio is the median of the per-round ratios.
+
+Columns: GFLOP/s counts the GEMM work of the conv and dense layers (2 FLOPs per multiply-add: forward,
+weight gradient and, except for the first layer, input gradient) per image times img/s, and is shown as
+a share of the sgemm peak measured at the start of the run (a 2048^3 float32 matmul in NumPy with the
+same threads, best of 5). Peak RSS is VmHWM of a separate nnlib-only child process per configuration
+that trains 20 steps and then validates 1,000 images at the stage's eval batch of 1,000.
+
+Extra rows:
+  per-example loop   the nielsen network trained one example at a time as Nielsen's network.py does
+                     (forward and backprop of (784, 1) column vectors, summed over the mini-batch), a few
+                     lines in this file, against nnlib's batched nielsen step, interleaved. Floor >= 10x.
+  train stage        nnlib.training.fit as stages/train.py runs it (ShardStream over real shards, the
+                     one-cycle schedule, metrics, validation after every epoch, the progress bar) against
+                     the same steps on float32 batches already in memory, for the default ``cnn`` preset,
+                     in a child process without torch. The shards come from nnlib.shards.prepare in a
+                     temporary directory (the preset's augmentation, 1 copy, shards of 2,000 images, val
+                     1,000 images), and an epoch is --stage-images images (default 11,000: the stage's
+                     5,000 val images per 55,000 train images, scaled down). Floor <= 1.10x. Its peak RSS
+                     (VmHWM after the first epoch, before any pure-compute run) is the train-stage memory
+                     row: floor <= 1 GiB.
+
+Threads: numpy's BLAS is pinned with threadpoolctl (the ``bench`` extra), PyTorch with
+torch.set_num_threads. Times on a shared machine are noisy: compare ratios from one run.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gzip
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from nnlib_select import select_nnlib  # noqa: E402 - bench/ is on sys.path for `python bench/x.py`
+
+select_nnlib()
+
+import numpy as np  # noqa: E402
+
+from bench_presets import PRESETS, load_prepare, load_preset  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RAW_NAMES = {"train_x": "train-images-idx3-ubyte", "train_y": "train-labels-idx1-ubyte"}
+FLOORS = {"nielsen": 1.2, "mlp-l2": 1.2, "mlp-momentum": 1.2, "mlp-xavier": 1.2, "mlp": 1.2,
+          "cnn-small": 1.0, "cnn": 1.0}
+# Timed steps per framework when --steps is not given: about the same images for each configuration.
+DEFAULT_STEPS = {"nielsen": 4000, "mlp-l2": 2500, "mlp-momentum": 2000, "mlp-xavier": 1500, "mlp": 1000,
+                 "cnn-small": 300, "cnn": 150}
+LOOP_FLOOR, STAGE_FLOOR, RSS_FLOOR_MIB = 10.0, 1.10, 1024
+INSTALL_TORCH = "PyTorch is not installed: nnlib side only. For the comparison: pip install -e '.[oracle]'"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--configs", default=",".join(PRESETS), help=f"comma-separated presets (default: all: {','.join(PRESETS)})")
+    p.add_argument("--steps", type=int, default=0,
+                   help="timed steps per framework and configuration (default 0: per configuration, "
+                        f"{', '.join(f'{k} {v}' for k, v in DEFAULT_STEPS.items())})")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved nnlib/torch rounds the steps are split into (default 5)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps per framework first (default 5)")
+    p.add_argument("--threads", type=int, default=2, help="BLAS / torch intra-op threads (default 2)")
+    p.add_argument("--json", metavar="PATH", help="write every figure to this JSON file")
+    p.add_argument("--no-torch", action="store_true", help="time nnlib only")
+    p.add_argument("--no-loop", action="store_true", help="skip the per-example loop row")
+    p.add_argument("--no-stage", action="store_true", help="skip the train-stage row (it builds shards: ~1 min)")
+    p.add_argument("--no-rss", action="store_true", help="skip the per-configuration peak-RSS child processes")
+    p.add_argument("--stage-images", type=int, default=11000, help="images per epoch of the train-stage row (default 11000)")
+    p.add_argument("--stage-rounds", type=int, default=3, help="stage/pure-compute epoch pairs (default 3)")
+    p.add_argument("--breakdown", default="", help="comma-separated configs for a per-layer nnlib time breakdown")
+    p.add_argument("--breakdown-steps", type=int, default=20, help="steps for the breakdown (median, default 20)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--nnlib-root", default=str(ROOT),
+                   help="directory holding the nnlib package to time (default: this checkout), for A/B runs")
+    p.add_argument("--child", choices=["rss", "stage"], help=argparse.SUPPRESS)  # internal: the child processes
+    p.add_argument("--child-arg", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------- machine
+def pin_threads(n: int) -> str:
+    """Limit numpy's BLAS to ``n`` threads (threadpoolctl); returns a description of the BLAS."""
+    try:
+        from threadpoolctl import threadpool_info, threadpool_limits  # noqa: PLC0415
+    except ImportError:
+        return "threadpoolctl not installed, BLAS threads not pinned: pip install -e '.[bench]'"
+    threadpool_limits(limits=n, user_api="blas")
+    return "; ".join(f"{i['internal_api']} {i.get('version')} {i.get('architecture')} threads={i['num_threads']}"
+                     for i in threadpool_info() if i["user_api"] == "blas")
+
+
+def sgemm_peak(n: int = 2048, repeat: int = 5) -> float:
+    """GFLOP/s of the best of ``repeat`` (n, n) @ (n, n) float32 matmuls in NumPy."""
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((2, n, n), dtype=np.float32)
+    out = np.empty((n, n), np.float32)
+    np.matmul(a, b, out=out)
+    best = math.inf
+    for _ in range(repeat):
+        start = time.perf_counter()
+        np.matmul(a, b, out=out)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
+def vm_hwm_mib() -> float:
+    """Peak resident set of this process (VmHWM of /proc/self/status) in MiB; ru_maxrss where /proc is missing."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource  # noqa: PLC0415
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024
+
+
+# ----------------------------------------------------------------------------- data
+def mnist_train(tmp: Path | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+    """MNIST train images (60000, 28, 28) uint8 and labels, from data/raw or ../shared/mnist; None if absent."""
+    from nnlib.data import read_idx  # noqa: PLC0415
+
+    local = ROOT / "data" / "raw"
+    if all((local / name).exists() for name in RAW_NAMES.values()):
+        return tuple(read_idx(local / name) for name in RAW_NAMES.values())
+    shared = Path(os.environ.get("MNIST_MIRROR", ROOT.parent / "shared" / "mnist"))
+    if all((shared / f"{name}.gz").exists() for name in RAW_NAMES.values()):
+        arrays = []
+        for name in RAW_NAMES.values():
+            raw = gzip.decompress((shared / f"{name}.gz").read_bytes())
+            dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(raw[3])]
+            arrays.append(np.frombuffer(raw, np.uint8, offset=4 + 4 * len(dims)).reshape(dims))
+        return tuple(arrays)
+    return None
+
+
+def raw_dir(tmp: Path) -> Path | None:
+    """A folder with the four IDX files for nnlib.shards.prepare: data/raw, else ../shared/mnist unzipped into tmp."""
+    from nnlib import shards  # noqa: PLC0415
+
+    local = ROOT / "data" / "raw"
+    if all((local / name).exists() for name in shards.RAW_FILES.values()):
+        return local
+    shared = Path(os.environ.get("MNIST_MIRROR", ROOT.parent / "shared" / "mnist"))
+    if not all((shared / f"{name}.gz").exists() for name in shards.RAW_FILES.values()):
+        return None
+    for name in shards.RAW_FILES.values():
+        (tmp / name).write_bytes(gzip.decompress((shared / f"{name}.gz").read_bytes()))
+    return tmp
+
+
+def batch_pool(images, labels, batch_size: int, rng, pool: int = 16):
+    """``pool`` batches drawn from the images, as the train loop gets them: float32 (B, 1, 28, 28), int64 (B,)."""
+    from nnlib.data import to_batch  # noqa: PLC0415
+
+    xs, ys = [], []
+    for _ in range(pool):
+        idx = rng.choice(len(images), batch_size, replace=False)
+        xs.append(to_batch(images[idx]))
+        ys.append(labels[idx].astype(np.int64))
+    return xs, ys
+
+
+# ----------------------------------------------------------------------------- models
+def gemm_flops_per_image(specs, input_shape) -> float:
+    """FLOPs of the conv and dense GEMMs per image for one training step (forward + backward)."""
+    from nnlib.layers import from_spec  # noqa: PLC0415
+
+    rng, shape, total = np.random.default_rng(0), tuple(input_shape), 0.0
+    for index, spec in enumerate(specs):
+        layer = from_spec(spec)
+        out = layer.build(shape, rng)
+        if layer.type_name == "dense":
+            forward = 2 * shape[0] * out[0]
+        elif layer.type_name == "conv":
+            forward = 2 * out[1] * out[2] * layer.k * layer.k * shape[0] * out[0]
+        else:
+            forward = 0
+        total += forward * (2 if index == 0 else 3)  # forward, dW, and dx except for the first layer
+        shape = out
+    return total
+
+
+def nnlib_setup(cfg: dict, seed: int):
+    """The nnlib model, loss and optimizer of a train section; returns (model, loss_fn, optimizer, step)."""
+    from nnlib import seeding  # noqa: PLC0415
+    from nnlib.model import Sequential  # noqa: PLC0415
+    from nnlib.training import make_loss, make_optimizer  # noqa: PLC0415
+
+    model = Sequential.from_specs(cfg["model"], (1, 28, 28), seeding.rng(seed, seeding.INIT)).train()
+    loss_fn = make_loss(cfg["loss"])
+    optimizer = make_optimizer(model, cfg["optimizer"])
+
+    def step(x, y):
+        logits = model.forward(x)
+        _, dlogits = loss_fn(logits, y)
+        model.backward(dlogits)
+        optimizer.step()
+
+    return model, loss_fn, optimizer, step
+
+
+def torch_setup(cfg: dict, model):
+    """The PyTorch twin of an nnlib model (same weights), its loss and optimizer; returns step."""
+    import torch_nets  # noqa: PLC0415
+
+    net = torch_nets.torch_network(cfg["model"], (1, 28, 28))
+    torch_nets.copy_weights(model, net)
+    loss_fn = torch_nets.torch_loss(cfg["loss"])
+    optimizer = torch_nets.torch_optimizer(net, cfg["optimizer"])
+
+    def step(x, y):
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(net(x), y).backward()
+        optimizer.step()
+
+    return step
+
+
+def run_steps(step, xs, ys, start: int, count: int) -> float:
+    """Wall seconds of ``count`` steps over the batch pool, starting at pool index ``start``."""
+    t0 = time.perf_counter()
+    for i in range(start, start + count):
+        step(xs[i % len(xs)], ys[i % len(ys)])
+    return time.perf_counter() - t0
+
+
+def interleaved(runners: dict, steps: int, rounds: int, warmup: int) -> dict:
+    """Time each runner (name -> (step, xs, ys)) in alternating rounds; seconds per step, per round."""
+    for step, xs, ys in runners.values():
+        run_steps(step, xs, ys, 0, warmup)
+    per_round = max(1, steps // rounds)
+    times = {name: [] for name in runners}
+    names = list(runners)
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            step, xs, ys = runners[name]
+            times[name].append(run_steps(step, xs, ys, r * per_round, per_round) / per_round)
+    return times
+
+
+def paired_ratio(slow: list[float], fast: list[float]) -> float:
+    """Median over rounds of slow[r] / fast[r]."""
+    return statistics.median(s / f for s, f in zip(slow, fast))
+
+
+# ----------------------------------------------------------------------------- per-example loop
+def nielsen_loop(model, eta: float):
+    """Nielsen's network.py update_mini_batch + backprop (quadratic cost, sigmoid layers), one example
+    at a time on (784, 1) columns, starting from the nnlib model's weights. Returns step(examples)."""
+    dense = [layer for layer in model.layers if layer.type_name == "dense"]
+    weights = [layer.params["W"].T.copy() for layer in dense]  # (out, in), as network.py keeps them
+    biases = [layer.params["b"][:, None].copy() for layer in dense]  # (out, 1)
+
+    def sigmoid(z):
+        return 1.0 / (1.0 + np.exp(-z))
+
+    def step(batch):  # batch: list of (x (784, 1), y (10, 1)) pairs
+        nabla_b = [np.zeros_like(b) for b in biases]
+        nabla_w = [np.zeros_like(w) for w in weights]
+        for x, y in batch:
+            activation, activations, zs = x, [x], []
+            for b, w in zip(biases, weights):
+                z = w @ activation + b
+                zs.append(z)
+                activation = sigmoid(z)
+                activations.append(activation)
+            s = activations[-1]
+            delta = (s - y) * s * (1 - s)
+            nabla_b[-1] += delta
+            nabla_w[-1] += delta @ activations[-2].T
+            for layer in range(2, len(weights) + 1):
+                s = activations[-layer]
+                delta = (weights[-layer + 1].T @ delta) * s * (1 - s)
+                nabla_b[-layer] += delta
+                nabla_w[-layer] += delta @ activations[-layer - 1].T
+        for w, nw in zip(weights, nabla_w):
+            w -= (eta / len(batch)) * nw
+        for b, nb in zip(biases, nabla_b):
+            b -= (eta / len(batch)) * nb
+
+    return step
+
+
+# ----------------------------------------------------------------------------- child processes
+def child(args) -> None:
+    """Internal: run one measurement without torch in this process, print its JSON on stdout."""
+    if args.child == "rss":
+        print(json.dumps(child_rss(args.child_arg, args.seed)))
+    else:
+        print(json.dumps(child_stage(json.loads(args.child_arg), args)))
+
+
+def child_rss(name: str, seed: int) -> dict:
+    """Peak RSS of nnlib training ``name`` for 20 steps and validating 1,000 images (eval batch 1,000)."""
+    from nnlib.evaluation import evaluate  # noqa: PLC0415
+
+    cfg = load_preset(name)
+    data = mnist_train()
+    images, labels = data if data is not None else (np.random.default_rng(0).integers(0, 256, (2000, 28, 28), np.uint8),
+                                                     np.random.default_rng(1).integers(0, 10, 2000).astype(np.uint8))
+    model, loss_fn, _, step = nnlib_setup(cfg, seed)
+    xs, ys = batch_pool(images, labels, cfg["batch_size"], np.random.default_rng(seed), pool=4)
+    run_steps(step, xs, ys, 0, 20)
+    train_mib = vm_hwm_mib()
+    evaluate(model, loss_fn, images[:1000], labels[:1000])
+    return {"config": name, "peak_rss_mib": vm_hwm_mib(), "peak_rss_train_steps_mib": train_mib}
+
+
+def child_stage(spec: dict, args) -> dict:
+    """The train stage's loop (fit over ShardStream) against pure compute, interleaved, for one preset."""
+    from nnlib import seeding  # noqa: PLC0415
+    from nnlib.data import ShardStream, load_shard, read_manifest, to_batch  # noqa: PLC0415
+    from nnlib.training import fit, make_schedule, steps_per_epoch  # noqa: PLC0415
+
+    shard_dir, name, images, rounds = Path(spec["shard_dir"]), spec["config"], spec["images"], spec["rounds"]
+    cfg = load_preset(name)
+    batch = cfg["batch_size"]
+    manifest = read_manifest(shard_dir)
+    val = load_shard(shard_dir / manifest["val"]["file"])
+    files = [s["file"] for s in manifest["train_shards"]]
+    model, loss_fn, optimizer, step = nnlib_setup(cfg, args.seed)
+    per_epoch = steps_per_epoch(images, batch)
+    epochs = 2 * (rounds + 1)
+    schedule = make_schedule(cfg["schedule"], cfg["optimizer"]["lr"], epochs * per_epoch)
+    stream = ShardStream(shard_dir, files, seeding.rng(args.seed, seeding.SHUFFLE),
+                         counts=[s["count"] for s in manifest["train_shards"]])
+    # Pure compute: the same number of steps and images on float32 batches already in memory.
+    x_mem, y_mem = load_shard(shard_dir / files[0])
+    sizes = [min(batch, images - s) for s in range(0, images, batch)]  # the stage's batches, the last maybe short
+    full = [(to_batch(x_mem[i * batch : (i + 1) * batch]), y_mem[i * batch : (i + 1) * batch].astype(np.int64))
+            for i in range(8)]
+    last = (to_batch(x_mem[: sizes[-1]]), y_mem[: sizes[-1]].astype(np.int64))
+
+    def stage_epoch():
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):  # the bar is drawn, then dropped
+            start = time.perf_counter()
+            history = fit(model, loss_fn, optimizer, schedule, stream, epochs=1, images_per_epoch=images,
+                          batch_size=batch, val=val, interval=cfg["schedule"]["interval"], progress=True)
+            return time.perf_counter() - start, history.rows[-1]["val_acc"]
+
+    def pure_epoch():
+        model.train()
+        start = time.perf_counter()
+        for i in range(len(sizes) - 1):
+            step(*full[i % len(full)])
+        step(*last)  # the last (maybe short) batch, as in the stage
+        return time.perf_counter() - start
+
+    stage_first, _ = stage_epoch()  # also the warm-up
+    stage_peak = vm_hwm_mib()
+    pure_epoch()
+    stage, pure, accs = [], [], []
+    for r in range(rounds):
+        if r % 2 == 0:
+            seconds, acc = stage_epoch()
+            stage.append(seconds)
+            pure.append(pure_epoch())
+        else:
+            pure.append(pure_epoch())
+            seconds, acc = stage_epoch()
+            stage.append(seconds)
+        accs.append(acc)
+    return {"config": name, "images_per_epoch": images, "val_images": int(len(val[1])), "steps_per_epoch": per_epoch,
+            "shards": len(files), "shard_size": int(manifest["train_shards"][0]["count"]),
+            "stage_seconds": stage, "pure_seconds": pure, "first_stage_epoch_seconds": stage_first,
+            "ratio": paired_ratio(stage, pure), "stage_peak_rss_mib": stage_peak, "final_peak_rss_mib": vm_hwm_mib(),
+            "val_acc": accs[-1]}
+
+
+def run_child(kind: str, arg: str, args) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind, "--child-arg", arg,
+           "--threads", str(args.threads), "--seed", str(args.seed), "--nnlib-root", args.nnlib_root]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"compare.py: the {kind} child failed ({out.returncode}):\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def stage_row(args) -> dict | None:
+    """Build a small shard set for the cnn preset in a temp dir, then run the stage child over it."""
+    from nnlib import shards  # noqa: PLC0415
+
+    with tempfile.TemporaryDirectory(prefix="compare_stage_") as tmp:
+        tmp = Path(tmp)
+        raw = raw_dir(tmp)
+        if raw is None:
+            print("train-stage row skipped: no MNIST in data/raw or ../shared/mnist")
+            return None
+        params = load_prepare("cnn")
+        params["augment"]["copies"] = 1
+        params = shards.check_params({**params, "val_size": 1000, "max_train": args.stage_images // 2,
+                                      "shard_size": 2000})
+        start = time.perf_counter()
+        shards.prepare(args.seed, params, raw_dir=raw, out_dir=tmp / "shards", preview_path=None, progress=False)
+        print(f"(train-stage shards built in {time.perf_counter() - start:.1f}s)", flush=True)
+        spec = {"shard_dir": str(tmp / "shards"), "config": "cnn", "images": args.stage_images, "rounds": args.stage_rounds}
+        return run_child("stage", json.dumps(spec), args)
+
+
+# ----------------------------------------------------------------------------- breakdown
+def breakdown(model, loss_fn, optimizer, xs, ys, steps: int) -> list[tuple[str, float, float]]:
+    """Median seconds per step of each layer's forward and backward, the loss and the optimizer."""
+    layers = model.layers
+    fwd, bwd = [[] for _ in layers], [[] for _ in layers]
+    extra = {"loss": [], "optimizer": []}
+    for s in range(steps):
+        x, y = xs[s % len(xs)], ys[s % len(ys)]
+        for i, layer in enumerate(layers):
+            t = time.perf_counter()
+            x = layer.forward(x, train=True)
+            fwd[i].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        _, d = loss_fn(x, y)
+        extra["loss"].append(time.perf_counter() - t)
+        for i in reversed(range(len(layers))):
+            t = time.perf_counter()
+            d = layers[i].backward(d)
+            bwd[i].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        optimizer.step()
+        extra["optimizer"].append(time.perf_counter() - t)
+    med = statistics.median
+    rows = [(f"{i:2d} {layers[i].type_name}", med(fwd[i]), med(bwd[i])) for i in range(len(layers))]
+    return rows + [(f"   {k}", med(v), 0.0) for k, v in extra.items()]
+
+
+# ----------------------------------------------------------------------------- main
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    blas = pin_threads(args.threads)
+    if args.child:
+        child(args)
+        return 0
+    import nnlib  # noqa: PLC0415
+
+    torch = None
+    if not args.no_torch:
+        try:
+            import torch  # noqa: PLC0415
+        except ImportError:
+            print(INSTALL_TORCH)
+        else:
+            torch.set_num_threads(args.threads)
+    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    unknown = [c for c in configs if c not in PRESETS]
+    if unknown:
+        print(f"compare.py: unknown config {unknown[0]!r}: expected some of {PRESETS}", file=sys.stderr)
+        return 2
+
+    print(f"nnlib from {Path(nnlib.__file__).parent}; numpy {np.__version__}; BLAS: {blas}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads" if torch else "torch: not used")
+    print(f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cores; threads {args.threads}")
+    peak = sgemm_peak()
+    print(f"sgemm peak (2048^3 float32 matmul, numpy, {args.threads} threads, best of 5): {peak:.1f} GFLOP/s", flush=True)
+
+    data = mnist_train()
+    if data is None:
+        print("no MNIST in data/raw or ../shared/mnist: random images instead")
+        rng = np.random.default_rng(0)
+        data = rng.integers(0, 256, (10000, 28, 28), np.uint8), rng.integers(0, 10, 10000).astype(np.uint8)
+    images, labels = data
+
+    results = {"machine": {"cores": os.cpu_count(), "threads": args.threads, "blas": blas,
+                           "numpy": np.__version__, "torch": torch.__version__ if torch else None,
+                           "sgemm_peak_gflops": peak, "nnlib": str(Path(nnlib.__file__).parent)},
+               "args": {k: v for k, v in vars(args).items() if not k.startswith("child")}, "configs": {}}
+    breakdown_configs = {c.strip() for c in args.breakdown.split(",") if c.strip()}
+    breakdowns = {}
+    for name in configs:
+        cfg = load_preset(name)
+        steps = args.steps or DEFAULT_STEPS[name]
+        batch = cfg["batch_size"]
+        model, loss_fn, optimizer, step = nnlib_setup(cfg, args.seed)
+        xs, ys = batch_pool(images, labels, batch, np.random.default_rng(args.seed))
+        runners = {"nnlib": (step, xs, ys)}
+        if torch is not None:
+            runners["torch"] = (torch_setup(cfg, model), [torch.from_numpy(x) for x in xs], [torch.from_numpy(y) for y in ys])
+        times = interleaved(runners, steps, args.rounds, args.warmup)
+        flops = gemm_flops_per_image(cfg["model"], (1, 28, 28))
+        row = {"batch_size": batch, "steps": steps, "rounds": args.rounds, "gemm_mflop_per_image": flops / 1e6,
+               "seconds_per_step": times}
+        for fw, t in times.items():
+            row[f"{fw}_img_s"] = batch / statistics.median(t)
+            row[f"{fw}_gflops"] = flops * row[f"{fw}_img_s"] / 1e9
+            row[f"{fw}_peak_share"] = row[f"{fw}_gflops"] / peak
+        if "torch" in times:
+            row["ratio"] = paired_ratio(times["torch"], times["nnlib"])  # torch time / nnlib time = speed ratio
+            row["floor"] = FLOORS[name]
+        if name in breakdown_configs:
+            breakdowns[name] = breakdown(model, loss_fn, optimizer, xs, ys, args.breakdown_steps)
+        if name == "nielsen" and not args.no_loop:
+            examples = [[(x.reshape(-1, 1), np.eye(10, dtype=np.float32)[int(t)][:, None]) for x, t in zip(xb, yb)]
+                        for xb, yb in zip(xs, ys)]
+            loop = nielsen_loop(model, cfg["optimizer"]["lr"])
+            loop_times = interleaved({"nnlib": (step, xs, ys), "loop": (lambda e, _: loop(e), examples, examples)},
+                                     max(args.rounds, steps // 10), args.rounds, args.warmup)
+            row["loop"] = {"nnlib_img_s": batch / statistics.median(loop_times["nnlib"]),
+                           "loop_img_s": batch / statistics.median(loop_times["loop"]),
+                           "ratio": paired_ratio(loop_times["loop"], loop_times["nnlib"]), "floor": LOOP_FLOOR}
+        results["configs"][name] = row
+        ratio = f"{row['ratio']:.2f}x" if "ratio" in row else "-"
+        print(f"{name}: nnlib {row['nnlib_img_s']:,.0f} img/s, torch "
+              f"{row.get('torch_img_s', float('nan')):,.0f} img/s, ratio {ratio}", flush=True)
+
+    if not args.no_rss:
+        for name in configs:
+            results["configs"][name].update(run_child("rss", name, args))
+    if not args.no_stage:
+        stage = stage_row(args)
+        if stage is not None:
+            stage.update(floor=STAGE_FLOOR, rss_floor_mib=RSS_FLOOR_MIB)
+            results["stage"] = stage
+    print_table(results, breakdowns)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+        print(f"\nfigures written to {args.json}")
+    return 0
+
+
+def print_table(results: dict, breakdowns: dict) -> None:
+    peak = results["machine"]["sgemm_peak_gflops"]
+    print(f"\n| config | batch | nnlib img/s | PyTorch img/s | nnlib / PyTorch | floor | nnlib GFLOP/s (% peak) | "
+          f"PyTorch GFLOP/s (% peak) | nnlib peak RSS MiB |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, row in results["configs"].items():
+        torch_cells = (f"{row['torch_img_s']:,.0f} | {row['ratio']:.2f}x | >= {row['floor']:.1f}x"
+                       if "torch_img_s" in row else "- | - | -")
+        torch_flops = f"{row['torch_gflops']:.1f} ({100 * row['torch_peak_share']:.0f}%)" if "torch_gflops" in row else "-"
+        rss = f"{row['peak_rss_mib']:.0f}" if "peak_rss_mib" in row else "-"
+        print(f"| {name} | {row['batch_size']} | {row['nnlib_img_s']:,.0f} | {torch_cells} | "
+              f"{row['nnlib_gflops']:.1f} ({100 * row['nnlib_peak_share']:.0f}%) | {torch_flops} | {rss} |")
+    print(f"(sgemm peak {peak:.1f} GFLOP/s; GEMM FLOPs per image of each network in the JSON; ratio = median of "
+          f"per-round PyTorch time / nnlib time)")
+    loop = results["configs"].get("nielsen", {}).get("loop")
+    stage = results.get("stage")
+    if loop or stage:
+        print("\n| extra row | measured | compared with | ratio | floor |")
+        print("|---|---:|---:|---:|---:|")
+    if loop:
+        print(f"| nielsen: batched nnlib / per-example loop | {loop['nnlib_img_s']:,.0f} img/s | "
+              f"{loop['loop_img_s']:,.0f} img/s | {loop['ratio']:.1f}x | >= {loop['floor']:.0f}x |")
+    if stage:
+        print(f"| train stage (fit over ShardStream) / pure compute, cnn | {statistics.median(stage['stage_seconds']):.2f} s "
+              f"per epoch | {statistics.median(stage['pure_seconds']):.2f} s | {stage['ratio']:.3f}x | <= {stage['floor']:.2f}x |")
+        print(f"| train stage peak RSS, cnn | {stage['stage_peak_rss_mib']:.0f} MiB | | | <= {stage['rss_floor_mib']} MiB |")
+        print(f"(stage epoch: {stage['images_per_epoch']:,} images in {stage['steps_per_epoch']} steps + validation of "
+              f"{stage['val_images']:,} images; {stage['shards']} shards of {stage['shard_size']:,}; pairs "
+              f"{', '.join(f'{s:.2f}/{p:.2f}' for s, p in zip(stage['stage_seconds'], stage['pure_seconds']))} s)")
+    for name, rows in breakdowns.items():
+        total = sum(f + b for _, f, b in rows)
+        print(f"\nnnlib per-layer breakdown, {name} (median of the steps, ms)")
+        print("| layer | forward | backward | share |")
+        print("|---|---:|---:|---:|")
+        for layer, f, b in rows:
+            print(f"| {layer.strip()} | {f * 1e3:.2f} | {b * 1e3:.2f} | {(f + b) / total:.1%} |")
+        print(f"| total | {sum(r[1] for r in rows) * 1e3:.2f} | {sum(r[2] for r in rows) * 1e3:.2f} | |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
