@@ -224,18 +224,24 @@ def _empty_operand(xp, x_shape, dtype, channels_last: bool):
     return xp.empty((n, h, w, c) if channels_last else x_shape, dtype=dtype)
 
 
-def maxpool_forward(x, k: int, stride: int):
+def maxpool_forward(x, k: int, stride: int, index: bool = True):
     """Max over k x k windows. x: (N, C, H, W) -> y: (N, C, Ho, Wo), idx: (N, C, Ho, Wo) uint8.
 
     ``idx`` is the row-major position (i*k + j) of the *first* maximum of each window, as in
     PyTorch's CPU kernel, so that the backward routes each gradient to exactly one element.
     y and idx keep x's memory layout. The 2x2 case uses a pairwise tree; the general case a running
-    max over the k*k offsets (strict '>' keeps the first maximum).
+    max over the k*k offsets (strict '>' keeps the first maximum). With ``index=False`` (inference)
+    idx is not computed and None is returned in its place.
     """
     xp = get_array_module(x)
     channels_last = is_channels_last(x)
     a, axes = _pool_operand(x, channels_last)
     views = pool_windows(a, k, stride, axes)
+    if not index:  # y = max over the k*k views, nothing else
+        y = views[0].copy()
+        for view in views[1:]:
+            xp.maximum(y, view, out=y)
+        return (from_nhwc(y) if channels_last else y), None
     if k == 2:
         v00, v01, v10, v11 = views
         top, bottom = xp.maximum(v00, v01), xp.maximum(v10, v11)

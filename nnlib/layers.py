@@ -313,18 +313,24 @@ class Conv2D(Layer):
         ho, wo = (conv_output_size(s, k, self.stride, self.pad) for s in (h, w))
         self.x_shape_nhwc = (n, h, w, c)
         # (N, H, W, C) view -> cols (N*Ho*Wo, k*k*C [+1 column of ones when there is a bias]).
-        self.cols = im2col_nhwc(x.transpose(0, 2, 3, 1), k, self.stride, self.pad, ones=self.bias)
+        cols = im2col_nhwc(x.transpose(0, 2, 3, 1), k, self.stride, self.pad, ones=self.bias)
         w_mat = self.params["W"].transpose(2, 3, 1, 0).reshape(k * k * c, self.out)  # rows (i, j, c)
         if self.bias:  # [W; b]: (k*k*C + 1, out), so the GEMM adds the bias
             w_mat = get_array_module(w_mat).concatenate([w_mat, self.params["b"][None]])
-        y = self.cols @ w_mat  # (N*Ho*Wo, out)
+        y = cols @ w_mat  # (N*Ho*Wo, out)
+        # Train mode keeps cols for dW. Eval mode keeps only a reference to x: cols is the largest
+        # array of the network (k*k times the input), so it is dropped, and rebuilt if a backward follows.
+        self.cols, self.x = (cols, None) if train else (None, x)
         return from_nhwc(y.reshape(n, ho, wo, self.out))  # (N, out, Ho, Wo), channels-last memory
 
     def backward(self, dy):
         n, h, w, c = self.x_shape_nhwc
         k = self.k
+        cols = self.cols
+        if cols is None:  # the forward ran in eval mode
+            cols = im2col_nhwc(self.x.transpose(0, 2, 3, 1), k, self.stride, self.pad, ones=self.bias)
         dy_rows = to_rows(dy)  # (N*Ho*Wo, out); free when dy is channels-last
-        dw = self.cols.T @ dy_rows  # (k*k*C [+1], out): one GEMM over all N*Ho*Wo positions
+        dw = cols.T @ dy_rows  # (k*k*C [+1], out): one GEMM over all N*Ho*Wo positions
         self.grads["W"][...] = dw[: k * k * c].reshape(k, k, c, self.out).transpose(3, 2, 0, 1)
         if self.bias:  # the ones column of cols makes the last row of dw the column sums of dy
             self.grads["b"][...] = dw[k * k * c]
@@ -369,11 +375,16 @@ class MaxPool2D(_Pool2D):
 
     def forward(self, x, train=False):
         self._remember_input(x)
-        y, self.argmax = maxpool_forward(x, self.k, self.stride)  # argmax: (N, C, Ho, Wo) uint8
+        # argmax: (N, C, Ho, Wo) uint8, only in train mode; eval keeps a reference to x instead.
+        y, self.argmax = maxpool_forward(x, self.k, self.stride, index=train)
+        self.x = None if train else x
         return y
 
     def backward(self, dy):
-        return maxpool_backward(dy, self.argmax, self.x_shape, self.channels_last, self.k, self.stride)
+        argmax = self.argmax
+        if argmax is None:  # the forward ran in eval mode
+            argmax = maxpool_forward(self.x, self.k, self.stride)[1]
+        return maxpool_backward(dy, argmax, self.x_shape, self.channels_last, self.k, self.stride)
 
 
 class AvgPool2D(_Pool2D):

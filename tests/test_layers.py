@@ -113,6 +113,29 @@ def test_maxpool_ties_send_the_gradient_to_exactly_one_element():
     assert np.array_equal(np.argmax(win != 0, axis=-1), np.argmax(xwin, axis=-1))
 
 
+@pytest.mark.parametrize("spec, shape", [
+    ({"type": "conv", "out": 3, "k": 3, "pad": 1}, (2, 6, 5)),
+    ({"type": "conv", "out": 3, "k": 3, "stride": 2, "bias": False}, (2, 7, 6)),
+    ({"type": "maxpool", "k": 2}, (2, 6, 4)),
+    ({"type": "maxpool", "k": 3, "stride": 2}, (2, 7, 5)),
+], ids=["conv-p1", "conv-s2-nobias", "maxpool-2", "maxpool-3-s2"])
+def test_eval_forward_keeps_no_buffers_and_backward_still_works(spec, shape):
+    """Eval mode drops what only backward needs (conv's im2col columns, maxpool's argmax); a backward
+    after an eval forward rebuilds it, so it matches the train-mode gradients exactly."""
+    layer = build_layer(spec, shape)
+    x = _input(shape)
+    y_train = layer.forward(x, train=True)
+    dy = np.random.default_rng(4).standard_normal(y_train.shape)
+    dx_train = layer.backward(dy.copy())
+    grads_train = {k: v.copy() for k, v in layer.grads.items()}
+    y_eval = layer.forward(x, train=False)
+    assert getattr(layer, "cols", None) is None and getattr(layer, "argmax", None) is None
+    assert np.array_equal(y_eval, y_train)
+    assert np.array_equal(layer.backward(dy.copy()), dx_train)
+    for key, value in grads_train.items():
+        assert np.array_equal(layer.grads[key], value), key
+
+
 def test_maxpool_forward_values():
     x = np.arange(16.0).reshape(1, 1, 4, 4)
     layer = build_layer({"type": "maxpool", "k": 2}, (1, 4, 4))
