@@ -1,0 +1,399 @@
+"""Inputs of ``nnlib predict``: images, directories, arrays and IDX files, as MNIST-form uint8 digits.
+
+Inputs end up as :class:`Digits`: uint8 images (N, 28, 28), white ink on black paper with values
+0..255, exactly what MNIST holds and what :func:`nnlib.data.to_batch` turns into network input.
+
+Images (PNG, JPEG, BMP, GIF, any size, colour, grey, 16-bit grey or with alpha) are preprocessed the
+way MNIST itself was made, one small function per step (README, "Use the model"):
+
+1. :func:`grayscale`               luminance in [0, 1]; transparent pixels become paper
+2. :func:`invert_if_light_paper`    ink becomes bright on a black background, the paper level 0
+3. :func:`threshold`                ink scaled to a maximum of 1; faint paper noise set to 0
+4. :func:`crop_to_ink`              cut to the bounding box of the ink
+5. :func:`fit_box`                  longest side scaled to 20 px, aspect kept, anti-aliased
+6. :func:`center_by_mass`           pasted into 28x28 with the ink's centre of mass at (14, 14)
+
+Arrays (``.npy``, ``.npz``) and IDX files (plain or ``.gz``) already are MNIST-form and are only
+checked and converted. Every problem with one input raises :class:`~nnlib.errors.InputError`
+whose message is one line naming the file; :func:`load` turns any read error into one, and
+:func:`read_paths` reads a batch of files, preprocessing equally sized pictures together.
+"""
+from __future__ import annotations
+
+import gzip
+import math
+import struct
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import InputError
+
+SIZE = 28  # MNIST's frame
+BOX = 20  # MNIST's digits are scaled to fit a 20x20 box inside the frame
+CENTRE = 14.0  # where MNIST's centres of mass lie (mean over the test set: row 13.99, column 14.01)
+BORDER = 2  # width of the frame of pixels that decides the paper colour
+INK_FRACTION = 0.2  # after scaling the ink to a maximum of 1, values below this are paper noise
+MAX_STACK_PIXELS = 1 << 22  # pictures read but not yet preprocessed hold at most about this many pixels
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+ARRAY_SUFFIXES = (".npy", ".npz")
+DEEP_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")  # Pillow modes of 16/32-bit integer or float grey
+IDX_MAGIC_TYPE = 0x08  # unsigned bytes, the only IDX data type MNIST uses
+EXIF_ORIENTATION = 0x0112
+
+# Everything a corrupt, truncated or odd input file can raise while it is read and decoded.
+READ_ERRORS = (OSError, ValueError, EOFError, SyntaxError, zlib.error, struct.error,
+               IndexError, KeyError, TypeError, zipfile.BadZipFile, Image.DecompressionBombError)
+
+
+@dataclass
+class Digits:
+    """What one input path holds: ``images`` uint8 (N, 28, 28), white on black in 0..255.
+
+    ``indexed`` is True for arrays and IDX files of shape (N, 28, 28), whose images are reported as
+    ``file[i]``; False for a single image or a single (28, 28) array.
+    """
+
+    file: str
+    images: np.ndarray
+    indexed: bool
+
+
+# --- preprocessing, MNIST's steps ------------------------------------------------------------------
+# Steps 2 and 3 take one image (H, W) or a stack of equally sized images (N, H, W), so a batch of
+# same-sized pictures is preprocessed with a few array operations; steps 4 to 6 take one image.
+
+def grayscale(image: Image.Image, paper: float | None = None) -> np.ndarray:
+    """Step 1: a Pillow image of any mode -> luminance float32 (H, W) in [0, 1] (0 black, 1 white).
+
+    16-bit and 32-bit integer greyscale (modes ``I;16``, ``I``) are scaled by 65535 when their
+    maximum exceeds 255, else by 255. Alpha is composited onto ``paper`` (a luminance in [0, 1]):
+    transparent pixels are paper. With ``paper=None`` the paper is chosen to contrast with the ink,
+    i.e. with the opaque pixels: white behind dark ink, black behind light ink.
+    """
+    if image.mode in DEEP_MODES:
+        values = np.asarray(image, dtype=np.float32)
+        if image.mode != "F":
+            values /= np.float32(65535 if values.max(initial=0) > 255 else 255)
+        return np.clip(values, 0, 1)
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if "A" not in image.getbands():
+        grey = image if image.mode == "L" else image.convert("L")
+        return np.asarray(grey, dtype=np.float32) / np.float32(255)
+    luminance, alpha = (np.asarray(band, dtype=np.float32) / np.float32(255) for band in image.convert("LA").split())
+    if paper is None:
+        ink = float((luminance * alpha).sum() / max(alpha.sum(), 1e-6))  # mean luminance of the opaque pixels
+        paper = 1.0 if ink < 0.5 else 0.0
+    return alpha * luminance + (1 - alpha) * np.float32(paper)
+
+
+def paper_level(gray: np.ndarray, border: int = BORDER) -> np.ndarray:
+    """The colour of the paper: median luminance of the outer ``border``-pixel frame of each image.
+
+    gray: float32 (..., H, W) -> float32 (...). The frame, not the mean of the picture: a bold digit
+    can cover more than half of a tight crop, but the edges of a picture of a digit are paper.
+    """
+    h, w = gray.shape[-2:]
+    b = max(1, min(border, h // 2, w // 2))
+    lead = gray.shape[:-2]
+    sides = (gray[..., :b, :], gray[..., h - b :, :], gray[..., b : h - b, :b], gray[..., b : h - b, w - b :])
+    return np.median(np.concatenate([side.reshape(*lead, -1) for side in sides], axis=-1), axis=-1)
+
+
+def invert_if_light_paper(gray: np.ndarray) -> np.ndarray:
+    """Step 2: luminance float32 (..., H, W) -> ink float32 (..., H, W) >= 0, bright ink on black (0) paper.
+
+    An image whose paper (:func:`paper_level`) is light, i.e. above 0.5, is inverted. The paper level
+    is subtracted, so grey paper becomes 0 as well; pixels beyond the paper level are clipped to 0.
+    """
+    paper = paper_level(gray)[..., None, None]
+    ink = np.where(paper > 0.5, paper - gray, gray - paper)
+    return np.maximum(ink, 0, out=ink)
+
+
+def threshold(ink: np.ndarray, fraction: float = INK_FRACTION) -> np.ndarray:
+    """Step 3: ink float32 (..., H, W) >= 0 -> each image scaled to a maximum of 1, values below
+    ``fraction`` set to 0.
+
+    Scaling gives faint pencil the full range of MNIST's ink (whose maximum is 255 in every digit);
+    zeroing the faint remainder removes paper texture, shadows and JPEG noise that would otherwise
+    widen the bounding box. An image without ink stays all zero.
+    """
+    peak = ink.max(axis=(-2, -1), keepdims=True)
+    scaled = ink / np.where(peak > 0, peak, np.float32(1))
+    scaled[scaled < fraction] = 0
+    return scaled
+
+
+def crop_to_ink(ink: np.ndarray) -> np.ndarray:
+    """Step 4: ink float32 (H, W) -> the smallest sub-array (h, w) holding every non-zero pixel (a view).
+
+    Raises ValueError for an image without ink.
+    """
+    rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+    if rows.size == 0:
+        raise ValueError("blank image (no ink after thresholding)")
+    return ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+
+
+def fit_box(ink: np.ndarray, box: int = BOX) -> np.ndarray:
+    """Step 5: ink float32 (h, w) -> float32 with its longest side ``box`` px, aspect ratio kept, in [0, 1].
+
+    Anti-aliased like MNIST's grey levels, by Pillow's Lanczos filter (widened when shrinking, so it
+    averages like an area filter but keeps strokes sharper; its ringing is clipped away).
+    """
+    h, w = ink.shape
+    scale = box / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))  # Pillow sizes are (width, height)
+    if size == (w, h):
+        return ink
+    image = Image.fromarray(np.ascontiguousarray(ink, dtype=np.float32), mode="F")
+    resized = image.resize(size, Image.Resampling.LANCZOS)
+    return np.clip(np.asarray(resized), 0, 1)
+
+
+def center_by_mass(ink: np.ndarray, size: int = SIZE, centre: float = CENTRE) -> np.ndarray:
+    """Step 6: ink float32 (h, w) in [0, 1], h, w <= size -> uint8 (size, size), MNIST's frame.
+
+    The ink is shifted by whole pixels so that its centre of mass lands at (centre, centre), then the
+    shift is clipped so that the whole ink stays inside the frame. Values become 0..255.
+    """
+    h, w = ink.shape
+    mass = float(ink.sum())
+    com_row = float(ink.sum(axis=1) @ np.arange(h, dtype=ink.dtype)) / mass
+    com_col = float(ink.sum(axis=0) @ np.arange(w, dtype=ink.dtype)) / mass
+    top = min(max(round(centre - com_row), 0), size - h)
+    left = min(max(round(centre - com_col), 0), size - w)
+    frame = np.zeros((size, size), dtype=np.uint8)
+    frame[top : top + h, left : left + w] = np.rint(ink * 255)
+    return frame
+
+
+def finish(ink: np.ndarray) -> np.ndarray:
+    """Steps 4 to 6 on one thresholded image: ink float32 (H, W) -> uint8 (28, 28). ValueError if blank."""
+    return center_by_mass(fit_box(crop_to_ink(ink)))
+
+
+def preprocess(gray: np.ndarray) -> np.ndarray:
+    """Steps 2 to 6 on one image: luminance float32 (H, W) from :func:`grayscale` -> uint8 (28, 28),
+    white digit on black, centred like MNIST. Raises ValueError for a blank image."""
+    return finish(threshold(invert_if_light_paper(gray)))
+
+
+def preprocess_many(grays: list[np.ndarray]) -> list[np.ndarray | ValueError]:
+    """:func:`preprocess` on many images -> for each, uint8 (28, 28) or the ValueError it raised.
+
+    Equally sized images are stacked so that steps 2 and 3 run once per stack (callers bound the
+    memory by the images they pass); the result is the same as preprocessing them one by one.
+    """
+    out: list[np.ndarray | ValueError | None] = [None] * len(grays)
+    by_shape: dict[tuple, list[int]] = {}
+    for i, gray in enumerate(grays):
+        by_shape.setdefault(gray.shape, []).append(i)
+    for members in by_shape.values():
+        inks = threshold(invert_if_light_paper(np.stack([grays[i] for i in members])))
+        for i, ink in zip(members, inks):
+            try:
+                out[i] = finish(ink)
+            except ValueError as err:
+                out[i] = err
+    return out
+
+
+def as_is(gray: np.ndarray) -> np.ndarray:
+    """``--no-preprocess``: a 28x28 luminance image, white on black, taken as it is -> uint8 (28, 28).
+
+    Raises ValueError for any other size.
+    """
+    if gray.shape != (SIZE, SIZE):
+        raise ValueError(f"is {gray.shape[1]}x{gray.shape[0]} pixels: --no-preprocess takes only 28x28 images "
+                         "(white digit on black); leave the flag out to preprocess it")
+    return np.rint(gray * 255).astype(np.uint8)
+
+
+# --- readers ---------------------------------------------------------------------------------------
+
+@dataclass
+class Picture:
+    """An image file after step 1, waiting for the rest: ``gray`` float32 (H, W), luminance in [0, 1]."""
+
+    file: str
+    gray: np.ndarray
+
+
+def read_image(path: Path, paper: float | None = None) -> Picture:
+    """Decode an image file completely (the first frame of a GIF), upright as its EXIF orientation
+    says, and take its luminance (step 1, :func:`grayscale`; ``paper`` is for transparent pixels)."""
+    with Image.open(path) as image:
+        image.load()  # decode now: a truncated file fails here, inside load()'s error handling
+        if image.getexif().get(EXIF_ORIENTATION, 1) != 1:
+            image = ImageOps.exif_transpose(image)
+        return Picture(str(path), grayscale(image, paper))
+
+
+def read_array_or_image(path: Path, preprocess_images: bool) -> Digits | Picture:
+    """Dispatch on the file name (see :func:`load`); errors propagate as raised."""
+    suffix = path.suffix.lower()
+    if suffix in ARRAY_SUFFIXES:
+        return to_digits(read_npy_or_npz(path), str(path))
+    if suffix == ".gz":
+        return to_digits(parse_idx(gzip.decompress(path.read_bytes()), str(path)), str(path))
+    if suffix not in IMAGE_SUFFIXES:
+        with open(path, "rb") as f:
+            if looks_like_idx(f.read(4)):
+                return to_digits(parse_idx(path.read_bytes(), str(path)), str(path))
+    if preprocess_images:
+        return read_image(path)
+    picture = read_image(path, paper=0.0)  # taken as white on black: transparent is black paper
+    try:
+        return Digits(str(path), as_is(picture.gray)[None], indexed=False)
+    except ValueError as err:
+        raise InputError(f"{path}: {err}") from None
+
+
+def parse_idx(raw: bytes, name: str) -> np.ndarray:
+    """The bytes of an IDX file of unsigned bytes (MNIST's format) -> uint8 array of its declared shape.
+
+    Raises InputError naming ``name`` when the header is not IDX or the size does not match it.
+    """
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != IDX_MAGIC_TYPE:
+        raise InputError(f"{name}: not an IDX file of unsigned bytes")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise InputError(f"{name}: truncated IDX header")
+    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    if len(raw) != header + math.prod(dims):
+        raise InputError(f"{name}: IDX file truncated or corrupt (its size does not match its header {dims})")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def looks_like_idx(raw: bytes) -> bool:
+    """Whether bytes start with the magic number of an IDX file of unsigned bytes."""
+    return len(raw) >= 4 and raw[:3] == bytes((0, 0, IDX_MAGIC_TYPE))
+
+
+def read_npy_or_npz(path: Path) -> np.ndarray:
+    """The array of a ``.npy``, or of an ``.npz`` holding one array or one named ``x`` (no pickles)."""
+    loaded = np.load(path, allow_pickle=False)
+    if isinstance(loaded, np.ndarray):
+        return loaded
+    with loaded as archive:
+        names = archive.files
+        if len(names) == 1:
+            return archive[names[0]]
+        if "x" in names:
+            return archive["x"]
+    raise InputError(f"{path}: holds {len(names)} arrays ({', '.join(names) or 'none'}) and none named 'x': "
+                     "expected a single array, or the images named 'x'")
+
+
+def to_digits(array: np.ndarray, file: str) -> Digits:
+    """Check an array read from ``file`` and convert it to MNIST-form Digits.
+
+    Accepted: shape (28, 28) or (N, 28, 28); uint8 (or another integer type) in 0..255, or float in
+    [0, 1] (rounded to 0..255). Anything else raises InputError saying what is expected.
+    """
+    if array.ndim not in (2, 3) or array.shape[-2:] != (SIZE, SIZE) or (array.ndim == 3 and len(array) == 0):
+        raise InputError(f"{file}: array of shape {array.shape}: expected (28, 28) or (N, 28, 28)")
+    kind = array.dtype.kind
+    if kind in "ui":
+        if array.size and (array.min() < 0 or array.max() > 255):
+            raise InputError(f"{file}: {array.dtype} values from {array.min()} to {array.max()}: expected 0..255")
+        images = array.astype(np.uint8, copy=False)
+    elif kind == "f":
+        if not np.isfinite(array).all():
+            raise InputError(f"{file}: holds NaN or infinite values: expected floats in [0, 1] or uint8 in 0..255")
+        if array.size and (array.min() < 0 or array.max() > 1):
+            raise InputError(f"{file}: float values from {array.min():g} to {array.max():g}: "
+                             "expected floats in [0, 1] or uint8 in 0..255")
+        images = np.rint(array * 255).astype(np.uint8)
+    else:
+        raise InputError(f"{file}: array of dtype {array.dtype}: expected uint8 in 0..255 or float in [0, 1]")
+    indexed = array.ndim == 3
+    return Digits(file, images if indexed else images[None], indexed)
+
+
+def load(path, preprocess_images: bool = True) -> Digits | Picture:
+    """Read one file: an array or IDX file -> Digits; an image -> a Picture to preprocess, or with
+    ``preprocess_images=False`` Digits of the image taken as it is.
+
+    ``.png .jpg .jpeg .bmp .gif``: an image. ``.npy .npz``: an array. ``.gz``: a gzipped IDX file.
+    Any other name: an IDX file when its first bytes say so, else an image if Pillow can decode it.
+    Every failure is an InputError whose one-line message names the file.
+    """
+    path = Path(path)
+    try:
+        return read_array_or_image(path, preprocess_images)
+    except InputError:
+        raise
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory") from None
+    except UnidentifiedImageError:
+        what = "a readable image" if path.suffix.lower() in IMAGE_SUFFIXES else "an image, .npy/.npz array or IDX file"
+        raise InputError(f"{path}: not {what} (Pillow cannot identify it; images may be PNG, JPEG, BMP "
+                         "or GIF)") from None
+    except READ_ERRORS as err:
+        raise InputError(f"{path}: cannot read it ({one_line(err)})") from None
+
+
+def read_paths(paths, preprocess_images: bool = True, max_pixels: int = MAX_STACK_PIXELS) -> list[Digits | InputError]:
+    """Read files -> for each path, in order, Digits or the InputError (one line naming the file) it gave.
+
+    Pictures are preprocessed together (:func:`preprocess_many`) whenever those read so far hold
+    ``max_pixels`` pixels, so memory stays bounded however large the images are.
+    """
+    results: list[Digits | Picture | InputError] = []
+    waiting: list[int] = []  # positions of Pictures not yet preprocessed
+    pixels = 0  # held by those Pictures
+
+    def preprocess_waiting():
+        digits = preprocess_many([results[i].gray for i in waiting])
+        for i, digit in zip(waiting, digits):
+            file = results[i].file
+            blank = isinstance(digit, ValueError)
+            results[i] = InputError(f"{file}: {digit}") if blank else Digits(file, digit[None], indexed=False)
+        waiting.clear()
+
+    for path in paths:
+        try:
+            results.append(load(path, preprocess_images))
+        except InputError as err:
+            results.append(err)
+        if isinstance(results[-1], Picture):
+            waiting.append(len(results) - 1)
+            pixels += results[-1].gray.size
+            if pixels >= max_pixels:
+                preprocess_waiting()
+                pixels = 0
+    preprocess_waiting()
+    return results
+
+
+def one_line(err: BaseException) -> str:
+    """An exception as one short line: its type and message, whitespace collapsed."""
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def expand(path) -> list[Path]:
+    """A path -> the files it names: itself, or a directory's images (by extension) sorted by name.
+
+    Raises InputError for a directory that holds no image.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return [path]
+    files = sorted((p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
+                   key=lambda p: p.name)
+    if not files:
+        raise InputError(f"{path}: directory holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return files
