@@ -1,4 +1,4 @@
-"""The training loop and its configuration: loss, optimizer and schedule from params, fit, evaluate.
+"""The training loop and its configuration: loss, optimizer and schedule from params, fit.
 
 ``TRAIN_SCHEMA`` documents and validates the ``train`` section of params.yaml.
 """
@@ -9,13 +9,12 @@ import math
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
 from tqdm import tqdm
 
 from . import losses, optim, schedules
 from .backend import to_numpy
-from .data import minibatches
 from .errors import Diverged
+from .evaluation import evaluate
 from .params import Field
 
 positive = lambda v: v > 0  # noqa: E731
@@ -39,7 +38,7 @@ TRAIN_SCHEMA = {
     "optimizer": {
         "name": Field(str, "sgd", f"one of {sorted(optim.OPTIMIZERS)}", lambda v: v in optim.OPTIMIZERS, "optimizer"),
         "lr": Field(float, 0.05, "a number > 0", positive, "(peak) learning rate"),
-        "momentum": Field(float, 0.9, "a number in [0, 1)", lambda v: 0 <= v < 1, "sgd: momentum"),
+        "momentum": Field(float, 0.0, "a number in [0, 1)", lambda v: 0 <= v < 1, "sgd: momentum"),
         "nesterov": Field(bool, False, "true or false", None, "sgd: Nesterov momentum"),
         "betas": Field(list, [0.9, 0.999], "a list of two numbers in [0, 1)", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "adam/adamw: moment decay rates"),
         "eps": Field(float, 1e-8, "a number > 0", positive, "adam/adamw: denominator epsilon"),
@@ -88,22 +87,6 @@ def make_schedule(cfg: dict, lr: float, total: int):
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "lr", "total"}
     options = {k: v for k, v in cfg.items() if k in accepted}
     return schedules.make(cfg["name"], lr, total, warmup=cfg["warmup"], **options)
-
-
-def evaluate(model, loss_fn, x, y, batch_size: int = 1000):
-    """Mean loss, accuracy and predictions over uint8 images x (N, 28, 28) and labels y (N,).
-
-    Runs in eval mode; returns (loss: float, accuracy: float, predictions: int64 (N,)).
-    """
-    model.eval()
-    total, preds = 0.0, []
-    for xb, yb in minibatches(x, y, batch_size):
-        logits = model.forward(xb)
-        value, _ = loss_fn(logits, yb)
-        total += value * len(yb)
-        preds.append(to_numpy(logits.argmax(axis=1)))
-    predictions = np.concatenate(preds).astype(np.int64)
-    return total / len(y), float((predictions == y).mean()), predictions
 
 
 @dataclass

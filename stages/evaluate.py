@@ -1,21 +1,24 @@
-"""Stage evaluate: model + test shard -> metrics/eval.json, metrics/predictions.csv, metrics/plots/*.png.
+"""Stage evaluate: model + test shard -> metrics/eval.json, metrics/eval_details.json, metrics/predictions.csv,
+metrics/plots/*.png.
 
 Run from the repository root: ``python stages/evaluate.py`` (the same command ``dvc repro -s evaluate`` runs).
-The test set is used here, once, after the model has been chosen.
+The test set is used here, once, after the model has been chosen. Every output is written to a temporary
+file and all are renamed into place together at the end (``OutputSet``), so they always belong to one run.
 """
 from __future__ import annotations
 
 import csv
 from pathlib import Path
 
-from nnlib import plots
+import numpy as np
+
+from nnlib import evaluation, metrics, plots
 from nnlib.data import load_shard, read_manifest
-from nnlib.files import file_sha256, write_json, write_text
-from nnlib.modelfile import load_model, training_loss
-from nnlib.metrics import confusion_matrix, per_class_accuracy
 from nnlib.errors import InputError, run_stage
-from nnlib.params import load_section
-from nnlib.training import EVALUATE_SCHEMA, evaluate, make_loss
+from nnlib.files import OutputSet, file_sha256, remove_stale_temporaries, write_json, write_text
+from nnlib.modelfile import load_model, training_loss
+from nnlib.params import PRESET, load, load_section
+from nnlib.training import EVALUATE_SCHEMA, make_loss
 
 SHARDS = Path("data/shards")
 MODEL = Path("models/model.npz")
@@ -41,31 +44,51 @@ def read_log(path: Path, meta: dict) -> list[dict]:
         raise InputError(f"{path} is corrupt ({err}): re-run the train stage (dvc repro -s train)") from None
 
 
+def predictions_csv(result: evaluation.Evaluation) -> str:
+    """One row per test image, for DVC's confusion template."""
+    return "actual,predicted\n" + "".join(f"{a},{p}\n" for a, p in zip(result.y, result.predictions))
+
+
+def figures(result: evaluation.Evaluation, model, x: np.ndarray, log: list[dict], title: str, mistakes: int):
+    """Yield (file name, figure) for every PNG of the stage, one at a time (each is closed once saved)."""
+    yield "curves.png", plots.curves(log, title)
+    yield "confusion.png", plots.confusion(result.confusion, title)
+    shown = evaluation.confident_mistakes(result, mistakes)
+    labels = [f"true {result.y[i]}, pred {result.predictions[i]}\np = {result.confidence[i]:.3f}" for i in shown]
+    yield "misclassified.png", plots.digit_grid_figure(
+        x[shown], labels, columns=6, suptitle=f"{title}\nthe {len(shown)} most confident of {int((~result.correct).sum())} "
+                                              "mistakes (p: probability of the prediction)")
+    yield "first_layer.png", plots.weight_images(*evaluation.first_layer_images(model), title)
+    yield "reliability.png", plots.reliability(*metrics.calibration_bins(result.confidence, result.correct),
+                                               metrics.expected_calibration_error(result.confidence, result.correct), title)
+    points, explained = evaluation.pca_2d(result.features)
+    yield "features.png", plots.feature_map(points, result.y, ~result.correct, explained, title)
+
+
 def main() -> None:
     _, cfg = load_section("evaluate", EVALUATE_SCHEMA)
+    preset = load().get("preset") or PRESET.default  # load_section has validated it
+    remove_stale_temporaries([METRICS, PLOTS])
     model, meta = load_model(MODEL)
     model_sha256 = file_sha256(MODEL)
     loss_cfg = training_loss(meta, MODEL)
     log = read_log(METRICS / "train_log.tsv", meta)
     manifest = read_manifest(SHARDS)
     x, y = load_shard(SHARDS / manifest["test"]["file"])
-    y = y.astype("int64")
 
-    loss, accuracy, predictions = evaluate(model, make_loss(loss_cfg), x, y, cfg["batch_size"])
-    matrix = confusion_matrix(y, predictions)
-    per_class = per_class_accuracy(matrix)
-    write_json(METRICS / "eval.json", {
-        "accuracy": accuracy, "loss": loss, "errors": int((predictions != y).sum()), "images": len(y),
-        "per_class": {str(k): float(v) for k, v in enumerate(per_class)}, "model_sha256": model_sha256,
-    })
-    write_text(METRICS / "predictions.csv", "actual,predicted\n" + "".join(f"{a},{p}\n" for a, p in zip(y, predictions)))
-
-    plots.training_curves(log, PLOTS / "curves.png")
-    plots.confusion(matrix, PLOTS / "confusion.png")
-    wrong = (predictions != y).nonzero()[0][: cfg["misclassified"]]
-    plots.digit_grid(x[wrong], [f"true {y[i]} / pred {predictions[i]}" for i in wrong], PLOTS / "misclassified.png",
-                     suptitle=f"first {len(wrong)} misclassified test digits")
-    print(f"evaluate: test accuracy {accuracy:.4f} ({int((predictions != y).sum())} errors), loss {loss:.4f}")
+    result = evaluation.run(model, make_loss(loss_cfg), x, y, cfg["batch_size"])
+    if not np.isfinite(result.logits).all():
+        raise InputError(f"{MODEL} gives non-finite outputs on the test set: re-train it (dvc repro -s train)")
+    scores = evaluation.scalars(result, loss_cfg["name"], model_sha256)
+    title = f"preset {preset} · seed {meta.get('seed')} · test accuracy {100 * result.accuracy:.2f}%"
+    with OutputSet() as out:  # every output renamed into place together, only when all are written
+        write_json(out.path(METRICS / "eval.json"), scores)
+        write_json(out.path(METRICS / "eval_details.json"), evaluation.details(result))
+        write_text(out.path(METRICS / "predictions.csv"), predictions_csv(result))
+        for name, figure in figures(result, model, x, log, title, cfg["misclassified"]):
+            plots.save_figure(figure, out.path(PLOTS / name), atomic=False)
+    print(f"evaluate: test accuracy {scores['accuracy']:.4f} ({scores['errors']} errors), {scores['loss_fn']} loss "
+          f"{scores['loss']:.4f}, nll {scores['nll']:.4f}, macro F1 {scores['macro_f1']:.4f}, ECE {scores['ece']:.4f}")
 
 
 if __name__ == "__main__":

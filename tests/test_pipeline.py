@@ -22,6 +22,8 @@ PIPELINE_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "stages
                   "models/init/README.md"]
 
 pytestmark = pytest.mark.slow
+EVAL_KEYS = ["accuracy", "errors", "images", "nll", "loss_fn", "loss", "macro_f1", "ece", "model_sha256"]
+PNGS = ["curves", "confusion", "misclassified", "first_layer", "reliability", "features", "augment_preview"]
 
 TINY = {
     "prepare": {"val_size": 200, "max_train": 300, "shard_size": 200, "workers": 2, "augment": {"copies": 1}},
@@ -29,6 +31,13 @@ TINY = {
               "model": [{"type": "flatten"}, {"type": "dense", "out": 32}, {"type": "relu"}, {"type": "dense", "out": 10}]},
     "evaluate": {"misclassified": 8},
 }
+
+
+def strict_json(path: Path):
+    """A JSON file, refusing NaN and infinities (which json.loads would accept)."""
+    def refuse(constant):
+        raise AssertionError(f"{path} holds {constant}, which is not valid JSON")
+    return json.loads(path.read_text(), parse_constant=refuse)
 
 
 def merge(base: dict, override: dict) -> dict:
@@ -83,10 +92,20 @@ def test_repro_writes_metrics(repo):
     train = json.loads((repo / "metrics/train.json").read_text())
     assert train["epochs"] == 2 and train["best_epoch"] in (1, 2)
     assert 0.0 <= train["best_val_accuracy"] <= 1.0
-    evaluation = json.loads((repo / "metrics/eval.json").read_text())
+    evaluation = strict_json(repo / "metrics/eval.json")
+    assert list(evaluation) == EVAL_KEYS, "scalars only: every key is a column of dvc exp show"
     assert evaluation["images"] == 10_000
     assert 0.5 < evaluation["accuracy"] <= 1.0, "a small MLP on 300 images beats chance (0.1) by far"
-    assert set(evaluation["per_class"]) == {str(d) for d in range(10)}
+    assert evaluation["errors"] == round(10_000 * (1 - evaluation["accuracy"]))
+    assert evaluation["loss_fn"] == "cross_entropy" and evaluation["loss"] == pytest.approx(evaluation["nll"], rel=1e-5)
+    assert 0 < evaluation["nll"] < 2.3 and 0.5 < evaluation["macro_f1"] <= 1 and 0 <= evaluation["ece"] < 0.5
+    assert len(evaluation["model_sha256"]) == 64
+    details = strict_json(repo / "metrics/eval_details.json")
+    assert sorted(details["per_class"], key=int) == [str(d) for d in range(10)]
+    assert all(0 <= c[k] <= 1 for c in details["per_class"].values() for k in ("precision", "recall", "f1"))
+    confusions = [(c["true"], c["predicted"], c["count"]) for c in details["top_confusions"]]
+    assert len(confusions) == 5 and all(t != p for t, p, _ in confusions)
+    assert [c for _, _, c in confusions] == sorted((c for _, _, c in confusions), reverse=True)
     log = (repo / "metrics/train_log.tsv").read_text().splitlines()
     assert log[0].split("\t") == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr"]
     assert len(log) == 3
@@ -94,9 +113,31 @@ def test_repro_writes_metrics(repo):
     assert len(timing["epoch_seconds"]) == 2 and timing["train_seconds"] > 0
     predictions = (repo / "metrics/predictions.csv").read_text().splitlines()
     assert predictions[0] == "actual,predicted" and len(predictions) == 10_001
-    for png in ["curves", "confusion", "misclassified", "augment_preview"]:
-        assert (repo / f"metrics/plots/{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for png in PNGS:
+        data = (repo / f"metrics/plots/{png}.png").read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, png
+    assert not list((repo / "metrics").glob("**/.*.tmp")), "every temporary output is renamed into place"
     assert (repo / "models/model.npz").exists()
+
+
+def test_plots_show_only_the_declared_plots_with_data(repo):
+    """`dvc plots show` draws the top-level plots and the stages' PNGs, nothing else (no plot of a raw table)."""
+    shown = json.loads(run([sys.executable, "-m", "dvc", "plots", "show", "--json"], repo).stdout)
+    assert not shown.get("errors"), shown["errors"]
+    data = shown["data"]
+    assert set(data) == {"loss", "accuracy", "live", "confusion"} | {f"metrics/plots/{png}.png" for png in PNGS}
+    for name, fields in [("loss", {"train_loss", "val_loss"}), ("accuracy", {"train_acc", "val_acc"}), ("live", {"train_loss", "val_loss"})]:
+        (plot,) = data[name]
+        values, encoding = plot["content"]["data"]["values"], plot["content"]["encoding"]
+        assert plot["type"] == "vega" and encoding["x"]["field"] == "epoch" and encoding["x"]["title"] == "epoch"
+        assert {v["field"] for v in values} == fields and sorted({v["epoch"] for v in values}) == ["1", "2"]
+    (confusion,) = data["confusion"]
+    assert len(confusion["content"]["data"]["values"]) == 10_000
+    encoding = confusion["content"]["spec"]["encoding"]
+    assert (encoding["x"]["field"], encoding["y"]["field"]) == ("predicted", "actual")  # true class vertical, as in confusion.png
+    for png in PNGS:
+        (image,) = data[f"metrics/plots/{png}.png"]
+        assert image["type"] == "image" and Path(image["url"]).stat().st_size > 5000
 
 
 def test_second_repro_runs_nothing(repo):

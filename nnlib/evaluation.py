@@ -1,0 +1,183 @@
+"""Evaluating a trained model: one pass over a labelled set, and what the evaluate stage reports from it.
+
+:func:`evaluate` (loss, accuracy, predictions) is what training validates with after every epoch;
+:func:`run` keeps everything a report needs: the final outputs and the penultimate-layer features.
+:func:`scalars` and :func:`details` turn an :class:`Evaluation` into ``metrics/eval.json`` (scalars
+only: every key is a column of ``dvc exp show``) and ``metrics/eval_details.json``. No plotting here:
+the evaluate stage draws the figures with :mod:`nnlib.plots` from what these functions return.
+Shapes: N images, K classes, D penultimate features.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from . import metrics
+from .backend import to_numpy
+from .data import minibatches
+from .functional import softmax
+
+TOP_CONFUSIONS = 5
+MAX_FIRST_LAYER_IMAGES = 64
+
+
+@dataclass
+class Evaluation:
+    """One eval-mode pass over a labelled set.
+
+    y: (N,) int64 labels; logits: (N, K) the final outputs; loss: the mean of the loss function the
+    pass ran with; features: (N, D) the input of the last dense layer (None when not asked for).
+    """
+
+    y: np.ndarray
+    logits: np.ndarray
+    loss: float
+    features: np.ndarray | None = None
+
+    @cached_property
+    def probabilities(self) -> np.ndarray:
+        """(N, K) float64 softmax of the final outputs (whatever loss the model trained with)."""
+        return softmax(self.logits.astype(np.float64))
+
+    @cached_property
+    def predictions(self) -> np.ndarray:
+        """(N,) int64 argmax of the final outputs."""
+        return self.logits.argmax(axis=1).astype(np.int64)
+
+    @property
+    def confidence(self) -> np.ndarray:
+        """(N,) the probability given to the predicted class."""
+        return self.probabilities.max(axis=1)
+
+    @property
+    def correct(self) -> np.ndarray:
+        """(N,) bool."""
+        return self.predictions == self.y
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.correct.mean())
+
+    @cached_property
+    def confusion(self) -> np.ndarray:
+        """(K, K) int64, row = true class."""
+        return metrics.confusion_matrix(self.y, self.predictions, self.logits.shape[1])
+
+
+def feature_layer(model) -> int:
+    """Index of the layer whose input is the penultimate representation: the last dense layer
+    (the last layer when there is no dense one, e.g. a network ending in global average pooling)."""
+    dense = [i for i, layer in enumerate(model.layers) if layer.type_name == "dense"]
+    return dense[-1] if dense else len(model.layers) - 1
+
+
+def _through(layers, x):
+    """x through ``layers`` in eval mode."""
+    for layer in layers:
+        x = layer.forward(x, train=False)
+    return x
+
+
+def run(model, loss_fn, x, y, batch_size: int = 1000, features: bool = True) -> Evaluation:
+    """Images x: (N, 28, 28) uint8 and labels y: (N,) through ``model`` in eval mode, batch by batch.
+
+    The loss is ``loss_fn``'s batch mean weighted by batch size; with ``features`` the input of the
+    last dense layer is kept too, flattened to (N, D).
+    """
+    model.eval()
+    split = feature_layer(model) if features else 0
+    total, outputs, hidden = 0.0, [], []
+    for xb, yb in minibatches(x, y, batch_size):
+        h = _through(model.layers[:split], xb)
+        logits = _through(model.layers[split:], h)
+        value, _ = loss_fn(logits, yb)
+        total += value * len(yb)
+        outputs.append(to_numpy(logits))
+        if features:
+            hidden.append(to_numpy(h).reshape(len(yb), -1))
+    return Evaluation(np.asarray(y, np.int64), np.concatenate(outputs), total / len(y),
+                      np.concatenate(hidden) if features else None)
+
+
+def evaluate(model, loss_fn, x, y, batch_size: int = 1000):
+    """Mean loss, accuracy and predictions over uint8 images x (N, 28, 28) and labels y (N,).
+
+    Runs in eval mode; returns (loss: float, accuracy: float, predictions: int64 (N,)).
+    """
+    result = run(model, loss_fn, x, y, batch_size, features=False)
+    return result.loss, result.accuracy, result.predictions
+
+
+def scalars(result: Evaluation, loss_name: str, model_sha256: str) -> dict:
+    """``metrics/eval.json``: numbers and two strings, no nesting (each key is a ``dvc exp show`` column).
+
+    ``nll`` is the cross-entropy of the softmax of the final outputs, comparable across runs whatever
+    they trained with; ``loss`` is the training loss (``loss_fn``) on this set.
+    """
+    return {
+        "accuracy": result.accuracy, "errors": int((~result.correct).sum()), "images": len(result.y),
+        "nll": metrics.log_loss(result.logits, result.y), "loss_fn": loss_name, "loss": float(result.loss),
+        "macro_f1": metrics.macro_f1(result.confusion),
+        "ece": metrics.expected_calibration_error(result.confidence, result.correct),
+        "model_sha256": model_sha256,
+    }
+
+
+def details(result: Evaluation, top: int = TOP_CONFUSIONS) -> dict:
+    """``metrics/eval_details.json``: precision, recall, F1 and support per class, and the ``top``
+    most frequent confusions as {true, predicted, count}."""
+    precision, recall, f1 = metrics.precision_recall_f1(result.confusion)
+    support = result.confusion.sum(axis=1)
+    return {
+        "per_class": {str(k): {"precision": float(precision[k]), "recall": float(recall[k]), "f1": float(f1[k]),
+                               "support": int(support[k])} for k in range(len(support))},
+        "top_confusions": [{"true": t, "predicted": p, "count": c}
+                           for t, p, c in metrics.top_confusions(result.confusion, top)],
+    }
+
+
+def confident_mistakes(result: Evaluation, n: int) -> np.ndarray:
+    """Indices (M,) of the ``n`` wrong predictions with the highest confidence, most confident first
+    (M = min(n, errors); ties in image order)."""
+    wrong = np.flatnonzero(~result.correct)
+    return wrong[np.argsort(-result.confidence[wrong], kind="stable")][:n]
+
+
+def pca_2d(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Project features (N, D) on their first two principal components, by SVD of the centred data.
+
+    Returns (points (N, 2), explained (2,): the share of the variance along each). The sign of each
+    component is fixed (its largest loading positive) so the picture does not flip between runs.
+    """
+    centred = np.asarray(features, np.float64) - np.mean(features, axis=0, dtype=np.float64)
+    _, s, vt = np.linalg.svd(centred, full_matrices=False)
+    top = vt[:2]
+    top = top * np.sign(top[np.arange(len(top)), np.abs(top).argmax(axis=1)])[:, None]
+    variance = s**2
+    explained = variance[:2] / variance.sum() if variance.sum() > 0 else np.zeros(len(top))
+    missing = 2 - len(top)  # a single feature has no second direction: its coordinate is 0
+    return np.pad(centred @ top.T, ((0, 0), (0, missing))), np.pad(explained, (0, missing))
+
+
+def first_layer_images(model, limit: int = MAX_FIRST_LAYER_IMAGES) -> tuple[np.ndarray | None, str]:
+    """What the first weight layer responds to, as images (M, h, w), with a one-line description.
+
+    A conv layer gives its filters (M = out, h = w = k; averaged over input channels when there are
+    several); a dense layer that sees whole images (its inputs are the C*H*W pixels, e.g. after
+    flatten in an MLP) gives each unit's weights as an H x W image, the first ``limit`` units.
+    Anything else gives (None, why).
+    """
+    layer = next((layer for layer in model.layers if layer.type_name in ("conv", "dense")), None)
+    if layer is None:
+        return None, "the network has no conv or dense layer"
+    weights = to_numpy(layer.params["W"]).astype(np.float64)
+    if layer.type_name == "conv":
+        channels = "" if weights.shape[1] == 1 else f", averaged over {weights.shape[1]} input channels"
+        return weights.mean(axis=1)[:limit], f"first conv layer: {min(len(weights), limit)} filters {layer.k}x{layer.k}{channels}"
+    c, h, w = model.input_shape
+    if weights.shape[0] != c * h * w:
+        return None, f"the first dense layer sees {weights.shape[0]} features, not the {c * h * w} pixels"
+    units = weights.T[:limit].reshape(-1, c, h, w).mean(axis=1)
+    return units, f"first dense layer: weights of {len(units)} of its {weights.shape[1]} units as {h}x{w} images"
