@@ -147,26 +147,29 @@ def im2col_nhwc(x_nhwc, k: int, stride: int, pad: int, ones: bool = False):
     return cols
 
 
-def conv2d_input_grad_nhwc(dy_rows, w_kkoc, x_shape_nhwc, stride: int, pad: int):
+def conv2d_input_grad_nhwc(dy_rows, w_okkc, x_shape_nhwc, stride: int, pad: int):
     """Gradient of a convolution with respect to its input, channels-last.
 
-    dy_rows: (N*Ho*Wo, O) output gradient; w_kkoc: (k, k, O, C) kernel; x_shape_nhwc: (N, H, W, C).
+    dy_rows: (N*Ho*Wo, O) output gradient; w_okkc: (O, k, k, C) kernel; x_shape_nhwc: (N, H, W, C).
     Returns dx: (N, H, W, C) (a view into a padded buffer when pad > 0).
 
-    Equivalent to scattering the column gradient ``dy_rows @ w_mat.T`` back (col2im) but done offset by offset: for each (i, j) one GEMM
-    (N*Ho*Wo, O) @ (O, C) whose cache-sized result is added straight into the shifted input window,
-    so the (N*Ho*Wo, k*k*C) column gradient is never materialised.
+    One GEMM gives the column gradient dcols = dy_rows @ W_mat.T: (N*Ho*Wo, k*k*C), columns (i, j, c)
+    as in :func:`im2col_nhwc`; col2im then adds each offset's (N, Ho, Wo, C) slice of it into the
+    shifted input window: dx[n, ho*s + i - pad, wo*s + j - pad, c] += dcols[(n, ho, wo), (i, j, c)].
+    One (N*Ho*Wo, O) @ (O, k*k*C) GEMM instead of k*k GEMMs of (N*Ho*Wo, O) @ (O, C): BLAS runs a
+    wide product well, and on a busy machine one threaded call waits for its threads once, not k*k times.
     """
     xp = get_array_module(dy_rows)
     n, h, w, c = x_shape_nhwc
-    k = w_kkoc.shape[0]
+    k = w_okkc.shape[1]
     ho = conv_output_size(h, k, stride, pad)
     wo = conv_output_size(w, k, stride, pad)
+    dcols = (dy_rows @ w_okkc.reshape(w_okkc.shape[0], k * k * c)).reshape(n, ho, wo, k, k, c)
     dx = xp.zeros((n, h + 2 * pad, w + 2 * pad, c), dtype=dy_rows.dtype)
     for i in range(k):
         for j in range(k):
             window = dx[:, i : i + stride * (ho - 1) + 1 : stride, j : j + stride * (wo - 1) + 1 : stride]
-            window += (dy_rows @ w_kkoc[i, j]).reshape(n, ho, wo, c)
+            window += dcols[:, :, :, i, j]
     return dx[:, pad : pad + h, pad : pad + w] if pad else dx
 
 

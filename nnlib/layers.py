@@ -280,7 +280,7 @@ class Conv2D(Layer):
     y is returned as an NCHW view of y_rows (channels-last memory, see :mod:`nnlib.functional`), so
     no transposing copy is made and a following conv / batch-norm / pool reads it in place.
     Backward: [dW; db] = cols.T @ dy_rows (one GEMM), and (unless ``skip_input_grad``) dx by one
-    (N*Ho*Wo, out) @ (out, C) GEMM per kernel offset, added into the shifted input window.
+    (N*Ho*Wo, out) @ (out, k*k*C) GEMM and col2im (each offset's slice added into the shifted window).
     """
 
     type_name = "conv"
@@ -337,8 +337,8 @@ class Conv2D(Layer):
         if self.skip_input_grad:  # first layer: no dx, so no GEMM and no scatter into the image
             return None
         xp = get_array_module(dy_rows)
-        w_kkoc = xp.ascontiguousarray(self.params["W"].transpose(2, 3, 0, 1))  # (k, k, out, C)
-        dx = conv2d_input_grad_nhwc(dy_rows, w_kkoc, self.x_shape_nhwc, self.stride, self.pad)
+        w_okkc = xp.ascontiguousarray(self.params["W"].transpose(0, 2, 3, 1))  # (out, k, k, C)
+        dx = conv2d_input_grad_nhwc(dy_rows, w_okkc, self.x_shape_nhwc, self.stride, self.pad)
         return from_nhwc(dx)  # (N, C, H, W)
 
 
