@@ -7,7 +7,7 @@ Presets are moving from Hydra files (``conf/config.yaml`` defaults + ``conf/pres
 ``# @package _global_``) to ``nnlib/presets/*.yaml`` with a loader in ``nnlib/presets.py``. This module
 asks ``nnlib.presets`` first and otherwise composes the Hydra files itself (a recursive dict merge,
 lists replaced, as Hydra does), so bench scripts work before and after the move; either way every key
-the preset leaves out gets the default of ``nnlib.training.TRAIN_SCHEMA``.
+the preset leaves out gets the default of ``nnlib.schema.TRAIN``.
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def _from_nnlib(name: str) -> dict | None:
 def _with_defaults(train: dict) -> dict:
     """The train section with every key the preset leaves out at the schema's default."""
     from nnlib.params import validate  # noqa: PLC0415
-    from nnlib.training import TRAIN_SCHEMA  # noqa: PLC0415
+    from nnlib.schema import TRAIN as TRAIN_SCHEMA  # noqa: PLC0415
 
     return validate(train, TRAIN_SCHEMA, "train")
 

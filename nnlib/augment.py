@@ -24,11 +24,14 @@ leans its top to the right, a positive ``shift`` moves it down / right.
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
+
+from .errors import ParamsError
+from .params import PARAMS_FILE, validate
+from .schema import AUGMENT
 
 CHUNK = 256  # images interpolated at a time: small enough for the working set to stay in cache
 TRUNCATE = 4.0  # Gaussian kernel radius in sigmas (scipy's default)
@@ -55,25 +58,12 @@ class AugmentConfig:
     flip: bool = False
 
     def __post_init__(self):
-        for name in ("rotate", "shift", "scale", "shear", "elastic_alpha", "elastic_sigma"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"AugmentConfig.{name} must be a finite number, got {value!r}")
-        checks = [
-            ("rotate", 0 <= self.rotate <= 180, "between 0 and 180 degrees"),
-            ("shift", self.shift >= 0, ">= 0 pixels"),
-            ("scale", 0 <= self.scale < 1, "in [0, 1)"),
-            ("shear", 0 <= self.shear < 90, "in [0, 90) degrees"),
-            ("elastic_alpha", self.elastic_alpha >= 0, ">= 0"),
-            ("elastic_sigma", self.elastic_sigma >= 0, ">= 0"),
-        ]
-        for name, ok, expect in checks:
-            if not ok:
-                raise ValueError(f"AugmentConfig.{name} must be {expect}, got {getattr(self, name)!r}")
+        # One set of checks for every range: the schema's (nnlib/schema.py), as params.yaml gets them.
+        values = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        validate(values, {name: AUGMENT[name] for name in values}, "prepare.augment")
         if self.elastic_alpha > 0 and self.elastic_sigma == 0:
-            raise ValueError("AugmentConfig.elastic_alpha > 0 needs elastic_sigma > 0")
-        if not isinstance(self.flip, (bool, np.bool_)):
-            raise ValueError(f"AugmentConfig.flip must be True or False, got {self.flip!r}")
+            raise ParamsError(f"{PARAMS_FILE}: prepare.augment.elastic_alpha > 0 needs prepare.augment.elastic_sigma > 0, "
+                              f"got elastic_alpha={self.elastic_alpha!r}, elastic_sigma={self.elastic_sigma!r}")
 
     @classmethod
     def from_params(cls, section: dict) -> AugmentConfig:

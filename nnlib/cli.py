@@ -1,4 +1,4 @@
-"""The ``nnlib`` command: ``predict``, ``info`` and ``export`` on a trained model file.
+"""The ``nnlib`` command: ``predict``, ``info`` and ``export`` on a trained model file; ``params``.
 
 A thin argparse layer: each subcommand parses its flags and calls library functions
 (:mod:`nnlib.predict`, :mod:`nnlib.summary`, :mod:`nnlib.export`) that tests call directly.
@@ -72,6 +72,15 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_params(args) -> int:
+    import yaml  # noqa: PLC0415
+
+    from .schema import effective_params  # noqa: PLC0415
+
+    print(yaml.safe_dump(effective_params(args.file), sort_keys=False), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="nnlib", description="Use a model trained by the nnlib pipeline.",
                      epilog="Exit codes: 0 ok, 1 missing or corrupt input file, 2 bad flags, 130 interrupted.")
@@ -118,6 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL", help="model file")
     p.add_argument("out", metavar="OUT.onnx", help="where to write the ONNX graph")
     p.set_defaults(run=cmd_export)
+
+    p = commands.add_parser(
+        "params", help="the values a run will use", formatter_class=raw,
+        description="Print every section of params.yaml as the stages will use it: your values, then the\n"
+                    "preset's, then the defaults, for every key left null (see nnlib/presets/).",
+        epilog="examples:\n  nnlib params\n  nnlib params --file other-params.yaml")
+    p.add_argument("--file", default="params.yaml", metavar="PARAMS", help="params file (default: params.yaml)")
+    p.set_defaults(run=cmd_params)
     return parser
 
 

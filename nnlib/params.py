@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import yaml
 
+from . import presets
 from .errors import ParamsError
 
 PARAMS_FILE = "params.yaml"
@@ -69,7 +70,7 @@ def validate(section: dict | None, schema: dict, path: str) -> dict:
         sub = f"{path}.{key}"
         if isinstance(spec, dict):
             out[key] = validate(section.get(key), spec, sub)
-        elif key in section:
+        elif section.get(key) is not None:  # null means "not set": the default applies
             out[key] = spec.validate(sub, section[key])
         elif spec.required:
             raise ParamsError(f"{PARAMS_FILE}: missing key {sub}: expected {spec.expect}")
@@ -123,19 +124,28 @@ def load(path: str | Path = PARAMS_FILE) -> dict:
 
 
 SEED = Field(int, 0, "an integer >= 0", lambda v: v >= 0, "global seed for every random stream")
-PRESET = Field(str, "custom", "the name of a preset in conf/preset/ (a string)", None, "which preset params.yaml was composed from")
+PRESET = Field(str, "cnn", f"one of {presets.names()}", lambda v: v in presets.names(),
+               "the recipe (nnlib/presets/NAME.yaml) behind every key that params.yaml leaves unset (null)")
 TOP_LEVEL_KEYS = ("seed", "preset", "prepare", "train", "evaluate")
 
 
-def load_section(name: str, schema: dict, path: str | Path = PARAMS_FILE) -> tuple[int, dict]:
-    """Load the global ``seed`` and one validated section of params.yaml.
+def load_top_level(path: str | Path = PARAMS_FILE) -> tuple[dict, int, str]:
+    """params.yaml as a dict, its validated ``seed`` and ``preset``.
 
-    Unknown top-level keys are refused here too, so a typo such as ``trian:`` never passes silently.
+    Unknown top-level keys are refused here, so a typo such as ``trian:`` never passes silently.
     """
     data = load(path)
     unknown = sorted(set(data) - set(TOP_LEVEL_KEYS))
     if unknown:
         raise ParamsError(f"{path}: unknown top-level key {unknown[0]!r}: allowed keys are {list(TOP_LEVEL_KEYS)}")
-    seed = SEED.validate("seed", data.get("seed", SEED.default))
-    PRESET.validate("preset", data.get("preset", PRESET.default))
-    return seed, validate(data.get(name), schema, name)
+    seed = SEED.validate("seed", data.get("seed", SEED.default) if data.get("seed") is not None else SEED.default)
+    preset = PRESET.validate("preset", data.get("preset") if data.get("preset") is not None else PRESET.default)
+    return data, seed, preset
+
+
+def load_section(name: str, schema: dict, path: str | Path = PARAMS_FILE) -> tuple[int, dict]:
+    """The global ``seed`` and the effective, validated section ``name``: params.yaml over the preset
+    over the schema's defaults (see :mod:`nnlib.presets`)."""
+    data, seed, preset = load_top_level(path)
+    section = presets.overlay(presets.load(preset).get(name), data.get(name))
+    return seed, validate(section, schema, name)

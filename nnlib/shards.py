@@ -34,7 +34,6 @@ only once the new shards are in place. Only the ``prepare`` section of params.ya
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import secrets
 import shutil
@@ -54,7 +53,8 @@ from .augment import AugmentConfig, distort
 from .data import read_idx
 from .files import save_npz, write_json
 from .errors import InputError, ParamsError
-from .params import PARAMS_FILE, Field, load_section, validate
+from .params import PARAMS_FILE, load_section, validate
+from .schema import PREPARE
 
 RAW_DIR = Path("data/raw")
 SHARDS_DIR = Path("data/shards")
@@ -77,54 +77,16 @@ BYTES_PER_FILE = 8192
 WINDOW_PER_WORKER = 2  # shards in flight per worker process: one running, one queued
 
 
-def _number(low=None, high=None, high_open=False):
-    """A check for a finite number in [low, high] (or [low, high))."""
-
-    def check(value):
-        if not math.isfinite(value) or (low is not None and value < low):
-            return False
-        if high is None:
-            return True
-        return value < high if high_open else value <= high
-
-    return check
-
-
-AUGMENT_SCHEMA = {
-    "copies": Field(int, 5, "an integer >= 0 (distorted copies of each train image)", lambda v: v >= 0),
-    "rotate": Field(float, 10.0, "a number of degrees in [0, 180]", _number(0, 180)),
-    "shift": Field(float, 2.0, "a number of pixels >= 0", _number(0)),
-    "scale": Field(float, 0.1, "a number in [0, 1) (zoom uniform in [1 - scale, 1 + scale])", _number(0, 1, True)),
-    "shear": Field(float, 0.0, "a number of degrees in [0, 90)", _number(0, 90, True)),
-    "elastic_alpha": Field(float, 0.0, "a number >= 0 (elastic displacement scale, pixels)", _number(0)),
-    "elastic_sigma": Field(float, 0.0, "a number >= 0 (elastic smoothing, pixels)", _number(0)),
-    "flip": Field(bool, False, "true or false (mirror left-right with p = 0.5)"),
-}
-
-SCHEMA = {
-    "val_size": Field(int, 5000, "an integer >= 1 (images held out for validation)", lambda v: v >= 1),
-    "max_train": Field(int, 0, "an integer >= 0 (cap on train images; 0 = all)", lambda v: v >= 0),
-    "shard_size": Field(int, 10000, "an integer >= 100 (images per shard)", lambda v: v >= 100),
-    "workers": Field(int, 0, "an integer >= 0 (processes; 0 = one per CPU core)", lambda v: v >= 0),
-    "augment": AUGMENT_SCHEMA,
-}
-
-
 def check_params(section: dict | None) -> dict:
     """Validate a ``prepare`` section (defaults filled in); raise ParamsError naming the key."""
-    params = validate(section, SCHEMA, "prepare")
-    aug = params["augment"]
-    if aug["elastic_alpha"] > 0 and aug["elastic_sigma"] == 0:
-        raise ParamsError(
-            f"{PARAMS_FILE}: prepare.augment.elastic_alpha > 0 needs prepare.augment.elastic_sigma > 0, "
-            f"got elastic_alpha={aug['elastic_alpha']!r}, elastic_sigma={aug['elastic_sigma']!r}"
-        )
+    params = validate(section, PREPARE, "prepare")
+    AugmentConfig.from_params(params["augment"])  # the checks across keys (elastic_alpha needs elastic_sigma)
     return params
 
 
 def load_params(path=PARAMS_FILE) -> tuple[int, dict]:
     """The global ``seed`` and the validated ``prepare`` section of params.yaml (nothing else)."""
-    seed, params = load_section("prepare", SCHEMA, path)
+    seed, params = load_section("prepare", PREPARE, path)
     return seed, check_params(params)
 
 

@@ -1,6 +1,6 @@
 """The training loop and its configuration: loss, optimizer and schedule from params, fit.
 
-``TRAIN_SCHEMA`` documents and validates the ``train`` section of params.yaml.
+The ``train`` section's keys are documented and checked in :mod:`nnlib.schema`.
 """
 from __future__ import annotations
 
@@ -15,54 +15,6 @@ from . import losses, optim, schedules
 from .backend import to_numpy
 from .errors import Diverged
 from .evaluation import evaluate
-from .params import Field
-
-positive = lambda v: v > 0  # noqa: E731
-non_negative = lambda v: v >= 0  # noqa: E731
-
-TRAIN_SCHEMA = {
-    "backend": Field(str, "numpy", "'numpy' or 'cupy'", lambda v: v in ("numpy", "cupy"), "array backend; cupy needs a GPU and the gpu extra"),
-    "epochs": Field(int, 10, "an integer >= 1", lambda v: v >= 1, "number of epochs"),
-    "batch_size": Field(int, 64, "an integer >= 1", positive, "images per optimizer step"),
-    "images_per_epoch": Field(int, 0, "an integer >= 0 (0 = the size of the train split)", non_negative, "images drawn from the shard stream per epoch"),
-    "init_from": Field(str, "", "'' (fresh) or the path of a model file under models/init/", None,
-                       "start from this model's weights instead of a fresh initialisation (see README, continue training)"),
-    "resume": Field(bool, True, "true or false", None, "continue a killed run from its last checkpoint (models/checkpoints/)"),
-    "select": Field(str, "last", "'last' or 'best_val'", lambda v: v in ("last", "best_val"), "which epoch's weights are kept"),
-    "model": Field(list, None, "a non-empty list of layer specs like {type: dense, out: 10}", lambda v: len(v) > 0, "the network, layer by layer", required=True),
-    "loss": {
-        "name": Field(str, "cross_entropy", "'cross_entropy' or 'mse'", lambda v: v in ("cross_entropy", "mse"), "loss function"),
-        "label_smoothing": Field(float, 0.0, "a number in [0, 1)", lambda v: 0 <= v < 1, "cross-entropy label smoothing"),
-        "half": Field(bool, True, "true or false", None, "mse: 1/2 * sum of squares per example (Nielsen) instead of the mean over entries"),
-    },
-    "optimizer": {
-        "name": Field(str, "sgd", f"one of {sorted(optim.OPTIMIZERS)}", lambda v: v in optim.OPTIMIZERS, "optimizer"),
-        "lr": Field(float, 0.05, "a number > 0", positive, "(peak) learning rate"),
-        "momentum": Field(float, 0.0, "a number in [0, 1)", lambda v: 0 <= v < 1, "sgd: momentum"),
-        "nesterov": Field(bool, False, "true or false", None, "sgd: Nesterov momentum"),
-        "betas": Field(list, [0.9, 0.999], "a list of two numbers in [0, 1)", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "adam/adamw: moment decay rates"),
-        "eps": Field(float, 1e-8, "a number > 0", positive, "adam/adamw: denominator epsilon"),
-        "weight_decay": Field(float, 0.0, "a number >= 0", non_negative, "L2 (sgd, adam) or decoupled (adamw) weight decay"),
-        "decay_bias_and_norm": Field(bool, True, "true or false", None, "false: no weight decay on biases and BatchNorm parameters"),
-    },
-    "schedule": {
-        "name": Field(str, "constant", f"one of {sorted(schedules.SCHEDULES)}", lambda v: v in schedules.SCHEDULES, "learning-rate schedule"),
-        "interval": Field(str, "step", "'step' or 'epoch'", lambda v: v in ("step", "epoch"), "how often the schedule advances"),
-        "warmup": Field(int, 0, "an integer >= 0", non_negative, "linear warm-up length, in intervals"),
-        "step_size": Field(int, 1, "an integer >= 1", positive, "step: intervals between decays"),
-        "gamma": Field(float, 0.1, "a number > 0", positive, "step/exponential: decay factor"),
-        "min_lr": Field(float, 0.0, "a number >= 0", non_negative, "cosine: final learning rate"),
-        "pct_start": Field(float, 0.3, "a number in (0, 1)", lambda v: 0 < v < 1, "onecycle: fraction of the run spent rising"),
-        "div_factor": Field(float, 25.0, "a number > 1", lambda v: v > 1, "onecycle: initial lr = lr / div_factor"),
-        "final_div_factor": Field(float, 1e4, "a number > 1", lambda v: v > 1, "onecycle: final lr = initial lr / final_div_factor"),
-    },
-}
-
-EVALUATE_SCHEMA = {
-    "batch_size": Field(int, 1000, "an integer >= 1", positive, "images per forward pass"),
-    "misclassified": Field(int, 40, "an integer in [0, 200]", lambda v: 0 <= v <= 200, "misclassified test digits shown in the grid"),
-}
-
 
 def make_loss(cfg: dict):
     """The loss object for the ``train.loss`` section."""

@@ -17,8 +17,9 @@ from nnlib.data import load_shard, read_manifest
 from nnlib.errors import InputError, run_stage
 from nnlib.files import OutputSet, file_sha256, remove_stale_temporaries, write_json, write_text
 from nnlib.modelfile import load_model, training_loss
-from nnlib.params import PRESET, load, load_section
-from nnlib.training import EVALUATE_SCHEMA, make_loss
+from nnlib.params import load_section, load_top_level
+from nnlib.schema import EVALUATE
+from nnlib.training import make_loss
 
 SHARDS = Path("data/shards")
 MODEL = Path("models/model.npz")
@@ -66,8 +67,8 @@ def figures(result: evaluation.Evaluation, model, x: np.ndarray, log: list[dict]
 
 
 def main() -> None:
-    _, cfg = load_section("evaluate", EVALUATE_SCHEMA)
-    preset = load().get("preset") or PRESET.default  # load_section has validated it
+    _, _, preset = load_top_level()
+    _, cfg = load_section("evaluate", EVALUATE)
     remove_stale_temporaries([METRICS, PLOTS])
     model, meta = load_model(MODEL)
     model_sha256 = file_sha256(MODEL)

@@ -23,7 +23,8 @@ from nnlib.files import OutputSet, check_writable, file_sha256, remove_stale_tem
 from nnlib.model import Sequential
 from nnlib.modelfile import load_weights, save_model
 from nnlib.params import load_section
-from nnlib.training import TRAIN_SCHEMA, History, fit, make_loss, make_optimizer, make_schedule, steps_per_epoch
+from nnlib.schema import TRAIN
+from nnlib.training import History, fit, make_loss, make_optimizer, make_schedule, steps_per_epoch
 
 SHARDS = Path("data/shards")
 MODEL = Path("models/model.npz")
@@ -72,7 +73,7 @@ def check_size(cfg: dict, images_per_epoch: int) -> None:
 
 
 def main() -> None:
-    seed, cfg = load_section("train", TRAIN_SCHEMA)
+    seed, cfg = load_section("train", TRAIN)
     backend.use(cfg["backend"])
     outputs = [MODEL.parent, METRICS, LIVE_LOG.parent, CHECKPOINTS]
     remove_stale_temporaries(outputs)

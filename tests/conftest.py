@@ -7,7 +7,6 @@ every test that needs "a model a user trained" shares it.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np

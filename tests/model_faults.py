@@ -6,7 +6,6 @@ the ``nnlib`` command on them. ``FAULTS`` maps a name to (fault, a fragment of t
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np

@@ -1,7 +1,8 @@
 """params.yaml validation, and the README's reference table staying complete."""
 from __future__ import annotations
 
-import tempfile
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,13 +10,13 @@ import numpy as np
 import pytest
 import yaml
 
-from nnlib import params, shards, training
+from nnlib import params, presets, schema
 from nnlib.model import Sequential
 from nnlib.errors import ParamsError
 from nnlib.params import Field, validate
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMAS = {"prepare": shards.SCHEMA, "train": training.TRAIN_SCHEMA, "evaluate": training.EVALUATE_SCHEMA}
+SCHEMAS = schema.SECTIONS
 
 
 def key_paths(schema: dict, prefix: str):
@@ -39,61 +40,88 @@ def readme_value(value) -> str:
     return "''" if value == "" else str(value)
 
 
-def test_readme_table_shows_the_values_in_params_yaml():
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+def shipped_params_file(tmp_path) -> Path:
+    """params.yaml as committed (from git), so hand edits and experiments in the workspace do not matter."""
+    shipped = tmp_path / "params.yaml"
+    try:
+        text = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):  # not a git checkout (e.g. an sdist): the file as it is
+        text = (ROOT / "params.yaml").read_text()
+    shipped.write_text(text)
+    return shipped
+
+
+def test_readme_table_shows_the_effective_values_of_the_shipped_params(tmp_path):
+    effective = schema.effective_params(shipped_params_file(tmp_path))
     readme = (ROOT / "README.md").read_text()
     wrong = []
-    for name, schema in SCHEMAS.items():
-        for path in key_paths(schema, name):
-            value = params
+    for name, section_schema in SCHEMAS.items():
+        for path in key_paths(section_schema, name):
+            value = effective
             for part in path.split("."):
                 value = value[part]
             if isinstance(value, list) and value and isinstance(value[0], dict):
                 continue  # train.model: a layer list, shown in its own table
             if f"| `{path}` | `{readme_value(value)}` |" not in readme:
                 wrong.append(f"{path}={readme_value(value)}")
-    assert not wrong, f"README.md's params table disagrees with params.yaml on {wrong}"
+    assert not wrong, f"README.md's params table disagrees with the shipped params on {wrong}"
 
 
-def compose(*overrides: str) -> dict:
-    """What `dvc exp run -S ...` writes to params.yaml: DVC's own Hydra composition of conf/."""
-    from dvc.utils.hydra import compose_and_dump  # noqa: PLC0415 - dvc is a dependency, but heavy
-
-    out = Path(tempfile.mkdtemp()) / "params.yaml"
-    compose_and_dump(out, str(ROOT / "conf"), None, "config", "", list(overrides))
-    return yaml.safe_load(out.read_text())
-
-
-PRESETS = sorted(p.stem for p in (ROOT / "conf" / "preset").glob("*.yaml"))
+def test_shipped_params_yaml_sets_every_key_to_null(tmp_path):
+    """Every key is present (so `dvc exp run -S key=value` works for any key) and left to the preset."""
+    data = yaml.safe_load(shipped_params_file(tmp_path).read_text())
+    assert data["seed"] == 0 and data["preset"] == "cnn"
+    for name, section_schema in SCHEMAS.items():
+        assert set(key_paths(section_schema, name)) == set(key_paths(data[name], name)), name
+        assert all(value is None for value in leaves(data[name])), name
 
 
-def test_params_yaml_is_the_composed_default():
-    """`dvc exp run` recomposes params.yaml from conf/: the committed file must be what it would write."""
-    assert yaml.safe_load((ROOT / "params.yaml").read_text()) == compose()
+def leaves(tree):
+    for value in tree.values():
+        yield from leaves(value) if isinstance(value, dict) else [value]
 
 
-@pytest.mark.parametrize("preset", PRESETS)
-def test_every_preset_is_valid_and_builds(preset):
-    data = compose(f"preset={preset}")
-    assert data["preset"] == preset
-    assert set(data) == set(params.TOP_LEVEL_KEYS)
-    checked = {name: validate(data[name], schema, name) for name, schema in SCHEMAS.items()}
-    for name, schema in SCHEMAS.items():  # every effective value is spelled out: nothing left to defaults
-        assert set(key_paths(schema, name)) == set(key_paths(data[name], name)), name
-    model = Sequential.from_specs(checked["train"]["model"], (1, 28, 28), np.random.default_rng(0))
+def write(tmp_path, data: dict) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize("preset", presets.names())
+def test_every_preset_is_valid_and_builds(preset, tmp_path):
+    effective = schema.effective_params(write(tmp_path, {"preset": preset}))
+    assert effective["preset"] == preset
+    model = Sequential.from_specs(effective["train"]["model"], (1, 28, 28), np.random.default_rng(0), num_classes=10)
     assert model.output_shape == (10,)
+    assert set(presets.load(preset)) <= {"prepare", "train", "evaluate"}
 
 
-def test_preset_override_of_one_value():
-    data = compose("preset=nielsen", "train.epochs=5")
-    assert data["train"]["epochs"] == 5 and data["train"]["batch_size"] == 10
+def test_params_yaml_wins_over_the_preset_and_the_preset_over_the_defaults(tmp_path):
+    path = write(tmp_path, {"preset": "nielsen", "train": {"epochs": 5, "batch_size": None, "optimizer": {"momentum": None}}})
+    _, train = params.load_section("train", schema.TRAIN, path)
+    assert train["epochs"] == 5  # params.yaml
+    assert train["batch_size"] == 10 and train["optimizer"]["lr"] == 3.0  # the preset (null = not set)
+    assert train["optimizer"]["momentum"] == schema.TRAIN["optimizer"]["momentum"].default  # the default
 
 
-def test_repository_params_are_valid():
-    data = yaml.safe_load((ROOT / "params.yaml").read_text())
-    assert set(data) <= set(params.TOP_LEVEL_KEYS)
-    for name, schema in SCHEMAS.items():
-        validate(data.get(name), schema, name)
+def test_switching_the_preset_keeps_every_value_the_user_set(tmp_path):
+    """The edit-safety rule: what the user wrote in params.yaml is used whatever the preset."""
+    for preset in presets.names():
+        path = write(tmp_path, {"preset": preset, "train": {"epochs": 3}, "prepare": {"max_train": 5000}})
+        assert params.load_section("train", schema.TRAIN, path)[1]["epochs"] == 3
+        assert params.load_section("prepare", schema.PREPARE, path)[1]["max_train"] == 5000
+
+
+def test_an_unknown_preset_lists_the_available_ones(tmp_path):
+    with pytest.raises(ParamsError, match=r"preset must be one of \['cnn', 'cnn-small'"):
+        params.load_section("train", schema.TRAIN, write(tmp_path, {"preset": "resnet"}))
+
+
+def test_nnlib_params_prints_the_effective_values(tmp_path):
+    path = write(tmp_path, {"preset": "mlp", "train": {"epochs": 2}})
+    out = subprocess.run([sys.executable, "-m", "nnlib", "params", "--file", str(path)], capture_output=True, text=True, check=True).stdout
+    shown = yaml.safe_load(out)
+    assert shown["train"]["epochs"] == 2 and shown["train"]["batch_size"] == 64 and shown["prepare"]["augment"]["copies"] == 10
 
 
 @pytest.mark.parametrize(
@@ -117,27 +145,27 @@ def test_repository_params_are_valid():
 def test_bad_train_values_name_the_key(section, message):
     section = {"model": [{"type": "flatten"}, {"type": "dense", "out": 10}], **section}
     with pytest.raises(ParamsError) as err:
-        validate(section, training.TRAIN_SCHEMA, "train")
+        validate(section, schema.TRAIN, "train")
     assert message in str(err.value)
     assert "\n" not in str(err.value)
 
 
 def test_missing_required_key():
     with pytest.raises(ParamsError, match="missing key train.model"):
-        validate({}, training.TRAIN_SCHEMA, "train")
+        validate({}, schema.TRAIN, "train")
 
 
 def test_defaults_are_filled_and_ints_accepted_as_floats():
-    out = validate({"model": [{"type": "flatten"}], "optimizer": {"lr": 1}}, training.TRAIN_SCHEMA, "train")
+    out = validate({"model": [{"type": "flatten"}], "optimizer": {"lr": 1}}, schema.TRAIN, "train")
     assert out["optimizer"]["lr"] == 1.0 and isinstance(out["optimizer"]["lr"], float)
-    assert out["epochs"] == training.TRAIN_SCHEMA["epochs"].default
+    assert out["epochs"] == schema.TRAIN["epochs"].default
 
 
 def test_unknown_top_level_key(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text("seed: 1\ntrian: {}\n")
     with pytest.raises(ParamsError, match="unknown top-level key 'trian'"):
-        params.load_section("train", training.TRAIN_SCHEMA, path)
+        params.load_section("train", schema.TRAIN, path)
 
 
 def test_field_check_that_raises_counts_as_invalid():
@@ -156,7 +184,7 @@ def test_float_fields_refuse_non_finite_yaml_values(text):
 
 def test_augmentation_floats_refuse_infinity():
     with pytest.raises(ParamsError, match="prepare.augment.shift"):
-        validate({"augment": {"shift": float("inf")}}, shards.SCHEMA, "prepare")
+        validate({"augment": {"shift": float("inf")}}, schema.PREPARE, "prepare")
 
 
 @pytest.mark.parametrize("text, key, line, first", [
@@ -177,3 +205,9 @@ def test_same_key_in_different_mappings_and_merge_overrides_are_fine(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text("base: &b {lr: 0.1, name: sgd}\ntrain:\n  optimizer:\n    <<: *b\n    lr: 0.2\nevaluate: {lr: 1}\n")
     assert params.load(path)["train"]["optimizer"] == {"lr": 0.2, "name": "sgd"}
+
+
+def test_schema_names_the_optimizers_and_schedules_the_factories_make():
+    from nnlib import optim, schedules  # noqa: PLC0415
+    assert set(schema.OPTIMIZERS) == set(optim.OPTIMIZERS)
+    assert set(schema.SCHEDULES) == set(schedules.SCHEDULES)

@@ -18,7 +18,7 @@ from model_faults import FAULTS, LOADS_BUT_CANNOT_BE_EVALUATED, make_bad_copy
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_MNIST = (ROOT / ".." / "shared" / "mnist").resolve()
-PIPELINE_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "stages", "nnlib", "conf", ".dvc/config",
+PIPELINE_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "stages", "nnlib", ".dvc/config",
                   "models/init/README.md"]
 
 pytestmark = pytest.mark.slow
@@ -488,7 +488,7 @@ def test_a_checkpoint_of_another_run_is_never_resumed(repo, uninterrupted, spoil
     result = run([sys.executable, "stages/train.py"], repo)
     assert "resuming" not in result.stderr
     if message:
-        assert f"ignoring models/checkpoints/checkpoint-" in result.stderr and message in result.stderr
+        assert "ignoring models/checkpoints/checkpoint-" in result.stderr and message in result.stderr
 
 
 def test_share_a_run_through_a_dvc_remote(repo, tmp_path):
@@ -511,14 +511,16 @@ def test_share_a_run_through_a_dvc_remote(repo, tmp_path):
     assert "Running stage" not in again.stdout, again.stdout
 
 
-def test_exp_run_with_a_preset_records_every_value(repo):
-    """Runs last: `dvc exp run -S preset=...` recomposes params.yaml from conf/ through Hydra."""
+def test_exp_run_uses_a_hand_edit_and_a_preset_switch_keeps_it(repo):
+    """Runs last. The edit-safety rule: a hand edit of params.yaml is what `dvc exp run` runs, with any preset."""
     tiny = ["prepare.max_train=300", "prepare.val_size=200", "prepare.shard_size=200", "prepare.augment.copies=1",
-            "train.epochs=1", "train.images_per_epoch=300"]
+            "train.images_per_epoch=300"]
+    write_params(repo, {"train": {"epochs": 1}})  # the hand edit
     run([sys.executable, "-m", "dvc", "exp", "run", "-S", "preset=mlp-momentum", *[a for o in tiny for a in ("-S", o)]], repo)
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    assert params["preset"] == "mlp-momentum"
-    assert params["train"]["batch_size"] == 32 and params["train"]["epochs"] == 1
-    assert params["train"]["optimizer"]["momentum"] == 0.9  # effective values, not just the preset's name
+    assert params["preset"] == "mlp-momentum" and params["train"]["epochs"] == 1
+    assert json.loads((repo / "metrics/train.json").read_text())["epochs"] == 1  # the edit was used
+    info = json.loads(run([sys.executable, "-m", "nnlib", "info", "--json"], repo).stdout)
+    assert info["train"]["optimizer"]["momentum"] == 0.9 and info["train"]["optimizer"]["name"] == "sgd"  # the preset's values
     shown = run([sys.executable, "-m", "dvc", "exp", "show", "--json"], repo)
     assert "mlp-momentum" in shown.stdout

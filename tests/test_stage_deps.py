@@ -42,7 +42,10 @@ def module_closure(script: Path) -> set[str]:
         if name not in seen:
             seen.add(name)
             todo.extend(imported_modules(NNLIB / f"{name}.py"))
-    return {"nnlib/__init__.py"} | {f"nnlib/{name}.py" for name in seen}
+    found = {"nnlib/__init__.py"} | {f"nnlib/{name}.py" for name in seen}
+    if "presets" in seen:
+        found.add("nnlib/presets")  # the recipe files nnlib/presets.py reads are data the stage depends on
+    return found
 
 
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]

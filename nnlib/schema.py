@@ -1,0 +1,110 @@
+"""The schema of params.yaml: every key of every stage, its default, its check and its meaning.
+
+This is the single source of defaults and checks: the stages validate their section against it,
+:class:`~nnlib.augment.AugmentConfig` checks its ranges with it, and the README's params table is
+tested against it. A schema is a nested dict whose leaves are :class:`~nnlib.params.Field` objects.
+The effective value of a key is params.yaml's, else the preset's, else the default here
+(:func:`effective_params`, ``nnlib params``).
+"""
+from __future__ import annotations
+
+import math
+
+from .params import PARAMS_FILE, Field, load_section, load_top_level
+
+# The names the factories accept (nnlib/optim.py, nnlib/schedules.py; tests/test_params.py checks they
+# agree). Spelled out here so that the prepare stage, which reads this module, does not depend on them.
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "cosine", "exponential", "onecycle", "step")
+
+
+def _number(low=None, high=None, high_open=False):
+    """A check for a finite number in [low, high] (or [low, high))."""
+
+    def check(value):
+        if not math.isfinite(value) or (low is not None and value < low):
+            return False
+        if high is None:
+            return True
+        return value < high if high_open else value <= high
+
+    return check
+
+
+AUGMENT = {
+    "copies": Field(int, 0, "an integer >= 0 (distorted copies of each train image)", lambda v: v >= 0),
+    "rotate": Field(float, 0.0, "a number of degrees in [0, 180]", _number(0, 180)),
+    "shift": Field(float, 0.0, "a number of pixels >= 0", _number(0)),
+    "scale": Field(float, 0.0, "a number in [0, 1) (zoom uniform in [1 - scale, 1 + scale])", _number(0, 1, True)),
+    "shear": Field(float, 0.0, "a number of degrees in [0, 90)", _number(0, 90, True)),
+    "elastic_alpha": Field(float, 0.0, "a number >= 0 (elastic displacement scale, pixels)", _number(0)),
+    "elastic_sigma": Field(float, 0.0, "a number >= 0 (elastic smoothing, pixels)", _number(0)),
+    "flip": Field(bool, False, "true or false (mirror left-right with p = 0.5)"),
+}
+
+PREPARE = {
+    "val_size": Field(int, 5000, "an integer >= 1 (images held out for validation)", lambda v: v >= 1),
+    "max_train": Field(int, 0, "an integer >= 0 (cap on train images; 0 = all)", lambda v: v >= 0),
+    "shard_size": Field(int, 10000, "an integer >= 100 (images per shard)", lambda v: v >= 100),
+    "workers": Field(int, 0, "an integer >= 0 (processes; 0 = one per CPU core)", lambda v: v >= 0),
+    "augment": AUGMENT,
+}
+
+
+positive = lambda v: v > 0  # noqa: E731
+non_negative = lambda v: v >= 0  # noqa: E731
+
+TRAIN = {
+    "backend": Field(str, "numpy", "'numpy' or 'cupy'", lambda v: v in ("numpy", "cupy"), "array backend; cupy needs a GPU and the gpu extra"),
+    "epochs": Field(int, 10, "an integer >= 1", lambda v: v >= 1, "number of epochs"),
+    "batch_size": Field(int, 64, "an integer >= 1", positive, "images per optimizer step"),
+    "images_per_epoch": Field(int, 0, "an integer >= 0 (0 = the size of the train split)", non_negative, "images drawn from the shard stream per epoch"),
+    "init_from": Field(str, "", "'' (fresh) or the path of a model file under models/init/", None,
+                       "start from this model's weights instead of a fresh initialisation (see README, continue training)"),
+    "resume": Field(bool, True, "true or false", None, "continue a killed run from its last checkpoint (models/checkpoints/)"),
+    "select": Field(str, "last", "'last' or 'best_val'", lambda v: v in ("last", "best_val"), "which epoch's weights are kept"),
+    "model": Field(list, None, "a non-empty list of layer specs like {type: dense, out: 10}", lambda v: len(v) > 0, "the network, layer by layer", required=True),
+    "loss": {
+        "name": Field(str, "cross_entropy", "'cross_entropy' or 'mse'", lambda v: v in ("cross_entropy", "mse"), "loss function"),
+        "label_smoothing": Field(float, 0.0, "a number in [0, 1)", lambda v: 0 <= v < 1, "cross-entropy label smoothing"),
+        "half": Field(bool, True, "true or false", None, "mse: 1/2 * sum of squares per example (Nielsen) instead of the mean over entries"),
+    },
+    "optimizer": {
+        "name": Field(str, "sgd", f"one of {list(OPTIMIZERS)}", lambda v: v in OPTIMIZERS, "optimizer"),
+        "lr": Field(float, 0.05, "a number > 0", positive, "(peak) learning rate"),
+        "momentum": Field(float, 0.0, "a number in [0, 1)", lambda v: 0 <= v < 1, "sgd: momentum"),
+        "nesterov": Field(bool, False, "true or false", None, "sgd: Nesterov momentum"),
+        "betas": Field(list, [0.9, 0.999], "a list of two numbers in [0, 1)", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "adam/adamw: moment decay rates"),
+        "eps": Field(float, 1e-8, "a number > 0", positive, "adam/adamw: denominator epsilon"),
+        "weight_decay": Field(float, 0.0, "a number >= 0", non_negative, "L2 (sgd, adam) or decoupled (adamw) weight decay"),
+        "decay_bias_and_norm": Field(bool, True, "true or false", None, "false: no weight decay on biases and BatchNorm parameters"),
+    },
+    "schedule": {
+        "name": Field(str, "constant", f"one of {list(SCHEDULES)}", lambda v: v in SCHEDULES, "learning-rate schedule"),
+        "interval": Field(str, "step", "'step' or 'epoch'", lambda v: v in ("step", "epoch"), "how often the schedule advances"),
+        "warmup": Field(int, 0, "an integer >= 0", non_negative, "linear warm-up length, in intervals"),
+        "step_size": Field(int, 1, "an integer >= 1", positive, "step: intervals between decays"),
+        "gamma": Field(float, 0.1, "a number > 0", positive, "step/exponential: decay factor"),
+        "min_lr": Field(float, 0.0, "a number >= 0", non_negative, "cosine: final learning rate"),
+        "pct_start": Field(float, 0.3, "a number in (0, 1)", lambda v: 0 < v < 1, "onecycle: fraction of the run spent rising"),
+        "div_factor": Field(float, 25.0, "a number > 1", lambda v: v > 1, "onecycle: initial lr = lr / div_factor"),
+        "final_div_factor": Field(float, 1e4, "a number > 1", lambda v: v > 1, "onecycle: final lr = initial lr / final_div_factor"),
+    },
+}
+
+EVALUATE = {
+    "batch_size": Field(int, 1000, "an integer >= 1", positive, "images per forward pass"),
+    "misclassified": Field(int, 40, "an integer in [0, 200]", lambda v: 0 <= v <= 200, "misclassified test digits shown in the grid"),
+}
+
+
+SECTIONS = {"prepare": PREPARE, "train": TRAIN, "evaluate": EVALUATE}
+
+
+def effective_params(path=PARAMS_FILE) -> dict:
+    """Every section as the stages will use it: params.yaml over the preset over the defaults."""
+    _, seed, preset = load_top_level(path)
+    out = {"seed": seed, "preset": preset}
+    for name, schema in SECTIONS.items():
+        out[name] = load_section(name, schema, path)[1]
+    return out
