@@ -94,7 +94,7 @@ TRAIN = {
 
 EVALUATE = {
     "batch_size": Field(int, 1000, "an integer >= 1", positive, "images per forward pass"),
-    "misclassified": Field(int, 40, "an integer in [0, 200]", lambda v: 0 <= v <= 200, "misclassified test digits shown in the grid"),
+    "misclassified": Field(int, 36, "an integer in [0, 200]", lambda v: 0 <= v <= 200, "most confident mistakes shown in misclassified.png"),
 }
 
 
