@@ -511,6 +511,28 @@ def test_share_a_run_through_a_dvc_remote(repo, tmp_path):
     assert "Running stage" not in again.stdout, again.stdout
 
 
+def test_study_script_runs_a_toy_study_and_continues(repo, tmp_path):
+    """bench/study.py on 2 runs, -j 1: results recorded with the commit; a second call queues nothing."""
+    write_params(repo, {})
+    run(["git", "add", "-A"], repo)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "study base", "--allow-empty"], repo)
+    study = tmp_path / "toy.yaml"
+    study.write_text(yaml.safe_dump({
+        "name": "toy", "seeds": [0],
+        "base": {"train.epochs": 1, "train.images_per_epoch": 200},
+        "factors": {"lr": {"base": {}, "high": {"train.optimizer.lr": 0.2}}},
+    }))
+    cmd = [sys.executable, str(ROOT / "bench" / "study.py"), str(study), "-j", "1", "--repo", str(repo), "--timeout", "600"]
+    first = run(cmd, repo)
+    record = json.loads((tmp_path / "toy.json").read_text())
+    assert sorted(record["runs"]) == ["toy-base-s0", "toy-lr-high-s0"] and len(record["nnlib_commit"]) == 40
+    assert all(0 <= r["accuracy"] <= 1 for r in record["runs"].values())
+    table = (tmp_path / "toy.md").read_text()
+    assert "| lr | base | 1 |" in table and "| lr | high | 1 |" in table and "train s/epoch" in table
+    second = run(cmd, repo)
+    assert "running" not in second.stderr and "running 2 experiments" in first.stderr
+
+
 def test_exp_run_uses_a_hand_edit_and_a_preset_switch_keeps_it(repo):
     """Runs last. The edit-safety rule: a hand edit of params.yaml is what `dvc exp run` runs, with any preset."""
     tiny = ["prepare.max_train=300", "prepare.val_size=200", "prepare.shard_size=200", "prepare.augment.copies=1",

@@ -1,0 +1,166 @@
+"""Run a study: a base config, factors with levels, several seeds; every run a DVC experiment.
+
+    python bench/study.py bench/studies/factors.yaml -j 1
+    python bench/study.py bench/studies/presets.yaml -j 1 --timeout 3600
+
+A study file (YAML)::
+
+    name: factors                      # results go to bench/studies/<name>.json and <name>.md
+    seeds: [0, 1, 2]
+    base: {preset: cnn, train.epochs: 3, prepare.augment.copies: 2}   # -S overrides of every run
+    factors:
+      batchnorm:                       # a factor ...
+        with: {}                       # ... and its levels, each a set of -S overrides on the base
+        without: {train.model: [{type: conv, out: 32, k: 5}, ...]}
+
+The script queues every (factor, level, seed) run not yet recorded with ``dvc exp run --queue``,
+runs them with ``dvc queue start -j N``, waits, collects ``dvc exp show --json``, and records each
+finished run in ``bench/studies/<name>.json`` (with the nnlib commit it ran on). An interrupted study
+continues where it stopped: recorded runs are never queued again. It then writes the Markdown table
+of the mean and the range (min-max) of test accuracy per level, and of train seconds per epoch when
+every run was made with ``-j 1`` (times of parallel runs share the CPU and are left out).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def flow(value) -> str:
+    """A value in the override grammar of ``dvc exp run -S`` (YAML flow style: lists and mappings)."""
+    return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("\n...")
+
+
+def run_name(study: dict, factor: str, level: str, overrides: dict | None, seed: int) -> str:
+    """Experiment name of one run. A level with no overrides is the base config, shared by every factor."""
+    label = "base" if not overrides else f"{factor}-{level}"
+    return re.sub(r"[^A-Za-z0-9-]+", "-", f"{study['name']}-{label}-s{seed}")
+
+
+def runs_of(study: dict) -> list[dict]:
+    """Every distinct run of the study: name, seed and the -S overrides, in a fixed order."""
+    out = {}
+    for factor, levels in study["factors"].items():
+        for level, overrides in levels.items():
+            for seed in study["seeds"]:
+                settings = {**study.get("base", {}), **(overrides or {}), "seed": seed}
+                name = run_name(study, factor, level, overrides, seed)
+                out[name] = {"name": name, "seed": seed, "overrides": [f"{k}={flow(v)}" for k, v in settings.items()]}
+    return list(out.values())
+
+
+def dvc(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise SystemExit(f"error: dvc {' '.join(args)} failed:\n{result.stderr.strip()}")
+    return result
+
+
+def finished_experiments(repo: Path) -> dict:
+    """name -> {"accuracy", "seconds_per_epoch"} of every experiment `dvc exp show --json` reports."""
+    shown = json.loads(dvc("exp", "show", "--json", cwd=repo).stdout or "[]")
+    found = {}
+
+    def visit(entry):
+        for exp in entry.get("experiments") or []:
+            for revision in exp.get("revs") or []:
+                name = revision.get("name")
+                files = ((revision.get("data") or {}).get("metrics") or {})
+                accuracy = ((files.get("metrics/eval.json") or {}).get("data") or {}).get("accuracy")
+                timing = ((files.get("metrics/timing.json") or {}).get("data") or {}).get("seconds_per_epoch")
+                if name and accuracy is not None:
+                    found[name] = {"accuracy": accuracy, "seconds_per_epoch": timing}
+
+    for entry in shown:
+        visit(entry)
+    return found
+
+
+def wait_for_queue(repo: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = dvc("queue", "status", cwd=repo).stdout
+        if not any(word in status for word in ("Queued", "Running")):
+            return
+        time.sleep(5)
+    dvc("queue", "kill", "--all", cwd=repo, check=False)
+    raise SystemExit(f"error: the study did not finish within {timeout:.0f} s; run the same command again to continue")
+
+
+def summary_table(study: dict, record: dict) -> str:
+    """Markdown: per factor and level, mean and range of test accuracy (and s/epoch when -j 1)."""
+    timed = record["jobs"] == 1
+    lines = ["| factor | level | runs | test accuracy, mean | range |" + (" train s/epoch, mean |" if timed else ""),
+             "|---|---|---|---|---|" + ("---|" if timed else "")]
+    for factor, levels in study["factors"].items():
+        for level, overrides in levels.items():
+            names = [run_name(study, factor, level, overrides, seed) for seed in study["seeds"]]
+            runs = [record["runs"][n] for n in names if n in record["runs"]]
+            if runs:
+                lines.append(_row(factor, level, runs, timed))
+    return "\n".join(lines) + "\n"
+
+
+def _row(factor: str, level: str, runs: list, timed: bool) -> str:
+    acc = [r["accuracy"] * 100 for r in runs]
+    row = f"| {factor} | {level} | {len(runs)} | {sum(acc) / len(acc):.2f}% | {min(acc):.2f}–{max(acc):.2f}% |"
+    if timed:
+        secs = [r["seconds_per_epoch"] for r in runs if r.get("seconds_per_epoch") is not None]
+        row += f" {sum(secs) / len(secs):.1f} |" if secs else " — |"
+    return row
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     epilog="example: python bench/study.py bench/studies/factors.yaml -j 1")
+    parser.add_argument("study", type=Path, help="study file (YAML)")
+    parser.add_argument("-j", "--jobs", type=int, default=1, help="experiments run at once (times are kept only with 1)")
+    parser.add_argument("--timeout", type=float, default=6 * 3600, help="seconds to wait for the queue (default 6 h)")
+    parser.add_argument("--repo", type=Path, default=ROOT, help="the repository to run in (default: this one)")
+    parser.add_argument("--out", type=Path, help="results folder (default: the study file's folder)")
+    args = parser.parse_args(argv)
+    study = yaml.safe_load(args.study.read_text())
+    out_dir = args.out or args.study.parent
+    results = out_dir / f"{study['name']}.json"
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=args.repo, capture_output=True, text=True).stdout.strip()
+    record = json.loads(results.read_text()) if results.exists() else {"study": study["name"], "runs": {}}
+    record["jobs"] = min(record.get("jobs", args.jobs), args.jobs) if record["runs"] else args.jobs
+    record["nnlib_commit"] = commit
+    todo = [run for run in runs_of(study) if run["name"] not in record["runs"]]
+    done = finished_experiments(args.repo)
+    queued = [run for run in todo if run["name"] not in done]
+    for run in queued:
+        dvc("exp", "run", "--queue", "-n", run["name"], *[a for o in run["overrides"] for a in ("-S", o)], cwd=args.repo)
+    if queued:
+        print(f"study {study['name']}: running {len(queued)} experiments, {args.jobs} at a time", file=sys.stderr)
+        dvc("queue", "start", "-j", str(args.jobs), cwd=args.repo)
+        wait_for_queue(args.repo, args.timeout)
+        done = finished_experiments(args.repo)
+    for run in todo:
+        if run["name"] in done:
+            record["runs"][run["name"]] = {"seed": run["seed"], "overrides": run["overrides"]} | done[run["name"]]
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps(record, indent=2) + "\n")
+    table = summary_table(study, record)
+    (out_dir / f"{study['name']}.md").write_text(f"Study `{study['name']}` on nnlib commit {commit[:12]} "
+                                                 f"(`python bench/study.py {args.study}`):\n\n{table}")
+    print(table)
+    missing = len(runs_of(study)) - len(record["runs"])
+    if missing:
+        print(f"study {study['name']}: {missing} runs failed or are missing; see `dvc queue logs`", file=sys.stderr)
+    return 1 if missing else 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+    sys.exit(main())
