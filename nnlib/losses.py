@@ -71,10 +71,4 @@ class MSE:
         return value, grad.astype(outputs.dtype, copy=False)
 
 
-def make(name: str, **options):
-    """A loss by name: ``"cross_entropy"`` (options: label_smoothing) or ``"mse"`` (options: half, on)."""
-    if name == "cross_entropy":
-        return SoftmaxCrossEntropy(**options)
-    if name == "mse":
-        return MSE(**options)
-    raise ValueError(f"unknown loss {name!r}: expected 'cross_entropy' or 'mse'")
+LOSSES = {"cross_entropy": SoftmaxCrossEntropy, "mse": MSE}

@@ -85,11 +85,3 @@ class Warmup:
 
 
 SCHEDULES = {"constant": Constant, "step": Step, "exponential": Exponential, "cosine": Cosine, "onecycle": OneCycle}
-
-
-def make(name: str, lr: float, total: int, warmup: int = 0, **options):
-    """A schedule by name, optionally wrapped in a linear warm-up of ``warmup`` units."""
-    if name not in SCHEDULES:
-        raise ValueError(f"unknown schedule {name!r}: expected one of {sorted(SCHEDULES)}")
-    schedule = SCHEDULES[name](lr, total, **options)
-    return Warmup(schedule, warmup) if warmup else schedule

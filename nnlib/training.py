@@ -16,29 +16,32 @@ from .backend import to_numpy
 from .errors import Diverged
 from .evaluation import evaluate
 
+def from_section(registry: dict, section: dict, **given):
+    """``registry[section["name"]]`` built from the keys of a params section that its constructor takes.
+
+    The one rule of every factory below: a key of the section is passed when the class's constructor
+    has a parameter of that name; ``given`` supplies the rest (the parameters, the total step count).
+    """
+    cls = registry[section["name"]]
+    accepted = inspect.signature(cls).parameters
+    return cls(**given, **{k: v for k, v in section.items() if k in accepted and k not in given})
+
+
 def make_loss(cfg: dict):
-    """The loss object for the ``train.loss`` section."""
-    if cfg["name"] == "cross_entropy":
-        return losses.SoftmaxCrossEntropy(cfg["label_smoothing"])
-    return losses.MSE(half=cfg["half"])
+    """The loss of the ``train.loss`` section."""
+    return from_section(losses.LOSSES, cfg)
 
 
 def make_optimizer(model, cfg: dict):
-    """The optimizer for the ``train.optimizer`` section, over the model's parameters."""
+    """The optimizer of the ``train.optimizer`` section, over the model's parameters."""
     decay_filter = optim.decay_all if cfg["decay_bias_and_norm"] else optim.decay_weights_only
-    common = dict(lr=cfg["lr"], weight_decay=cfg["weight_decay"], decay_filter=decay_filter)
-    if cfg["name"] == "sgd":
-        return optim.SGD(model.parameters(), momentum=cfg["momentum"], nesterov=cfg["nesterov"], **common)
-    cls = optim.OPTIMIZERS[cfg["name"]]
-    return cls(model.parameters(), betas=tuple(cfg["betas"]), eps=cfg["eps"], **common)
+    return from_section(optim.OPTIMIZERS, cfg, parameters=model.parameters(), decay_filter=decay_filter)
 
 
 def make_schedule(cfg: dict, lr: float, total: int):
-    """The schedule for the ``train.schedule`` section; only the options its class takes are passed."""
-    cls = schedules.SCHEDULES[cfg["name"]]
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "lr", "total"}
-    options = {k: v for k, v in cfg.items() if k in accepted}
-    return schedules.make(cfg["name"], lr, total, warmup=cfg["warmup"], **options)
+    """The schedule of the ``train.schedule`` section over ``total`` intervals, with its linear warm-up."""
+    schedule = from_section(schedules.SCHEDULES, cfg, lr=lr, total=total)
+    return schedules.Warmup(schedule, cfg["warmup"]) if cfg["warmup"] else schedule
 
 
 @dataclass

@@ -76,9 +76,7 @@ def test_warmup_is_linear_then_hands_over():
     assert s.total == 100
 
 
-def test_make():
-    assert isinstance(schedules.make("step", 0.1, 10, step_size=3), schedules.Step)
-    wrapped = schedules.make("constant", 0.1, 10, warmup=4)
-    assert isinstance(wrapped, schedules.Warmup) and wrapped(0) == pytest.approx(0.025)
-    with pytest.raises(ValueError, match=r"unknown schedule 'linear'.*cosine"):
-        schedules.make("linear", 0.1, 10)
+def test_warmup_wraps_any_schedule():
+    wrapped = schedules.Warmup(schedules.Constant(0.1, 10), 4)
+    assert [wrapped(t) for t in range(5)] == pytest.approx([0.025, 0.05, 0.075, 0.1, 0.1])
+    assert wrapped.total == 10
