@@ -61,6 +61,8 @@ TRAIN = {
     "images_per_epoch": Field(int, 0, "an integer >= 0 (0 = the size of the train split)", non_negative, "images drawn from the shard stream per epoch"),
     "init_from": Field(str, "", "'' (fresh) or the path of a model file under models/init/", None,
                        "start from this model's weights instead of a fresh initialisation (see README, continue training)"),
+    "threads": Field(int, 0, "an integer >= 0 (0 = every core)", lambda v: v >= 0,
+                     "BLAS threads; results are byte-identical only at a fixed thread count"),
     "resume": Field(bool, True, "true or false", None, "continue a killed run from its last checkpoint (models/checkpoints/)"),
     "select": Field(str, "last", "'last' or 'best_val'", lambda v: v in ("last", "best_val"), "which epoch's weights are kept"),
     "model": Field(list, None, "a non-empty list of layer specs like {type: dense, out: 10}", lambda v: len(v) > 0, "the network, layer by layer", required=True),

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 import nnlib
 from nnlib import backend, checkpoints, seeding
@@ -119,7 +120,8 @@ def main() -> None:
                          step=step, stream_position=stream.position)
 
     try:
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # divergence is reported in one line
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"), \
+                threadpool_limits(limits=cfg["threads"] or None, user_api="blas"):  # divergence is reported in one line
             fit(model, loss_fn, optimizer, schedule, stream, epochs=cfg["epochs"], images_per_epoch=images_per_epoch,
                 batch_size=cfg["batch_size"], val=val, interval=interval, keep_best=cfg["select"] == "best_val",
                 history=history, on_epoch_end=after_epoch)
