@@ -26,8 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from .files import load_npz, save_npz
+from .paths import CHECKPOINTS
 
-FOLDER = Path("models/checkpoints")
+FOLDER = CHECKPOINTS
 PATTERN = "checkpoint-*.npz"
 META_KEY = "__meta__"
 FORMAT = 1

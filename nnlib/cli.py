@@ -13,8 +13,9 @@ import sys
 
 from . import __version__
 from .errors import ParamsError, run_stage
+from .paths import MODEL
 
-DEFAULT_MODEL = "models/model.npz"
+DEFAULT_MODEL = MODEL.as_posix()
 
 
 class _Parser(argparse.ArgumentParser):

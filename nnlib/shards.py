@@ -48,7 +48,7 @@ from typing import Callable, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from . import seeding
+from . import paths, seeding
 from .augment import AugmentConfig, distort
 from .data import read_idx
 from .files import save_npz, write_json
@@ -56,9 +56,7 @@ from .errors import InputError, ParamsError
 from .params import PARAMS_FILE, load_section, validate
 from .schema import PREPARE
 
-RAW_DIR = Path("data/raw")
-SHARDS_DIR = Path("data/shards")
-PREVIEW_PATH = Path("metrics/plots/augment_preview.png")
+RAW_DIR, SHARDS_DIR, PREVIEW_PATH = paths.RAW, paths.SHARDS, paths.PREVIEW
 RAW_FILES = {
     "train_images": "train-images-idx3-ubyte",
     "train_labels": "train-labels-idx1-ubyte",

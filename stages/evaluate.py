@@ -21,10 +21,7 @@ from nnlib.params import load_section, load_top_level
 from nnlib.schema import EVALUATE
 from nnlib.training import make_loss
 
-SHARDS = Path("data/shards")
-MODEL = Path("models/model.npz")
-METRICS = Path("metrics")
-PLOTS = METRICS / "plots"
+from nnlib.paths import METRICS, MODEL, PLOTS, SHARDS
 
 
 def read_log(path: Path, meta: dict) -> list[dict]:

@@ -19,8 +19,9 @@ from pathlib import Path
 
 from nnlib.errors import ParamsError, run_stage
 from nnlib.fetch import default_sources, fetch_mnist
+from nnlib.paths import RAW
 
-OUT_DIR = Path("data/raw")
+OUT_DIR = RAW
 ROOT_FILES = ("dvc.yaml", "params.yaml")  # what marks the repository root
 
 

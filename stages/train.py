@@ -24,16 +24,12 @@ from nnlib.files import OutputSet, check_writable, file_sha256, remove_stale_tem
 from nnlib.model import Sequential
 from nnlib.modelfile import load_weights, save_model
 from nnlib.params import load_section
+from nnlib.paths import CHECKPOINTS, INIT, LIVE_LOG, METRICS, MODEL, SHARDS
 from nnlib.schema import TRAIN
 from nnlib.training import History, fit, make_loss, make_optimizer, make_schedule, steps_per_epoch
 
-SHARDS = Path("data/shards")
-MODEL = Path("models/model.npz")
 NUM_CLASSES = 10
-INIT_DIR = Path("models/init")  # dvc.yaml declares this folder a dependency, so a new init file re-runs train
-METRICS = Path("metrics")
-LIVE_LOG = METRICS / "live" / "train_log.tsv"  # rewritten after every epoch; not a stage output
-CHECKPOINTS = checkpoints.FOLDER
+
 LOG_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr"]  # deterministic: timings go to timing.json
 MAX_IMAGES = 10**10  # epochs x images_per_epoch above this is a typo, not a training run
 SOURCES = [Path(__file__), *sorted(Path(nnlib.__file__).parent.glob("*.py"))]  # the code a checkpoint belongs to
@@ -52,9 +48,9 @@ def init_source(init_from: str) -> dict | None:
     if not init_from:
         return None
     path = Path(init_from)
-    if INIT_DIR.resolve() not in path.resolve().parents:
-        raise ParamsError(f"params.yaml: train.init_from must be a file under {INIT_DIR}/ (which dvc.yaml tracks), "
-                          f"got {init_from!r}: copy it there, e.g. cp {init_from} {INIT_DIR}/{path.name}")
+    if INIT.resolve() not in path.resolve().parents:
+        raise ParamsError(f"params.yaml: train.init_from must be a file under {INIT}/ (which dvc.yaml tracks), "
+                          f"got {init_from!r}: copy it there, e.g. cp {init_from} {INIT}/{path.name}")
     if not path.is_file():
         raise InputError(f"{path} (train.init_from) is missing: copy a trained model there, or set train.init_from: ''")
     return {"path": path.as_posix(), "sha256": file_sha256(path)}

@@ -242,8 +242,8 @@ def test_bad_params_raise_params_error_naming_the_key(section, keys):
 def test_defaults():
     p = shards.check_params(None)
     assert p == {"val_size": 5000, "max_train": 0, "shard_size": 10000, "workers": 0,
-                 "augment": {"copies": 5, "rotate": 10.0, "shift": 2.0, "scale": 0.1, "shear": 0.0,
-                             "elastic_alpha": 0.0, "elastic_sigma": 0.0, "flip": False}}
+                 "augment": {"copies": 0, "rotate": 0.0, "shift": 0.0, "scale": 0.0, "shear": 0.0,
+                             "elastic_alpha": 0.0, "elastic_sigma": 0.0, "flip": False}}  # presets switch augmentation on
 
 
 def test_val_size_must_leave_training_images(tmp_path, raw):
@@ -288,7 +288,7 @@ def test_stage_reads_only_its_own_section(tmp_path):
 
 
 def test_stage_bad_params_exit_2_with_one_line(tmp_path):
-    repo = stage_repo(tmp_path, {}, {"augment": {"elastic_alpha": 4.0}})
+    repo = stage_repo(tmp_path, {}, {"augment": {"elastic_alpha": 4.0, "elastic_sigma": 0.0}})
     result = run_stage_script(repo)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()

@@ -67,3 +67,24 @@ def test_closure_follows_imports_inside_functions(tmp_path):
     script.write_text("def main():\n    from nnlib.data import read_idx\n")
     assert module_closure(script) == {"nnlib/__init__.py", "nnlib/data.py", "nnlib/backend.py",
                                       "nnlib/errors.py", "nnlib/files.py"}
+
+
+def dvc_paths() -> set[str]:
+    """Every data path dvc.yaml names as a stage dep or out (not the code)."""
+    found = set()
+    for stage in STAGES.values():
+        for entry in [*stage.get("deps", []), *stage.get("outs", []), *stage.get("metrics", []), *stage.get("plots", [])]:
+            path = next(iter(entry)) if isinstance(entry, dict) else entry
+            if not path.startswith(("nnlib", "stages/")):
+                found.add(path)
+    return found
+
+
+def test_dvc_yaml_and_nnlib_paths_name_the_same_files():
+    from nnlib import paths  # noqa: PLC0415
+    named = dvc_paths()
+    for constant in ("RAW", "SHARDS", "MODEL", "INIT"):
+        assert getattr(paths, constant).as_posix() in named, constant
+    for path in named:  # every file dvc.yaml names lies where nnlib.paths says outputs go
+        assert path.startswith((paths.RAW.as_posix(), paths.SHARDS.as_posix(), "models/", paths.METRICS.as_posix() + "/")), path
+    assert paths.PREVIEW.as_posix() in named and f"{paths.METRICS.as_posix()}/train_log.tsv" in named
