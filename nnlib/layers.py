@@ -177,7 +177,8 @@ class Dense(Layer):
         return y
 
     def backward(self, dy):
-        self.grads["W"][...] = self.x.T @ dy
+        xp = get_array_module(dy)
+        xp.matmul(self.x.T, dy, out=self.grads["W"])  # dW = x.T @ dy: (in, out), written in place
         if self.bias:
             self.grads["b"][...] = dy.sum(axis=0)
         return None if self.skip_input_grad else dy @ self.params["W"].T
