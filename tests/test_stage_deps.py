@@ -88,3 +88,9 @@ def test_dvc_yaml_and_nnlib_paths_name_the_same_files():
     for path in named:  # every file dvc.yaml names lies where nnlib.paths says outputs go
         assert path.startswith((paths.RAW.as_posix(), paths.SHARDS.as_posix(), "models/", paths.METRICS.as_posix() + "/")), path
     assert paths.PREVIEW.as_posix() in named and f"{paths.METRICS.as_posix()}/train_log.tsv" in named
+
+
+def test_the_model_is_a_dvc_artifact():
+    artifacts = yaml.safe_load((ROOT / "dvc.yaml").read_text())["artifacts"]
+    (entry,) = artifacts.values()
+    assert entry["path"] == "models/model.npz" and entry["type"] == "model" and entry["desc"]
