@@ -32,8 +32,12 @@ def softmax(z, axis: int = -1):
 def sigmoid(z):
     """Logistic function, stable for large |z|."""
     xp = get_array_module(z)
-    # 0.5 * (1 + tanh(z/2)) never overflows, unlike 1 / (1 + exp(-z)).
-    return 0.5 * (1.0 + xp.tanh(0.5 * z))
+    # 0.5 * (1 + tanh(z/2)) never overflows, unlike 1 / (1 + exp(-z)). One new array, then in place.
+    y = xp.multiply(z, 0.5)
+    xp.tanh(y, out=y)
+    y += 1.0
+    y *= 0.5
+    return y
 
 
 def conv_output_size(size: int, k: int, stride: int, pad: int) -> int:

@@ -207,7 +207,9 @@ class Sigmoid(Layer):
         return self.y
 
     def backward(self, dy):
-        return dy * self.y * (1.0 - self.y)
+        dx = dy * self.y  # (dy * y) * (1 - y), multiplied in place
+        dx *= 1.0 - self.y
+        return dx
 
 
 class Tanh(Layer):
