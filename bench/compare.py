@@ -21,18 +21,20 @@ same threads, best of 5). Peak RSS is VmHWM of a separate nnlib-only child proce
 that trains 20 steps and then validates 1,000 images at the stage's eval batch of 1,000.
 
 Extra rows:
-  per-example loop   the nielsen network trained one example at a time as Nielsen's network.py does
-                     (forward and backprop of (784, 1) column vectors, summed over the mini-batch), a few
-                     lines in this file, against nnlib's batched nielsen step, interleaved. Floor >= 10x.
+  per-example loop   the nielsen network trained one example at a time by Nielsen's network.py code
+                     (update_mini_batch + backprop on (784, 1) columns, float64 weights, as written
+                     there; a few lines in this file) against nnlib's batched nielsen step, interleaved.
+                     Floor >= 10x.
   train stage        nnlib.training.fit as stages/train.py runs it (ShardStream over real shards, the
                      one-cycle schedule, metrics, validation after every epoch, the progress bar) against
                      the same steps on float32 batches already in memory, for the default ``cnn`` preset,
                      in a child process without torch. The shards come from nnlib.shards.prepare in a
-                     temporary directory (the preset's augmentation, 1 copy, shards of 2,000 images, val
-                     1,000 images), and an epoch is --stage-images images (default 11,000: the stage's
-                     5,000 val images per 55,000 train images, scaled down). Floor <= 1.10x. Its peak RSS
-                     (VmHWM after the first epoch, before any pure-compute run) is the train-stage memory
-                     row: floor <= 1 GiB.
+                     temporary directory (the preset's augmentation, 5,500 originals + 1 distorted copy,
+                     shards of 2,000 images, val 1,000 images). A first epoch of 11,000 images validating
+                     all 1,000 val images (eval batch 1,000, as in the stage) warms up and gives the peak
+                     RSS (VmHWM; floor <= 1 GiB); then --stage-rounds pairs of short epochs of
+                     --stage-images images (default 2,816), each validating 1/11 as many images (the
+                     stage's 5,000 per 55,000), alternate with pure compute. Floor <= 1.10x.
 
 Threads: numpy's BLAS is pinned with threadpoolctl (the ``bench`` extra), PyTorch with
 torch.set_num_threads. Times on a shared machine are noisy: compare ratios from one run.
@@ -86,8 +88,9 @@ def parse_args(argv=None):
     p.add_argument("--no-loop", action="store_true", help="skip the per-example loop row")
     p.add_argument("--no-stage", action="store_true", help="skip the train-stage row (it builds shards: ~1 min)")
     p.add_argument("--no-rss", action="store_true", help="skip the per-configuration peak-RSS child processes")
-    p.add_argument("--stage-images", type=int, default=11000, help="images per epoch of the train-stage row (default 11000)")
-    p.add_argument("--stage-rounds", type=int, default=3, help="stage/pure-compute epoch pairs (default 3)")
+    p.add_argument("--stage-images", type=int, default=2816,
+                   help="images per timed epoch of the train-stage row (default 2816 = 22 batches of 128)")
+    p.add_argument("--stage-rounds", type=int, default=9, help="stage/pure-compute epoch pairs (default 9)")
     p.add_argument("--breakdown", default="", help="comma-separated configs for a per-layer nnlib time breakdown")
     p.add_argument("--breakdown-steps", type=int, default=20, help="steps for the breakdown (median, default 20)")
     p.add_argument("--seed", type=int, default=0)
@@ -269,38 +272,48 @@ def paired_ratio(slow: list[float], fast: list[float]) -> float:
 
 # ----------------------------------------------------------------------------- per-example loop
 def nielsen_loop(model, eta: float):
-    """Nielsen's network.py update_mini_batch + backprop (quadratic cost, sigmoid layers), one example
-    at a time on (784, 1) columns, starting from the nnlib model's weights. Returns step(examples)."""
+    """Nielsen's network.py, ``update_mini_batch`` + ``backprop`` as written there (quadratic cost, sigmoid
+    layers, float64 weights as np.random.randn makes them, one (784, 1) example at a time, the nablas
+    summed into new lists), starting from the nnlib model's weights. Returns step(mini_batch)."""
     dense = [layer for layer in model.layers if layer.type_name == "dense"]
-    weights = [layer.params["W"].T.copy() for layer in dense]  # (out, in), as network.py keeps them
-    biases = [layer.params["b"][:, None].copy() for layer in dense]  # (out, 1)
+    weights = [layer.params["W"].T.astype(np.float64) for layer in dense]  # (out, in), as network.py keeps them
+    biases = [layer.params["b"][:, None].astype(np.float64) for layer in dense]  # (out, 1)
+    num_layers = len(weights) + 1
 
     def sigmoid(z):
         return 1.0 / (1.0 + np.exp(-z))
 
-    def step(batch):  # batch: list of (x (784, 1), y (10, 1)) pairs
-        nabla_b = [np.zeros_like(b) for b in biases]
-        nabla_w = [np.zeros_like(w) for w in weights]
-        for x, y in batch:
-            activation, activations, zs = x, [x], []
-            for b, w in zip(biases, weights):
-                z = w @ activation + b
-                zs.append(z)
-                activation = sigmoid(z)
-                activations.append(activation)
-            s = activations[-1]
-            delta = (s - y) * s * (1 - s)
-            nabla_b[-1] += delta
-            nabla_w[-1] += delta @ activations[-2].T
-            for layer in range(2, len(weights) + 1):
-                s = activations[-layer]
-                delta = (weights[-layer + 1].T @ delta) * s * (1 - s)
-                nabla_b[-layer] += delta
-                nabla_w[-layer] += delta @ activations[-layer - 1].T
-        for w, nw in zip(weights, nabla_w):
-            w -= (eta / len(batch)) * nw
-        for b, nb in zip(biases, nabla_b):
-            b -= (eta / len(batch)) * nb
+    def sigmoid_prime(z):
+        return sigmoid(z) * (1 - sigmoid(z))
+
+    def backprop(x, y):
+        nabla_b = [np.zeros(b.shape) for b in biases]
+        nabla_w = [np.zeros(w.shape) for w in weights]
+        activation, activations, zs = x, [x], []
+        for b, w in zip(biases, weights):
+            z = np.dot(w, activation) + b
+            zs.append(z)
+            activation = sigmoid(z)
+            activations.append(activation)
+        delta = (activations[-1] - y) * sigmoid_prime(zs[-1])
+        nabla_b[-1] = delta
+        nabla_w[-1] = np.dot(delta, activations[-2].transpose())
+        for layer in range(2, num_layers):
+            sp = sigmoid_prime(zs[-layer])
+            delta = np.dot(weights[-layer + 1].transpose(), delta) * sp
+            nabla_b[-layer] = delta
+            nabla_w[-layer] = np.dot(delta, activations[-layer - 1].transpose())
+        return nabla_b, nabla_w
+
+    def step(mini_batch):  # list of (x (784, 1), y (10, 1)) pairs
+        nabla_b = [np.zeros(b.shape) for b in biases]
+        nabla_w = [np.zeros(w.shape) for w in weights]
+        for x, y in mini_batch:
+            delta_nabla_b, delta_nabla_w = backprop(x, y)
+            nabla_b = [nb + dnb for nb, dnb in zip(nabla_b, delta_nabla_b)]
+            nabla_w = [nw + dnw for nw, dnw in zip(nabla_w, delta_nabla_w)]
+        weights[:] = [w - (eta / len(mini_batch)) * nw for w, nw in zip(weights, nabla_w)]
+        biases[:] = [b - (eta / len(mini_batch)) * nb for b, nb in zip(biases, nabla_b)]
 
     return step
 
@@ -331,7 +344,13 @@ def child_rss(name: str, seed: int) -> dict:
 
 
 def child_stage(spec: dict, args) -> dict:
-    """The train stage's loop (fit over ShardStream) against pure compute, interleaved, for one preset."""
+    """The train stage's loop (fit over ShardStream) against pure compute, interleaved, for one preset.
+
+    A first stage epoch of ``first_images`` images validates all of val (1,000 images at the eval batch
+    of 1,000, as the stage does): it warms up and gives the stage's peak RSS. Then ``rounds`` pairs of
+    short epochs (``images`` images, validating ``images / 11`` of val, the real stage's ratio) alternate
+    with pure compute, so that the pairs stay close in time on a busy machine.
+    """
     from nnlib import seeding  # noqa: PLC0415
     from nnlib.data import ShardStream, load_shard, read_manifest, to_batch  # noqa: PLC0415
     from nnlib.training import fit, make_schedule, steps_per_epoch  # noqa: PLC0415
@@ -341,11 +360,13 @@ def child_stage(spec: dict, args) -> dict:
     batch = cfg["batch_size"]
     manifest = read_manifest(shard_dir)
     val = load_shard(shard_dir / manifest["val"]["file"])
+    val_share = max(1, round(images * 5000 / 55000))  # 5,000 val images per 55,000 train images
+    val_short = (val[0][:val_share], val[1][:val_share])
     files = [s["file"] for s in manifest["train_shards"]]
     model, loss_fn, optimizer, step = nnlib_setup(cfg, args.seed)
     per_epoch = steps_per_epoch(images, batch)
-    epochs = 2 * (rounds + 1)
-    schedule = make_schedule(cfg["schedule"], cfg["optimizer"]["lr"], epochs * per_epoch)
+    schedule = make_schedule(cfg["schedule"], cfg["optimizer"]["lr"],
+                             steps_per_epoch(spec["first_images"], batch) + 2 * rounds * per_epoch)
     stream = ShardStream(shard_dir, files, seeding.rng(args.seed, seeding.SHUFFLE),
                          counts=[s["count"] for s in manifest["train_shards"]])
     # Pure compute: the same number of steps and images on float32 batches already in memory.
@@ -355,11 +376,11 @@ def child_stage(spec: dict, args) -> dict:
             for i in range(8)]
     last = (to_batch(x_mem[: sizes[-1]]), y_mem[: sizes[-1]].astype(np.int64))
 
-    def stage_epoch():
+    def stage_epoch(n_images, val_set):
         with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):  # the bar is drawn, then dropped
             start = time.perf_counter()
-            history = fit(model, loss_fn, optimizer, schedule, stream, epochs=1, images_per_epoch=images,
-                          batch_size=batch, val=val, interval=cfg["schedule"]["interval"], progress=True)
+            history = fit(model, loss_fn, optimizer, schedule, stream, epochs=1, images_per_epoch=n_images,
+                          batch_size=batch, val=val_set, interval=cfg["schedule"]["interval"], progress=True)
             return time.perf_counter() - start, history.rows[-1]["val_acc"]
 
     def pure_epoch():
@@ -370,25 +391,23 @@ def child_stage(spec: dict, args) -> dict:
         step(*last)  # the last (maybe short) batch, as in the stage
         return time.perf_counter() - start
 
-    stage_first, _ = stage_epoch()  # also the warm-up
+    stage_first, first_acc = stage_epoch(spec["first_images"], val)
     stage_peak = vm_hwm_mib()
     pure_epoch()
-    stage, pure, accs = [], [], []
+    stage, pure = [], []
     for r in range(rounds):
         if r % 2 == 0:
-            seconds, acc = stage_epoch()
-            stage.append(seconds)
+            stage.append(stage_epoch(images, val_short)[0])
             pure.append(pure_epoch())
         else:
             pure.append(pure_epoch())
-            seconds, acc = stage_epoch()
-            stage.append(seconds)
-        accs.append(acc)
-    return {"config": name, "images_per_epoch": images, "val_images": int(len(val[1])), "steps_per_epoch": per_epoch,
+            stage.append(stage_epoch(images, val_short)[0])
+    return {"config": name, "images_per_epoch": images, "val_images": val_share, "steps_per_epoch": per_epoch,
+            "first_epoch_images": spec["first_images"], "first_epoch_val_images": int(len(val[1])),
             "shards": len(files), "shard_size": int(manifest["train_shards"][0]["count"]),
             "stage_seconds": stage, "pure_seconds": pure, "first_stage_epoch_seconds": stage_first,
             "ratio": paired_ratio(stage, pure), "stage_peak_rss_mib": stage_peak, "final_peak_rss_mib": vm_hwm_mib(),
-            "val_acc": accs[-1]}
+            "first_epoch_val_acc": first_acc}
 
 
 def run_child(kind: str, arg: str, args) -> dict:
@@ -412,12 +431,12 @@ def stage_row(args) -> dict | None:
             return None
         params = load_prepare("cnn")
         params["augment"]["copies"] = 1
-        params = shards.check_params({**params, "val_size": 1000, "max_train": args.stage_images // 2,
-                                      "shard_size": 2000})
+        params = shards.check_params({**params, "val_size": 1000, "max_train": 5500, "shard_size": 2000})
         start = time.perf_counter()
         shards.prepare(args.seed, params, raw_dir=raw, out_dir=tmp / "shards", preview_path=None, progress=False)
         print(f"(train-stage shards built in {time.perf_counter() - start:.1f}s)", flush=True)
-        spec = {"shard_dir": str(tmp / "shards"), "config": "cnn", "images": args.stage_images, "rounds": args.stage_rounds}
+        spec = {"shard_dir": str(tmp / "shards"), "config": "cnn", "images": args.stage_images,
+                "first_images": 11000, "rounds": args.stage_rounds}
         return run_child("stage", json.dumps(spec), args)
 
 
@@ -567,9 +586,10 @@ def print_table(results: dict, breakdowns: dict) -> None:
         print(f"| train stage (fit over ShardStream) / pure compute, cnn | {statistics.median(stage['stage_seconds']):.2f} s "
               f"per epoch | {statistics.median(stage['pure_seconds']):.2f} s | {stage['ratio']:.3f}x | <= {stage['floor']:.2f}x |")
         print(f"| train stage peak RSS, cnn | {stage['stage_peak_rss_mib']:.0f} MiB | | | <= {stage['rss_floor_mib']} MiB |")
-        print(f"(stage epoch: {stage['images_per_epoch']:,} images in {stage['steps_per_epoch']} steps + validation of "
-              f"{stage['val_images']:,} images; {stage['shards']} shards of {stage['shard_size']:,}; pairs "
-              f"{', '.join(f'{s:.2f}/{p:.2f}' for s, p in zip(stage['stage_seconds'], stage['pure_seconds']))} s)")
+        print(f"(timed stage epoch: {stage['images_per_epoch']:,} images in {stage['steps_per_epoch']} steps + validation of "
+              f"{stage['val_images']:,} images; peak RSS after a first epoch of {stage['first_epoch_images']:,} images + "
+              f"validation of {stage['first_epoch_val_images']:,}; {stage['shards']} shards of {stage['shard_size']:,}; "
+              f"pairs {', '.join(f'{s:.2f}/{p:.2f}' for s, p in zip(stage['stage_seconds'], stage['pure_seconds']))} s)")
     for name, rows in breakdowns.items():
         total = sum(f + b for _, f, b in rows)
         print(f"\nnnlib per-layer breakdown, {name} (median of the steps, ms)")
