@@ -86,15 +86,19 @@ def finished_experiments(repo: Path) -> dict:
     return found
 
 
-def wait_for_queue(repo: Path, timeout: float) -> None:
+def wait_for_queue(repo: Path, timeout: float) -> bool:
+    """Wait until the queue is empty; on timeout stop it and return False (finished runs are still recorded)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         status = dvc("queue", "status", cwd=repo).stdout
         if not any(word in status for word in ("Queued", "Running")):
-            return
+            return True
         time.sleep(5)
     dvc("queue", "kill", "--all", cwd=repo, check=False)
-    raise SystemExit(f"error: the study did not finish within {timeout:.0f} s; run the same command again to continue")
+    dvc("queue", "remove", "--queued", cwd=repo, check=False)
+    print(f"study: stopped after {timeout:.0f} s; the finished runs are recorded, run the same command again to continue",
+          file=sys.stderr)
+    return False
 
 
 def summary_table(study: dict, record: dict) -> str:
