@@ -73,6 +73,8 @@ def finished_experiments(repo: Path) -> dict:
 
     def visit(entry):
         for exp in entry.get("experiments") or []:
+            if (exp.get("executor") or {}).get("state") in ("queued", "running", "failed"):
+                continue  # its metrics columns still show the baseline's files
             for revision in exp.get("revs") or []:
                 name = revision.get("name")
                 files = ((revision.get("data") or {}).get("metrics") or {})
