@@ -66,6 +66,15 @@ def dvc(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProces
     return result
 
 
+def seconds_per_epoch(repo: Path, rev: str | None) -> float | None:
+    """``seconds_per_epoch`` of metrics/timing.json in an experiment's commit (timings are not DVC metrics)."""
+    shown = subprocess.run(["git", "show", f"{rev}:metrics/timing.json"], cwd=repo, capture_output=True, text=True)
+    try:
+        return json.loads(shown.stdout)["seconds_per_epoch"] if rev and shown.returncode == 0 else None
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return None
+
+
 def finished_experiments(repo: Path) -> dict:
     """name -> {"accuracy", "seconds_per_epoch"} of every experiment `dvc exp show --json` reports."""
     shown = json.loads(dvc("exp", "show", "--json", cwd=repo).stdout or "[]")
@@ -79,9 +88,8 @@ def finished_experiments(repo: Path) -> dict:
                 name = revision.get("name")
                 files = ((revision.get("data") or {}).get("metrics") or {})
                 accuracy = ((files.get("metrics/eval.json") or {}).get("data") or {}).get("accuracy")
-                timing = ((files.get("metrics/timing.json") or {}).get("data") or {}).get("seconds_per_epoch")
                 if name and accuracy is not None:
-                    found[name] = {"accuracy": accuracy, "seconds_per_epoch": timing}
+                    found[name] = {"accuracy": accuracy, "seconds_per_epoch": seconds_per_epoch(repo, revision.get("rev"))}
 
     for entry in shown:
         visit(entry)
