@@ -75,30 +75,31 @@ def seconds_per_epoch(repo: Path, rev: str | None) -> float | None:
         return None
 
 
-def finished_experiments(repo: Path) -> dict:
-    """name -> {"accuracy", "seconds_per_epoch"} of every experiment `dvc exp show --json` reports."""
+def experiments(repo: Path) -> tuple[dict, set]:
+    """(finished: name -> {"accuracy", "seconds_per_epoch"}, pending: names queued or running), from `dvc exp show`."""
     shown = json.loads(dvc("exp", "show", "--json", cwd=repo).stdout or "[]")
-    found = {}
-
-    def visit(entry):
+    finished, pending = {}, set()
+    for entry in shown:
         for exp in entry.get("experiments") or []:
-            if (exp.get("executor") or {}).get("state") in ("queued", "running", "failed"):
+            state = (exp.get("executor") or {}).get("state")
+            if state in ("queued", "running"):
+                pending.add(exp.get("name"))
+                continue
+            if state == "failed":
                 continue  # its metrics columns still show the baseline's files
             for revision in exp.get("revs") or []:
                 name = revision.get("name")
                 files = ((revision.get("data") or {}).get("metrics") or {})
                 accuracy = ((files.get("metrics/eval.json") or {}).get("data") or {}).get("accuracy")
                 if name and accuracy is not None:
-                    found[name] = {"accuracy": accuracy, "seconds_per_epoch": seconds_per_epoch(repo, revision.get("rev"))}
-
-    for entry in shown:
-        visit(entry)
-    return found
+                    finished[name] = {"accuracy": accuracy, "seconds_per_epoch": seconds_per_epoch(repo, revision.get("rev"))}
+    return finished, pending
 
 
 def wait_for_queue(repo: Path, timeout: float) -> bool:
     """Wait until the queue is empty; on timeout stop it and return False (finished runs are still recorded)."""
     deadline = time.monotonic() + timeout
+    time.sleep(min(15.0, timeout))  # the worker takes a moment to pick up the first task
     while time.monotonic() < deadline:
         status = dvc("queue", "status", cwd=repo).stdout
         if not any(word in status for word in ("Queued", "Running")):
@@ -151,16 +152,16 @@ def main(argv=None) -> int:
     record["jobs"] = min(record.get("jobs", args.jobs), args.jobs) if record["runs"] else args.jobs
     record["nnlib_commit"] = commit
     todo = [run for run in runs_of(study) if run["name"] not in record["runs"]]
-    done = finished_experiments(args.repo)
-    queued = [run for run in todo if run["name"] not in done]
+    done, pending = experiments(args.repo)
+    queued = [run for run in todo if run["name"] not in done and run["name"] not in pending]
     for run in queued:
         dvc("exp", "run", "--queue", "-n", run["name"], *[a for o in run["overrides"] for a in ("-S", o)], cwd=args.repo)
-    if queued:
-        print(f"study {study['name']}: running {len(queued)} experiments, {args.jobs} at a time", file=sys.stderr)
+    if queued or pending:
+        print(f"study {study['name']}: running {len(queued) + len(pending)} experiments, {args.jobs} at a time", file=sys.stderr)
         dvc("queue", "start", "-j", str(args.jobs), cwd=args.repo)
         wait_for_queue(args.repo, args.timeout)
-        done = finished_experiments(args.repo)
-    for run in todo:
+        done, _ = experiments(args.repo)
+    for run in runs_of(study):  # (re)fill every finished run, e.g. a timing read late
         if run["name"] in done:
             record["runs"][run["name"]] = {"seed": run["seed"], "overrides": run["overrides"]} | done[run["name"]]
     results.parent.mkdir(parents=True, exist_ok=True)
