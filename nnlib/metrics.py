@@ -12,12 +12,6 @@ from .functional import log_softmax
 CALIBRATION_BINS = 15  # equal-width confidence bins for the expected calibration error
 
 
-def accuracy(y_true, y_pred) -> float:
-    """Fraction of correct predictions, in [0, 1]."""
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    return float((y_true == y_pred).mean()) if len(y_true) else 0.0
-
-
 def confusion_matrix(y_true, y_pred, num_classes: int = 10) -> np.ndarray:
     """(K, K) int64 counts; row = true class, column = predicted class."""
     flat = np.asarray(y_true, np.int64) * num_classes + np.asarray(y_pred, np.int64)

@@ -32,21 +32,21 @@ def _number(low=None, high=None, high_open=False):
 
 
 AUGMENT = {
-    "copies": Field(int, 0, "an integer >= 0 (distorted copies of each train image)", lambda v: v >= 0),
-    "rotate": Field(float, 0.0, "a number of degrees in [0, 180]", _number(0, 180)),
-    "shift": Field(float, 0.0, "a number of pixels >= 0", _number(0)),
-    "scale": Field(float, 0.0, "a number in [0, 1) (zoom uniform in [1 - scale, 1 + scale])", _number(0, 1, True)),
-    "shear": Field(float, 0.0, "a number of degrees in [0, 90)", _number(0, 90, True)),
-    "elastic_alpha": Field(float, 0.0, "a number >= 0 (elastic displacement scale, pixels)", _number(0)),
-    "elastic_sigma": Field(float, 0.0, "a number >= 0 (elastic smoothing, pixels)", _number(0)),
-    "flip": Field(bool, False, "true or false (mirror left-right with p = 0.5)"),
+    "copies": Field(int, 0, "an integer >= 0", lambda v: v >= 0, "distorted copies of each train image"),
+    "rotate": Field(float, 0.0, "a number of degrees in [0, 180]", _number(0, 180), "largest rotation, uniform in [-rotate, rotate] degrees"),
+    "shift": Field(float, 0.0, "a number of pixels >= 0", _number(0), "largest shift, uniform in [-shift, shift] pixels, per axis"),
+    "scale": Field(float, 0.0, "a number in [0, 1)", _number(0, 1, True), "zoom uniform in [1 - scale, 1 + scale]"),
+    "shear": Field(float, 0.0, "a number of degrees in [0, 90)", _number(0, 90, True), "largest shear angle, uniform in [-shear, shear] degrees"),
+    "elastic_alpha": Field(float, 0.0, "a number >= 0", _number(0), "elastic displacement scale, pixels"),
+    "elastic_sigma": Field(float, 0.0, "a number >= 0", _number(0), "elastic smoothing, pixels"),
+    "flip": Field(bool, False, "true or false", None, "mirror left-right with p = 0.5"),
 }
 
 PREPARE = {
-    "val_size": Field(int, 5000, "an integer >= 1 (images held out for validation)", lambda v: v >= 1),
-    "max_train": Field(int, 0, "an integer >= 0 (cap on train images; 0 = all)", lambda v: v >= 0),
-    "shard_size": Field(int, 10000, "an integer >= 100 (images per shard)", lambda v: v >= 100),
-    "workers": Field(int, 0, "an integer >= 0 (processes; 0 = one per CPU core)", lambda v: v >= 0),
+    "val_size": Field(int, 5000, "an integer >= 1", lambda v: v >= 1, "images held out for validation"),
+    "max_train": Field(int, 0, "an integer >= 0", lambda v: v >= 0, "cap on train images; 0 = all"),
+    "shard_size": Field(int, 10000, "an integer >= 100", lambda v: v >= 100, "images per shard"),
+    "workers": Field(int, 0, "an integer >= 0", lambda v: v >= 0, "processes; 0 = one per CPU core"),
     "augment": AUGMENT,
 }
 

@@ -211,3 +211,19 @@ def test_schema_names_the_optimizers_and_schedules_the_factories_make():
     from nnlib import optim, schedules  # noqa: PLC0415
     assert set(schema.OPTIMIZERS) == set(optim.OPTIMIZERS)
     assert set(schema.SCHEDULES) == set(schedules.SCHEDULES)
+
+
+def test_readme_table_takes_meaning_and_allowed_values_from_the_schema():
+    """Columns 3 and 4 of the README's params table are the schema's ``doc`` and ``expect``, word for word."""
+    import re  # noqa: PLC0415
+    readme = (ROOT / "README.md").read_text()
+    wrong = []
+    for name, section_schema in SCHEMAS.items():
+        for path in key_paths(section_schema, name):
+            field = section_schema
+            for part in path.split(".")[1:]:
+                field = field[part]
+            row = re.search(rf"^\| `{re.escape(path)}` \| [^|]* \| (.*?) \| (.*?) \|$", readme, re.M)
+            if row is None or (row.group(1), row.group(2)) != (field.doc, field.expect):
+                wrong.append(path)
+    assert not wrong, f"README.md's params table disagrees with nnlib/schema.py on {wrong}"
