@@ -245,7 +245,9 @@ class Flatten(Layer):
 class Dropout(Layer):
     """Inverted dropout: in training, zero each unit with probability p and scale the rest by 1/(1-p).
 
-    In eval mode it is the identity. The mask comes from the layer's own Generator, seeded at build.
+    In eval mode it is the identity. The mask comes from the layer's own Generator, seeded at build:
+    on NumPy that Generator draws it; on CuPy a device Generator, seeded once from it, draws it on the
+    GPU (no host-to-device copy per batch), so all randomness still flows from ``seed``.
     """
 
     type_name = "dropout"
@@ -256,17 +258,25 @@ class Dropout(Layer):
 
     def build(self, input_shape, rng):
         self.rng = np.random.default_rng(rng.integers(2**63))
+        self.device_rng = None  # made from self.rng at the first draw on a non-NumPy backend
         return input_shape
+
+    def _uniform(self, shape, xp):
+        """Uniform [0, 1) float32 of ``shape`` on the backend ``xp``."""
+        if xp is np:
+            return self.rng.random(shape, dtype=np.float32)
+        if self.device_rng is None:
+            self.device_rng = xp.random.default_rng(int(self.rng.integers(2**63)))
+        return self.device_rng.random(shape, dtype=np.float32)
 
     def forward(self, x, train=False):
         if not train or self.p == 0.0:
             self.mask = None
             return x
-        keep = self.rng.random(x.shape, dtype=np.float32) >= self.p
+        keep = self._uniform(x.shape, get_array_module(x)) >= self.p
         # mask = keep / (1 - p) in x's dtype (the divisor is cast first, so nothing becomes float64).
-        mask = keep.astype(x.dtype)
-        mask /= np.asarray(1.0 - self.p, x.dtype)
-        self.mask = to_device(mask)
+        self.mask = keep.astype(x.dtype)
+        self.mask /= x.dtype.type(1.0 - self.p)
         return x * self.mask
 
     def backward(self, dy):

@@ -168,7 +168,25 @@ class _Namespace:
 
 _numpy = _Namespace(np)
 lib = _Namespace(np.lib)
-random = None  # device random numbers come from a seeded generator the layers build (see backend)
+class _Generator:
+    """``cupy.random.Generator``'s ``random``: numbers made 'on the device' from a seeded stream."""
+
+    def __init__(self, seed: int):
+        self._rng = np.random.default_rng(seed)
+
+    def random(self, size=None, dtype=np.float64):
+        return DeviceArray(np.asarray(self._rng.random(size, dtype=dtype)))
+
+
+class _Random:
+    @staticmethod
+    def default_rng(seed):
+        if not isinstance(seed, (int, np.integer)):
+            raise TypeError("seed the device generator with a Python int")
+        return _Generator(int(seed))
+
+
+random = _Random()
 
 
 def __getattr__(name):

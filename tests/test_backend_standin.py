@@ -73,7 +73,13 @@ def test_the_stand_in_is_strict(cupy_backend):
     assert isinstance(cupy_backend.exp(a), cupy_backend.DeviceArray) and a.get().sum() == 3
 
 
-def test_training_and_evaluation_run_on_the_device_and_match_numpy(cupy_backend):
+def without_dropout():
+    return [spec for spec in SPECS if spec["type"] != "dropout"]
+
+
+def test_training_and_evaluation_run_on_the_device_and_match_numpy(cupy_backend, monkeypatch):
+    """Dropout masks come from another stream on the device, so the comparison leaves dropout out."""
+    monkeypatch.setattr(sys.modules[__name__], "SPECS", without_dropout())
     model, losses, (loss, accuracy, predictions), state = train_steps()
     assert all(isinstance(p, cupy_backend.DeviceArray) for _, p, _ in model.parameters())
     backend.use("numpy")
@@ -83,3 +89,13 @@ def test_training_and_evaluation_run_on_the_device_and_match_numpy(cupy_backend)
     assert np.array_equal(predictions, host_predictions)
     for name, value in host_state.items():
         np.testing.assert_allclose(state[name], value, rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+def test_dropout_masks_are_drawn_on_the_device_from_the_seed(cupy_backend):
+    """A whole step with dropout runs on the device; the same seed gives the same result twice."""
+    first, second = train_steps(), train_steps()
+    dropout = next(layer for layer in first[0].layers if layer.type_name == "dropout")
+    assert isinstance(dropout.device_rng, cupy_backend._Generator)  # the masks were drawn on the device
+    assert first[1] == second[1]
+    for name, value in first[3].items():
+        assert np.array_equal(value, second[3][name]), name
