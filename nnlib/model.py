@@ -25,9 +25,11 @@ class Sequential:
             except ShapeError as err:
                 raise ShapeError(f"layer {index} ({layer.type_name}): {err}") from None
         self.output_shape = shape
-        # The first layer never needs to pass a gradient back to the data.
-        if layers:
-            layers[0].skip_input_grad = True
+        # No gradient is needed below the first layer with parameters (e.g. the dense layer after
+        # flatten in an MLP): it skips its input gradient, and backward stops there.
+        first = next((layer for layer in layers if layer.params), layers[0] if layers else None)
+        if first is not None:
+            first.skip_input_grad = True
 
     @classmethod
     def from_specs(cls, specs: list[dict], input_shape: tuple, rng: np.random.Generator,
@@ -80,9 +82,14 @@ class Sequential:
     __call__ = forward
 
     def backward(self, dy):
-        """Back-propagate d(loss)/d(logits); fills every layer's grads."""
+        """Back-propagate d(loss)/d(logits); fills every layer's grads.
+
+        Stops at the first layer with parameters, whose input gradient nothing needs (returns None).
+        """
         for layer in reversed(self.layers):
             dy = layer.backward(dy)
+            if dy is None:
+                break
         return dy
 
     def parameters(self):

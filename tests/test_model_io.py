@@ -180,3 +180,21 @@ def test_load_rejects_files_that_are_not_models(tmp_path):
     files.save_npz(tmp_path / "future.npz", arrays)
     with pytest.raises(ModelFileError, match="model format 99"):
         modelfile.load_model(tmp_path / "future.npz")
+
+
+def test_backward_stops_at_the_first_layer_with_parameters():
+    """In an MLP, flatten -> dense: the dense layer computes no input gradient and flatten no backward."""
+    specs = [{"type": "flatten"}, {"type": "dense", "out": 5}, {"type": "relu"}, {"type": "dense", "out": 3}]
+    model = Sequential.from_specs(specs, (1, 4, 4), np.random.default_rng(0))
+    assert [layer.skip_input_grad for layer in model.layers] == [False, True, False, False]
+    x = np.random.default_rng(1).normal(size=(6, 1, 4, 4)).astype(np.float32)
+    model.train()
+    model.forward(x)
+    assert model.backward(np.ones((6, 3), np.float32)) is None
+    reference = Sequential.from_specs(specs, (1, 4, 4), np.random.default_rng(0))
+    reference.layers[1].skip_input_grad = False  # the full chain, down to the input
+    reference.train()
+    reference.forward(x)
+    assert reference.backward(np.ones((6, 3), np.float32)).shape == x.shape
+    for (name, _, grad), (_, _, expected) in zip(model.parameters(), reference.parameters()):
+        assert np.array_equal(grad, expected), name
