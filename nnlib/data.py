@@ -5,6 +5,7 @@ once, per batch, in the iterators here.
 """
 from __future__ import annotations
 
+import math
 import zipfile
 from pathlib import Path
 
@@ -17,6 +18,24 @@ IDX_DTYPES = {0x08: np.uint8}
 NUM_CLASSES = 10
 
 
+def parse_idx(raw: bytes, name: str, remedy: str = "") -> np.ndarray:
+    """The bytes of an IDX file of unsigned bytes (MNIST's format) -> uint8 array of its declared shape.
+
+    Raises InputError naming ``name`` (followed by ``remedy``) when the header is not IDX of unsigned
+    bytes or the size does not match it.
+    """
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_DTYPES:
+        raise InputError(f"{name}: not an IDX file of unsigned bytes{remedy}")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise InputError(f"{name}: truncated IDX header{remedy}")
+    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    if len(raw) != header + math.prod(dims):
+        raise InputError(f"{name}: IDX file truncated or corrupt (its size does not match its header {dims}){remedy}")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+
+
 def read_idx(path, made_by: str = "the fetch stage (dvc repro -s fetch)") -> np.ndarray:
     """Read an uncompressed IDX file (MNIST's format) into a uint8 array of its declared shape.
 
@@ -25,15 +44,7 @@ def read_idx(path, made_by: str = "the fetch stage (dvc repro -s fetch)") -> np.
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path} is missing: it is made by {made_by}")
-    raw = path.read_bytes()
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_DTYPES:
-        raise InputError(f"{path} is not an IDX file of unsigned bytes: re-run {made_by}")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    if len(raw) != header + int(np.prod(dims)):
-        raise InputError(f"{path} is truncated or corrupt (size does not match its header {dims}): re-run {made_by}")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+    return parse_idx(path.read_bytes(), str(path), f": re-run {made_by}")
 
 
 def to_batch(x_uint8):
@@ -174,11 +185,20 @@ class ShardStream:
         self.shard_dir, self.files, self.rng, self.window = Path(shard_dir), list(files), rng, window
         if not self.files:
             raise InputError(f"{self.shard_dir}: no train shards to stream: re-run the prepare stage (dvc repro -s prepare)")
-        self.counts = list(counts) if counts is not None else [len(load_shard(self.shard_dir / f)[1]) for f in self.files]
+        self.counts = list(counts) if counts is not None else [self._count(f) for f in self.files]
         self.position = 0
         self._windows = self._window_stream()
         self._pending: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # (x, y, order still to take)
         self._buffer: tuple[np.ndarray, np.ndarray] | None = None  # reused window storage, grown on demand
+
+    def _count(self, file: str) -> int:
+        """Images in one shard, from its ``x.npy`` header alone (the images are not read)."""
+        path = self.shard_dir / file
+        try:
+            with zipfile.ZipFile(path) as archive:
+                return _npy_header(archive, "x.npy")[0][0]
+        except Exception as err:  # noqa: BLE001 - any failure to read means a missing or corrupt shard
+            raise InputError(f"{path} is missing or corrupt ({err}): re-run the prepare stage (dvc repro -s prepare)") from None
 
     def _read_window(self, shard_indices) -> tuple[np.ndarray, np.ndarray]:
         """Read the given shards one after another into the reusable window buffer.

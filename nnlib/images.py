@@ -21,7 +21,6 @@ whose message is one line naming the file; :func:`load` turns any read error int
 from __future__ import annotations
 
 import gzip
-import math
 import struct
 import zipfile
 import zlib
@@ -31,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .data import IDX_DTYPES, parse_idx
 from .errors import InputError
 
 SIZE = 28  # MNIST's frame
@@ -43,7 +43,6 @@ MAX_STACK_PIXELS = 1 << 22  # pictures read but not yet preprocessed hold at mos
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 ARRAY_SUFFIXES = (".npy", ".npz")
 DEEP_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")  # Pillow modes of 16/32-bit integer or float grey
-IDX_MAGIC_TYPE = 0x08  # unsigned bytes, the only IDX data type MNIST uses
 EXIF_ORIENTATION = 0x0112
 
 # Everything a corrupt, truncated or odd input file can raise while it is read and decoded.
@@ -257,26 +256,9 @@ def read_array_or_image(path: Path, preprocess_images: bool) -> Digits | Picture
         raise InputError(f"{path}: {err}") from None
 
 
-def parse_idx(raw: bytes, name: str) -> np.ndarray:
-    """The bytes of an IDX file of unsigned bytes (MNIST's format) -> uint8 array of its declared shape.
-
-    Raises InputError naming ``name`` when the header is not IDX or the size does not match it.
-    """
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != IDX_MAGIC_TYPE:
-        raise InputError(f"{name}: not an IDX file of unsigned bytes")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise InputError(f"{name}: truncated IDX header")
-    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    if len(raw) != header + math.prod(dims):
-        raise InputError(f"{name}: IDX file truncated or corrupt (its size does not match its header {dims})")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
-
-
 def looks_like_idx(raw: bytes) -> bool:
     """Whether bytes start with the magic number of an IDX file of unsigned bytes."""
-    return len(raw) >= 4 and raw[:3] == bytes((0, 0, IDX_MAGIC_TYPE))
+    return len(raw) >= 4 and raw[:2] == b"\0\0" and raw[2] in IDX_DTYPES
 
 
 def read_npy_or_npz(path: Path) -> np.ndarray:

@@ -50,7 +50,7 @@ from tqdm import tqdm
 
 from . import paths, seeding
 from .augment import AugmentConfig, distort
-from .data import read_idx
+from .data import NUM_CLASSES, read_idx
 from .files import save_npz, write_json
 from .errors import InputError, ParamsError
 from .params import PARAMS_FILE, load_section, validate
@@ -65,7 +65,6 @@ RAW_FILES = {
 }
 MANIFEST = "manifest.json"
 SHARD_NAME = "train-{:05d}.npz"
-NUM_CLASSES = 10
 IMAGE_SHAPE = (28, 28)
 REFETCH = "re-run the fetch stage (dvc repro -s fetch)"
 # Disk estimate: every image is 28 * 28 pixel bytes + 1 label byte; each file adds its .npy/.zip

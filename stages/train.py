@@ -18,7 +18,7 @@ from threadpoolctl import threadpool_limits
 
 import nnlib
 from nnlib import backend, checkpoints, seeding
-from nnlib.data import ShardStream, check_shards, load_shard, read_manifest
+from nnlib.data import NUM_CLASSES, ShardStream, check_shards, load_shard, read_manifest
 from nnlib.errors import Diverged, InputError, ParamsError, run_stage
 from nnlib.files import OutputSet, check_writable, file_sha256, remove_stale_temporaries, text_sha256, write_json, write_text
 from nnlib.model import Sequential
@@ -28,7 +28,6 @@ from nnlib.paths import CHECKPOINTS, INIT, LIVE_LOG, METRICS, MODEL, SHARDS
 from nnlib.schema import TRAIN
 from nnlib.training import History, fit, make_loss, make_optimizer, make_schedule, steps_per_epoch
 
-NUM_CLASSES = 10
 
 LOG_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr"]  # deterministic: timings go to timing.json
 MAX_IMAGES = 10**10  # epochs x images_per_epoch above this is a typo, not a training run
