@@ -26,9 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .files import load_npz, save_npz
-from .paths import CHECKPOINTS
 
-FOLDER = CHECKPOINTS
 PATTERN = "checkpoint-*.npz"
 META_KEY = "__meta__"
 FORMAT = 1
@@ -56,14 +54,6 @@ class Checkpoint:
     path: Path
     meta: dict
     arrays: dict
-
-    @property
-    def epoch(self) -> int:
-        return self.meta["epoch"]
-
-    @property
-    def step(self) -> int:
-        return self.meta["step"]
 
     @property
     def stream_position(self) -> int:
