@@ -449,7 +449,8 @@ def stage_row(args) -> dict | None:
 # ----------------------------------------------------------------------------- breakdown
 def breakdown(model, loss_fn, optimizer, xs, ys, steps: int) -> list[tuple[str, float, float]]:
     """Median seconds per step of each layer's forward and backward, the loss and the optimizer."""
-    layers = model.layers
+    layers = getattr(model, "running", model.layers)  # the order forward runs them (ReLU after a max-pool)
+    index = getattr(model, "run_order", range(len(layers)))
     fwd, bwd = [[] for _ in layers], [[] for _ in layers]
     extra = {"loss": [], "optimizer": []}
     for s in range(steps):
@@ -463,13 +464,13 @@ def breakdown(model, loss_fn, optimizer, xs, ys, steps: int) -> list[tuple[str, 
         extra["loss"].append(time.perf_counter() - t)
         for i in reversed(range(len(layers))):
             t = time.perf_counter()
-            d = layers[i].backward(d)
+            d = None if d is None else layers[i].backward(d)  # None below the first layer with params
             bwd[i].append(time.perf_counter() - t)
         t = time.perf_counter()
         optimizer.step()
         extra["optimizer"].append(time.perf_counter() - t)
     med = statistics.median
-    rows = [(f"{i:2d} {layers[i].type_name}", med(fwd[i]), med(bwd[i])) for i in range(len(layers))]
+    rows = [(f"{index[i]:2d} {layers[i].type_name}", med(fwd[i]), med(bwd[i])) for i in range(len(layers))]
     return rows + [(f"   {k}", med(v), 0.0) for k, v in extra.items()]
 
 

@@ -117,6 +117,32 @@ def column_dots(a, b):
     return get_array_module(a).einsum("mc,mc->c", a, b)
 
 
+def map_rows(kernel, out, arrays=(), vectors=()):
+    """Run an elementwise kernel over (M, C) row matrices, with per-channel vectors broadcast.
+
+    out and each of ``arrays``: C-contiguous (M, C); ``vectors``: (C,). ``kernel(out, *arrays,
+    *vectors)`` writes out in place (e.g. ``np.multiply(a, s, out=o); o += b``); it is given the
+    matrices re-blocked wide and the vectors tiled to match (:func:`wide_rows`), so that every pass
+    runs in long inner loops. Returns out.
+    """
+    wide_out, *tiles = wide_rows(out, *vectors)
+    kernel(wide_out, *(a.reshape(wide_out.shape) for a in arrays), *tiles)
+    return out
+
+
+def _as_rows(x, like=None):
+    """x of any shape -> (C-contiguous (M, last dim) matrix of its values, restore(rows) -> x's shape).
+
+    A channels-last image batch is taken as its (N*H*W, C) rows, so that the result keeps the layout.
+    With ``like`` (an array of x's shape), x's rows are in the same element order as like's rows.
+    """
+    xp = get_array_module(x)
+    if is_channels_last(x if like is None else like):
+        return to_rows(x), lambda rows: from_rows(rows, x.shape)
+    a = xp.ascontiguousarray(x)
+    return a.reshape(-1, a.shape[-1] if a.ndim else 1), lambda rows: rows.reshape(x.shape)
+
+
 # --------------------------------------------------------------------------- convolution (NHWC)
 
 def im2col_nhwc(x_nhwc, k: int, stride: int, pad: int, ones: bool = False):
@@ -167,11 +193,12 @@ def conv2d_input_grad_nhwc(dy_rows, w_okkc, x_shape_nhwc, stride: int, pad: int)
     dy_rows: (N*Ho*Wo, O) output gradient; w_okkc: (O, k, k, C) kernel; x_shape_nhwc: (N, H, W, C).
     Returns dx: (N, H, W, C) (a view into a padded buffer when pad > 0).
 
-    One GEMM gives the column gradient dcols = dy_rows @ W_mat.T: (N*Ho*Wo, k*k*C), columns (i, j, c)
-    as in :func:`im2col_nhwc`; col2im then adds each offset's (N, Ho, Wo, C) slice of it into the
-    shifted input window: dx[n, ho*s + i - pad, wo*s + j - pad, c] += dcols[(n, ho, wo), (i, j, c)].
-    One (N*Ho*Wo, O) @ (O, k*k*C) GEMM instead of k*k GEMMs of (N*Ho*Wo, O) @ (O, C): BLAS runs a
-    wide product well, and on a busy machine one threaded call waits for its threads once, not k*k times.
+    One GEMM gives the column gradient dcols = dy_rows @ W_mat: (N*Ho*Wo, k*k*C), columns (i, j, c)
+    as in :func:`im2col_nhwc`; col2im then adds it back into the (padded) input:
+    dx[n, ho*s + i, wo*s + j, c] += dcols[(n, ho, wo), (i, j, c)]. For a fixed kernel row i and output
+    column wo, the k*C values dcols[(n, ho, wo), (i, :, :)] are contiguous, and so is their target
+    dx[n, ho*s + i, wo*s : wo*s + k, :]: so col2im is k*Wo adds of (N, Ho, k*C) blocks, whose inner
+    loops run k*C elements, not k*k adds of (N, Ho, Wo, C) blocks with inner loops of C.
     """
     xp = get_array_module(dy_rows)
     n, h, w, c = x_shape_nhwc
@@ -180,29 +207,32 @@ def conv2d_input_grad_nhwc(dy_rows, w_okkc, x_shape_nhwc, stride: int, pad: int)
     wo = conv_output_size(w, k, stride, pad)
     dcols = (dy_rows @ w_okkc.reshape(w_okkc.shape[0], k * k * c)).reshape(n, ho, wo, k, k, c)
     dx = xp.zeros((n, h + 2 * pad, w + 2 * pad, c), dtype=dy_rows.dtype)
+
     for i in range(k):
-        for j in range(k):
-            window = dx[:, i : i + stride * (ho - 1) + 1 : stride, j : j + stride * (wo - 1) + 1 : stride]
-            window += dcols[:, :, :, i, j]
+        rows = dx[:, i : i + stride * (ho - 1) + 1 : stride]  # (N, Ho, W + 2*pad, C)
+        # Descending wo adds each dx element's terms in ascending j, as a loop over (i, j) would.
+        for o in reversed(range(wo)):
+            rows[:, :, o * stride : o * stride + k] += dcols[:, :, o, i]  # (N, Ho, k, C)
     return dx[:, pad : pad + h, pad : pad + w] if pad else dx
 
 
 # --------------------------------------------------------------------------- ReLU
 
 def relu_forward(x):
-    """max(x, 0) in x's dtype and layout (channels-last images run as their contiguous NHWC view)."""
+    """max(x, 0) in x's dtype and layout (channels-last images run as their (N*H*W, C) rows)."""
     xp = get_array_module(x)
-    if is_channels_last(x):
-        return from_nhwc(xp.maximum(to_nhwc(x), 0))
-    return xp.maximum(x, 0)
+    rows, restore = _as_rows(x)
+    y = map_rows(lambda o, a: xp.maximum(a, 0, out=o), xp.empty_like(rows), (rows,))
+    return restore(y)
 
 
 def relu_backward(dy, y):
     """dy * (y > 0), with y the forward output; the bool mask is multiplied in without a float copy."""
     xp = get_array_module(dy)
-    if is_channels_last(dy) and is_channels_last(y):
-        return from_nhwc(xp.multiply(to_nhwc(dy), to_nhwc(y) > 0, dtype=dy.dtype))
-    return xp.multiply(dy, y > 0, dtype=dy.dtype)
+    dy_rows, restore = _as_rows(dy)
+    y_rows = _as_rows(y, like=dy)[0]
+    dx = map_rows(lambda o, g, m: xp.multiply(g, m > 0, out=o), xp.empty_like(dy_rows), (dy_rows, y_rows))
+    return restore(dx)
 
 
 # --------------------------------------------------------------------------- pooling
@@ -246,39 +276,50 @@ def maxpool_forward(x, k: int, stride: int, index: bool = True):
 
     ``idx`` is the row-major position (i*k + j) of the *first* maximum of each window, as in
     PyTorch's CPU kernel, so that the backward routes each gradient to exactly one element.
-    y and idx keep x's memory layout. The 2x2 case uses a pairwise tree; the general case a running
-    max over the k*k offsets (strict '>' keeps the first maximum). With ``index=False`` (inference)
-    idx is not computed and None is returned in its place.
+    y and idx keep x's memory layout. With ``index=False`` (inference) idx is not computed and None
+    is returned in its place.
     """
     xp = get_array_module(x)
     channels_last = is_channels_last(x)
     a, axes = _pool_operand(x, channels_last)
     views = pool_windows(a, k, stride, axes)
-    if not index:  # y = max over the k*k views, nothing else
-        y = views[0].copy()
+    y = xp.empty(views[0].shape, dtype=x.dtype)
+    idx = xp.empty(y.shape, dtype=xp.uint8 if k * k <= 256 else xp.int32) if index else None
+    _maxpool_into(views, y, idx, xp)
+    if channels_last:
+        return from_nhwc(y), (None if idx is None else from_nhwc(idx))
+    return y, idx
+
+
+def _maxpool_into(views, y, idx, xp) -> None:
+    """y = max over the window views; idx = position of the first maximum (skipped if idx is None).
+
+    The 2x2 case is a pairwise tree; the general case a running max over the k*k views (strict '>'
+    keeps the first maximum).
+    """
+    if idx is None:  # y = max over the views, nothing else
+        y[...] = views[0]
         for view in views[1:]:
             xp.maximum(y, view, out=y)
-        return (from_nhwc(y) if channels_last else y), None
-    if k == 2:
+    elif len(views) == 4:  # 2x2: views v00, v01, v10, v11
         v00, v01, v10, v11 = views
         top, bottom = xp.maximum(v00, v01), xp.maximum(v10, v11)
         # top != v00 <=> v01 > v00, but reads only v00's half of x again. Ties -> 0 (comes first).
-        idx = (top != v00).view(xp.uint8)  # 0 or 1
+        xp.not_equal(top, v00, out=idx.view(xp.bool_))  # 0 or 1
         idx_bottom = (bottom != v10).view(xp.uint8)
         idx_bottom += 2  # 2 or 3
         use_bottom = (bottom > top).view(xp.uint8)  # ties -> the top row (comes first)
-        idx += use_bottom * (idx_bottom - idx)  # (2 or 3) - (0 or 1) >= 1: no uint8 wrap-around
-        y = xp.maximum(top, bottom)
+        idx_bottom -= idx  # (2 or 3) - (0 or 1) >= 1: no uint8 wrap-around
+        idx_bottom *= use_bottom
+        idx += idx_bottom  # idx_bottom where the bottom row wins
+        xp.maximum(top, bottom, out=y)
     else:
-        y = views[0].copy()
-        idx = xp.zeros(y.shape, dtype=xp.uint8 if k * k <= 256 else xp.int32)
-        for t in range(1, k * k):
+        y[...] = views[0]
+        idx[...] = 0
+        for t in range(1, len(views)):
             greater = (views[t] > y).view(xp.uint8)
             idx += greater * (t - idx)  # idx = t where greater; t > idx, so no underflow
             xp.maximum(y, views[t], out=y)
-    if channels_last:
-        return from_nhwc(y), from_nhwc(idx)
-    return y, idx
 
 
 def maxpool_backward(dy, idx, x_shape, channels_last: bool, k: int, stride: int):

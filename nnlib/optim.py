@@ -40,6 +40,7 @@ class Optimizer:
         self.weight_decay = weight_decay
         self.decays = {name: weight_decay > 0 and decay_filter(name, p) for name, p, _ in self.params}
         self.steps = 0
+        self._scratch = {}
 
     def step(self) -> None:
         self.steps += 1
@@ -48,6 +49,13 @@ class Optimizer:
 
     def update(self, name, param, grad) -> None:
         raise NotImplementedError
+
+    def scratch(self, name: str, param, slot: int = 0):
+        """A work array shaped like ``param``, kept between steps (not saved: it holds no state)."""
+        key = (name, slot)
+        if key not in self._scratch:
+            self._scratch[key] = get_array_module(param).empty_like(param)
+        return self._scratch[key]
 
     def state(self) -> tuple[int, dict]:
         """(step count, arrays by ``"<slot>/<param name>"``): everything a resumed run needs."""
@@ -86,16 +94,30 @@ class SGD(Optimizer):
         self.velocity = {}
 
     def update(self, name, param, grad):
-        g = grad + self.weight_decay * param if self.decays[name] else grad
+        xp = get_array_module(param)
+        step = self.scratch(name, param)  # the step lr * g, built in place: no new arrays per update
+        if self.decays[name]:  # g = grad + wd * param
+            xp.multiply(param, self.weight_decay, out=step)
+            step += grad
+            grad = step
         if self.momentum:
             v = self.velocity.get(name)
             if v is None:
-                v = self.velocity[name] = g.copy()
+                v = self.velocity[name] = grad.copy()
             else:
                 v *= self.momentum
-                v += g
-            g = g + self.momentum * v if self.nesterov else v
-        param -= self.lr * g
+                v += grad
+            if self.nesterov:  # g + momentum * v
+                if grad is step:
+                    grad = grad.copy()
+                xp.multiply(v, self.momentum, out=step)
+                step += grad
+            else:
+                step[...] = v
+        elif grad is not step:
+            step[...] = grad
+        step *= self.lr
+        param -= step
 
 
 class Adam(Optimizer):
@@ -121,14 +143,23 @@ class Adam(Optimizer):
         if name not in self.m:
             self.m[name], self.v[name] = xp.zeros_like(param), xp.zeros_like(param)
         m, v = self.m[name], self.v[name]
+        s = self.scratch(name, param)  # temporaries built in place: no new arrays per update
         m *= self.beta1
-        m += (1.0 - self.beta1) * grad
+        xp.multiply(grad, 1.0 - self.beta1, out=s)
+        m += s  # m = beta1 * m + (1 - beta1) * g
         v *= self.beta2
-        v += (1.0 - self.beta2) * grad * grad
+        xp.multiply(grad, 1.0 - self.beta2, out=s)
+        s *= grad
+        v += s  # v = beta2 * v + (1 - beta2) * g * g
         correction1 = 1.0 - self.beta1**self.steps
         correction2 = 1.0 - self.beta2**self.steps
-        denom = xp.sqrt(v / correction2) + self.eps
-        param -= (self.lr / correction1) * m / denom
+        xp.divide(v, correction2, out=s)
+        xp.sqrt(s, out=s)
+        s += self.eps  # s = sqrt(v / correction2) + eps
+        step = self.scratch(name, param, 1)
+        xp.multiply(m, self.lr / correction1, out=step)
+        step /= s
+        param -= step  # p -= (lr / correction1) * m / (sqrt(v / correction2) + eps)
 
 
 class AdamW(Adam):

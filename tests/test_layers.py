@@ -187,3 +187,39 @@ def test_config_round_trips_through_from_spec(spec):
     cfg = layer.config()
     assert {k: cfg[k] for k in spec} == spec
     assert layers.from_spec(cfg).config() == cfg
+
+
+def _listed_order(model, x, dy):
+    """Forward and backward through the layers exactly as listed (no ReLU/max-pool reordering)."""
+    for layer in model.layers:
+        x = layer.forward(x, train=True)
+    out = x
+    for layer in reversed(model.layers):
+        dy = layer.backward(dy)
+    return out, dy
+
+
+@pytest.mark.parametrize("pool", [{"type": "maxpool", "k": 2}, {"type": "maxpool", "k": 3, "stride": 2}])
+def test_relu_then_maxpool_runs_pooled_first_with_identical_results(pool):
+    from nnlib.model import Sequential, run_order
+
+    specs = [{"type": "conv", "out": 4, "k": 3}, {"type": "relu"}, pool, {"type": "flatten"}, {"type": "dense", "out": 10}]
+    assert run_order([layers.from_spec(s) for s in specs]) == [0, 2, 1, 3, 4]
+    assert run_order([layers.from_spec(s) for s in [{"type": "relu"}, pool, pool]]) == [1, 2, 0]
+    x = np.random.default_rng(0).integers(-2, 3, (4, 2, 9, 9)).astype(np.float32)
+    dy = np.random.default_rng(1).standard_normal((4, 10)).astype(np.float32)
+    reordered = Sequential.from_specs(specs, (2, 9, 9), np.random.default_rng(3))
+    listed = Sequential.from_specs(specs, (2, 9, 9), np.random.default_rng(3))
+    listed.layers[0].skip_input_grad = reordered.layers[0].skip_input_grad = False  # compare dx too
+    weights = np.random.default_rng(4).integers(-1, 2, listed.layers[0].params["W"].shape)
+    for model in (reordered, listed):  # integer conv outputs: many tied maxima and exact zeros
+        model.layers[0].params["W"][...] = weights
+    reordered.train()
+    out = reordered.forward(x)
+    dx = reordered.backward(dy)
+    out_listed, dx_listed = _listed_order(listed, x, dy)
+    assert np.array_equal(out, out_listed)
+    assert np.array_equal(dx, dx_listed)
+    for a, b in zip(reordered.layers, listed.layers):
+        for key in a.grads:
+            assert np.array_equal(a.grads[key], b.grads[key]), key
