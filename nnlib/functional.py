@@ -187,32 +187,40 @@ def im2col_nhwc(x_nhwc, k: int, stride: int, pad: int, ones: bool = False):
     return cols
 
 
-def conv2d_input_grad_nhwc(dy_rows, w_okkc, x_shape_nhwc, stride: int, pad: int):
+def conv2d_input_grad_nhwc(dy_rows, w_okkc, x_shape_nhwc, stride: int, pad: int, chunk_bytes: int = 1 << 22):
     """Gradient of a convolution with respect to its input, channels-last.
 
     dy_rows: (N*Ho*Wo, O) output gradient; w_okkc: (O, k, k, C) kernel; x_shape_nhwc: (N, H, W, C).
     Returns dx: (N, H, W, C) (a view into a padded buffer when pad > 0).
 
-    One GEMM gives the column gradient dcols = dy_rows @ W_mat: (N*Ho*Wo, k*k*C), columns (i, j, c)
+    A GEMM gives the column gradient dcols = dy_rows @ W_mat: (N*Ho*Wo, k*k*C), columns (i, j, c)
     as in :func:`im2col_nhwc`; col2im then adds it back into the (padded) input:
     dx[n, ho*s + i, wo*s + j, c] += dcols[(n, ho, wo), (i, j, c)]. For a fixed kernel row i and output
     column wo, the k*C values dcols[(n, ho, wo), (i, :, :)] are contiguous, and so is their target
     dx[n, ho*s + i, wo*s : wo*s + k, :]: so col2im is k*Wo adds of (N, Ho, k*C) blocks, whose inner
     loops run k*C elements, not k*k adds of (N, Ho, Wo, C) blocks with inner loops of C.
+    Both run on chunks of images whose dcols takes about ``chunk_bytes``, so col2im reads dcols while
+    it is still in cache; a GEMM over a block of rows gives the same rows as the whole GEMM.
     """
     xp = get_array_module(dy_rows)
     n, h, w, c = x_shape_nhwc
     k = w_okkc.shape[1]
     ho = conv_output_size(h, k, stride, pad)
     wo = conv_output_size(w, k, stride, pad)
-    dcols = (dy_rows @ w_okkc.reshape(w_okkc.shape[0], k * k * c)).reshape(n, ho, wo, k, k, c)
+    w_mat = w_okkc.reshape(w_okkc.shape[0], k * k * c)  # (O, k*k*C)
     dx = xp.zeros((n, h + 2 * pad, w + 2 * pad, c), dtype=dy_rows.dtype)
-
-    for i in range(k):
-        rows = dx[:, i : i + stride * (ho - 1) + 1 : stride]  # (N, Ho, W + 2*pad, C)
-        # Descending wo adds each dx element's terms in ascending j, as a loop over (i, j) would.
-        for o in reversed(range(wo)):
-            rows[:, :, o * stride : o * stride + k] += dcols[:, :, o, i]  # (N, Ho, k, C)
+    images = max(1, chunk_bytes // (ho * wo * k * k * c * dy_rows.itemsize))  # per chunk
+    dcols_buffer = xp.empty((min(images, n) * ho * wo, k * k * c), dtype=dy_rows.dtype)
+    for first in range(0, n, images):
+        last = min(first + images, n)
+        dcols = dcols_buffer[: (last - first) * ho * wo]
+        xp.matmul(dy_rows[first * ho * wo : last * ho * wo], w_mat, out=dcols)
+        dcols = dcols.reshape(last - first, ho, wo, k, k, c)
+        for i in range(k):
+            rows = dx[first:last, i : i + stride * (ho - 1) + 1 : stride]  # (images, Ho, W + 2*pad, C)
+            # Descending wo adds each dx element's terms in ascending j, as a loop over (i, j) would.
+            for o in reversed(range(wo)):
+                rows[:, :, o * stride : o * stride + k] += dcols[:, :, o, i]  # (images, Ho, k, C)
     return dx[:, pad : pad + h, pad : pad + w] if pad else dx
 
 
