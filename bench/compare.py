@@ -569,8 +569,8 @@ def main(argv=None) -> int:
 
 def print_table(results: dict, breakdowns: dict) -> None:
     peak = results["machine"]["sgemm_peak_gflops"]
-    print(f"\n| config | batch | nnlib img/s | PyTorch img/s | nnlib / PyTorch | floor | nnlib GFLOP/s (% peak) | "
-          f"PyTorch GFLOP/s (% peak) | nnlib peak RSS MiB |")
+    print("\n| config | batch | nnlib img/s | PyTorch img/s | nnlib / PyTorch | floor | nnlib GFLOP/s (% peak) | "
+          "PyTorch GFLOP/s (% peak) | nnlib peak RSS MiB |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, row in results["configs"].items():
         torch_cells = (f"{row['torch_img_s']:,.0f} | {row['ratio']:.2f}x | >= {row['floor']:.1f}x"

@@ -411,7 +411,7 @@ def test_stage_removes_stale_temporary_files(repo, server):
     (raw / f".{TRAIN_IMAGES}.x7y8.tmp").write_bytes(b"left by a SIGKILL")
     result = run_stage(repo, stage_env(server.url))  # the server has nothing: the fetch fails, fast
     assert result.returncode == 1
-    assert f"fetch: removed 1 temporary file(s) left in data/raw by an interrupted run" in result.stderr
+    assert "fetch: removed 1 temporary file(s) left in data/raw by an interrupted run" in result.stderr
     assert "is at" in error_line(result)
     assert leftovers(repo) == []
 
