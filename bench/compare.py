@@ -93,6 +93,9 @@ def parse_args(argv=None):
     p.add_argument("--stage-rounds", type=int, default=9, help="stage/pure-compute epoch pairs (default 9)")
     p.add_argument("--breakdown", default="", help="comma-separated configs for a per-layer nnlib time breakdown")
     p.add_argument("--breakdown-steps", type=int, default=20, help="steps for the breakdown (median, default 20)")
+    p.add_argument("--backend", choices=["numpy", "cupy"], default="numpy",
+                   help="nnlib's array backend; with cupy, PyTorch runs on CUDA and the CPU-only rows "
+                        "(per-example loop, train stage, peak RSS) are skipped")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--nnlib-root", default=str(ROOT),
                    help="directory holding the nnlib package to time (default: this checkout), for A/B runs")
@@ -113,18 +116,26 @@ def pin_threads(n: int) -> str:
                      for i in threadpool_info() if i["user_api"] == "blas")
 
 
-def sgemm_peak(n: int = 2048, repeat: int = 5) -> float:
-    """GFLOP/s of the best of ``repeat`` (n, n) @ (n, n) float32 matmuls in NumPy."""
+def sgemm_peak(xp=np, n: int = 2048, repeat: int = 5, sync=lambda: None) -> float:
+    """GFLOP/s of the best of ``repeat`` (n, n) @ (n, n) float32 matmuls on ``xp`` (NumPy or CuPy)."""
     rng = np.random.default_rng(0)
-    a, b = rng.standard_normal((2, n, n), dtype=np.float32)
-    out = np.empty((n, n), np.float32)
-    np.matmul(a, b, out=out)
+    a, b = (xp.asarray(m) for m in rng.standard_normal((2, n, n), dtype=np.float32))
+    out = xp.empty((n, n), np.float32)
+    xp.matmul(a, b, out=out)
+    sync()
     best = math.inf
     for _ in range(repeat):
         start = time.perf_counter()
-        np.matmul(a, b, out=out)
+        xp.matmul(a, b, out=out)
+        sync()
         best = min(best, time.perf_counter() - start)
     return 2 * n**3 / best / 1e9
+
+
+def device_sync(xp):
+    """A function that waits for the device's queued work (CuPy's current stream); a no-op on NumPy."""
+    cuda = getattr(xp, "cuda", None)
+    return cuda.get_current_stream().synchronize if cuda is not None else (lambda: None)
 
 
 def vm_hwm_mib() -> float:
@@ -226,12 +237,13 @@ def nnlib_setup(cfg: dict, seed: int):
     return model, loss_fn, optimizer, step
 
 
-def torch_setup(cfg: dict, model):
-    """The PyTorch twin of an nnlib model (same weights), its loss and optimizer; returns step."""
+def torch_setup(cfg: dict, model, device: str = "cpu"):
+    """The PyTorch twin of an nnlib model (same weights) on ``device``, its loss and optimizer; returns step."""
     import torch_nets  # noqa: PLC0415
 
     net = torch_nets.torch_network(cfg["model"], (1, 28, 28))
     torch_nets.copy_weights(model, net)
+    net.to(device)
     loss_fn = torch_nets.torch_loss(cfg["loss"])
     optimizer = torch_nets.torch_optimizer(net, cfg["optimizer"])
 
@@ -243,25 +255,30 @@ def torch_setup(cfg: dict, model):
     return step
 
 
-def run_steps(step, xs, ys, start: int, count: int) -> float:
-    """Wall seconds of ``count`` steps over the batch pool, starting at pool index ``start``."""
+def run_steps(step, xs, ys, start: int, count: int, sync=lambda: None) -> float:
+    """Wall seconds of ``count`` steps over the batch pool, starting at pool index ``start``.
+
+    ``sync`` waits for queued device work before the clock is read at either end (GPU runs).
+    """
+    sync()
     t0 = time.perf_counter()
     for i in range(start, start + count):
         step(xs[i % len(xs)], ys[i % len(ys)])
+    sync()
     return time.perf_counter() - t0
 
 
 def interleaved(runners: dict, steps: int, rounds: int, warmup: int) -> dict:
-    """Time each runner (name -> (step, xs, ys)) in alternating rounds; seconds per step, per round."""
-    for step, xs, ys in runners.values():
-        run_steps(step, xs, ys, 0, warmup)
+    """Time each runner (name -> (step, xs, ys[, sync])) in alternating rounds; seconds per step, per round."""
+    for runner in runners.values():
+        run_steps(*runner[:3], 0, warmup, *runner[3:])
     per_round = max(1, steps // rounds)
     times = {name: [] for name in runners}
     names = list(runners)
     for r in range(rounds):
         for name in names if r % 2 == 0 else names[::-1]:
-            step, xs, ys = runners[name]
-            times[name].append(run_steps(step, xs, ys, r * per_round, per_round) / per_round)
+            runner = runners[name]
+            times[name].append(run_steps(*runner[:3], r * per_round, per_round, *runner[3:]) / per_round)
     return times
 
 
@@ -447,8 +464,11 @@ def stage_row(args) -> dict | None:
 
 
 # ----------------------------------------------------------------------------- breakdown
-def breakdown(model, loss_fn, optimizer, xs, ys, steps: int) -> list[tuple[str, float, float]]:
-    """Median seconds per step of each layer's forward and backward, the loss and the optimizer."""
+def breakdown(model, loss_fn, optimizer, xs, ys, steps: int, sync=lambda: None) -> list[tuple[str, float, float]]:
+    """Median seconds per step of each layer's forward and backward, the loss and the optimizer.
+
+    ``sync`` runs before every clock reading, so that on a GPU each part is charged its own kernels.
+    """
     layers = getattr(model, "running", model.layers)  # the order forward runs them (ReLU after a max-pool)
     index = getattr(model, "run_order", range(len(layers)))
     fwd, bwd = [[] for _ in layers], [[] for _ in layers]
@@ -458,20 +478,25 @@ def breakdown(model, loss_fn, optimizer, xs, ys, steps: int) -> list[tuple[str, 
         for i, layer in enumerate(layers):
             t = time.perf_counter()
             x = layer.forward(x, train=True)
-            fwd[i].append(time.perf_counter() - t)
+            fwd[i].append(_elapsed(t, sync))
         t = time.perf_counter()
         _, d = loss_fn(x, y)
-        extra["loss"].append(time.perf_counter() - t)
+        extra["loss"].append(_elapsed(t, sync))
         for i in reversed(range(len(layers))):
             t = time.perf_counter()
             d = None if d is None else layers[i].backward(d)  # None below the first layer with params
-            bwd[i].append(time.perf_counter() - t)
+            bwd[i].append(_elapsed(t, sync))
         t = time.perf_counter()
         optimizer.step()
-        extra["optimizer"].append(time.perf_counter() - t)
+        extra["optimizer"].append(_elapsed(t, sync))
     med = statistics.median
     rows = [(f"{index[i]:2d} {layers[i].type_name}", med(fwd[i]), med(bwd[i])) for i in range(len(layers))]
     return rows + [(f"   {k}", med(v), 0.0) for k, v in extra.items()]
+
+
+def _elapsed(start: float, sync) -> float:
+    sync()
+    return time.perf_counter() - start
 
 
 # ----------------------------------------------------------------------------- main
@@ -482,7 +507,18 @@ def main(argv=None) -> int:
         child(args)
         return 0
     import nnlib  # noqa: PLC0415
+    from nnlib import backend  # noqa: PLC0415
+    from nnlib.errors import MissingExtra  # noqa: PLC0415
 
+    try:
+        xp = backend.use(args.backend)
+    except MissingExtra as err:
+        print(f"compare.py: {err}", file=sys.stderr)
+        return 2
+    sync = device_sync(xp)
+    on_gpu = args.backend == "cupy"
+    if on_gpu:  # the per-example loop, the train stage and the RSS children measure the CPU path
+        args.no_loop = args.no_stage = args.no_rss = True
     torch = None
     if not args.no_torch:
         try:
@@ -491,6 +527,10 @@ def main(argv=None) -> int:
             print(INSTALL_TORCH)
         else:
             torch.set_num_threads(args.threads)
+            if on_gpu and not torch.cuda.is_available():
+                print(f"PyTorch {torch.__version__} sees no CUDA device: nnlib side only")
+                torch = None
+    torch_device = "cuda" if on_gpu else "cpu"
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     unknown = [c for c in configs if c not in PRESETS]
     if unknown:
@@ -500,8 +540,16 @@ def main(argv=None) -> int:
     print(f"nnlib from {Path(nnlib.__file__).parent}; numpy {np.__version__}; BLAS: {blas}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads" if torch else "torch: not used")
     print(f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cores; threads {args.threads}")
-    peak = sgemm_peak()
-    print(f"sgemm peak (2048^3 float32 matmul, numpy, {args.threads} threads, best of 5): {peak:.1f} GFLOP/s", flush=True)
+    if on_gpu:
+        gpu = xp.cuda.runtime.getDeviceProperties(xp.cuda.Device().id)["name"]
+        gpu = gpu.decode() if isinstance(gpu, bytes) else gpu
+        print(f"GPU: {gpu}; cupy {xp.__version__}")
+        peak = sgemm_peak(xp, n=8192, sync=sync)
+        print(f"sgemm peak (8192^3 float32 matmul, cupy, best of 5): {peak:.1f} GFLOP/s", flush=True)
+    else:
+        gpu = None
+        peak = sgemm_peak()
+        print(f"sgemm peak (2048^3 float32 matmul, numpy, {args.threads} threads, best of 5): {peak:.1f} GFLOP/s", flush=True)
 
     data = mnist_train()
     if data is None:
@@ -512,7 +560,8 @@ def main(argv=None) -> int:
 
     results = {"machine": {"cores": os.cpu_count(), "threads": args.threads, "blas": blas,
                            "numpy": np.__version__, "torch": torch.__version__ if torch else None,
-                           "sgemm_peak_gflops": peak, "nnlib": str(Path(nnlib.__file__).parent)},
+                           "sgemm_peak_gflops": peak, "nnlib": str(Path(nnlib.__file__).parent),
+                           "backend": args.backend, "gpu": gpu},
                "args": {k: v for k, v in vars(args).items() if not k.startswith("child")}, "configs": {}}
     breakdown_configs = {c.strip() for c in args.breakdown.split(",") if c.strip()}
     breakdowns = {}
@@ -521,10 +570,14 @@ def main(argv=None) -> int:
         steps = args.steps or DEFAULT_STEPS[name]
         batch = cfg["batch_size"]
         model, loss_fn, optimizer, step = nnlib_setup(cfg, args.seed)
-        xs, ys = batch_pool(images, labels, batch, np.random.default_rng(args.seed))
-        runners = {"nnlib": (step, xs, ys)}
+        host_xs, host_ys = batch_pool(images, labels, batch, np.random.default_rng(args.seed))
+        xs, ys = [xp.asarray(x) for x in host_xs], [xp.asarray(y) for y in host_ys]  # on the device for cupy
+        runners = {"nnlib": (step, xs, ys, sync)}
         if torch is not None:
-            runners["torch"] = (torch_setup(cfg, model), [torch.from_numpy(x) for x in xs], [torch.from_numpy(y) for y in ys])
+            runners["torch"] = (torch_setup(cfg, model, torch_device),
+                                [torch.from_numpy(x).to(torch_device) for x in host_xs],
+                                [torch.from_numpy(y).to(torch_device) for y in host_ys],
+                                torch.cuda.synchronize if on_gpu else (lambda: None))
         times = interleaved(runners, steps, args.rounds, args.warmup)
         flops = gemm_flops_per_image(cfg["model"], (1, 28, 28))
         row = {"batch_size": batch, "steps": steps, "rounds": args.rounds, "gemm_mflop_per_image": flops / 1e6,
@@ -537,7 +590,7 @@ def main(argv=None) -> int:
             row["ratio"] = paired_ratio(times["torch"], times["nnlib"])  # torch time / nnlib time = speed ratio
             row["floor"] = FLOORS[name]
         if name in breakdown_configs:
-            breakdowns[name] = breakdown(model, loss_fn, optimizer, xs, ys, args.breakdown_steps)
+            breakdowns[name] = breakdown(model, loss_fn, optimizer, xs, ys, args.breakdown_steps, sync)
         if name == "nielsen" and not args.no_loop:
             examples = [[(x.reshape(-1, 1), np.eye(10, dtype=np.float32)[int(t)][:, None]) for x, t in zip(xb, yb)]
                         for xb, yb in zip(xs, ys)]

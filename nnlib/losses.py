@@ -2,6 +2,8 @@
 
 ``value`` is a Python float (the mean over the batch); ``d_outputs`` has the shape of ``outputs``
 and is the gradient of ``value`` with respect to them, ready for ``model.backward``.
+``loss.value_and_grad(outputs, labels)`` returns the value as a 0-d array of the outputs' backend
+instead, so that a training loop on a GPU need not wait for it (:func:`nnlib.training.fit`).
 Labels are integer class indices ``y: (N,)``.
 """
 from __future__ import annotations
@@ -18,7 +20,19 @@ def one_hot(y, num_classes: int, dtype):
     return out
 
 
-class SoftmaxCrossEntropy:
+class Loss:
+    """Base class: ``__call__`` is :meth:`value_and_grad` with the value read back as a Python float."""
+
+    def value_and_grad(self, outputs, y):
+        """(mean loss as a 0-d array on the outputs' backend, d_outputs: outputs.shape)."""
+        raise NotImplementedError
+
+    def __call__(self, outputs, y):
+        value, grad = self.value_and_grad(outputs, y)
+        return float(value), grad
+
+
+class SoftmaxCrossEntropy(Loss):
     """Fused softmax + cross-entropy on logits, with optional label smoothing.
 
     logits: (N, K) float, y: (N,) int. With smoothing s the target is (1-s)*onehot + s/K
@@ -30,19 +44,19 @@ class SoftmaxCrossEntropy:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         self.label_smoothing = label_smoothing
 
-    def __call__(self, logits, y):
+    def value_and_grad(self, logits, y):
         xp = get_array_module(logits)
         n, k = logits.shape
         logp = log_softmax(logits)
         target = one_hot(y, k, logits.dtype)
         if self.label_smoothing:
             target = target * (1.0 - self.label_smoothing) + self.label_smoothing / k
-        value = float(-(target * logp).sum() / n)
+        value = -(target * logp).sum() / n
         grad = (xp.exp(logp) - target) / n
         return value, grad.astype(logits.dtype, copy=False)
 
 
-class MSE:
+class MSE(Loss):
     """Quadratic cost against one-hot targets.
 
     With ``half=True`` (Nielsen's network.py) it is 1/2 * ||a - y||^2 per example, averaged over the
@@ -56,15 +70,15 @@ class MSE:
             raise ValueError(f"MSE 'on' must be 'identity' or 'sigmoid', got {on!r}")
         self.half, self.on = half, on
 
-    def __call__(self, outputs, y):
+    def value_and_grad(self, outputs, y):
         n, k = outputs.shape
         a = sigmoid(outputs) if self.on == "sigmoid" else outputs
         diff = a - one_hot(y, k, outputs.dtype)
         if self.half:
-            value = float(0.5 * (diff * diff).sum() / n)
+            value = 0.5 * (diff * diff).sum() / n
             grad = diff / n
         else:
-            value = float((diff * diff).mean())
+            value = (diff * diff).mean()
             grad = 2.0 * diff / diff.size
         if self.on == "sigmoid":
             grad = grad * a * (1.0 - a)

@@ -11,10 +11,13 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
+import numpy as np
+
 from . import losses, optim, schedules
-from .backend import to_numpy
+from .backend import get_array_module
 from .errors import Diverged
 from .evaluation import evaluate
+
 
 def from_section(registry: dict, section: dict, **given):
     """``registry[section["name"]]`` built from the keys of a params section that its constructor takes.
@@ -61,6 +64,39 @@ def steps_per_epoch(images_per_epoch: int, batch_size: int) -> int:
     return math.ceil(images_per_epoch / batch_size)
 
 
+class EpochTally:
+    """The running loss sum and correct count of an epoch's training batches.
+
+    On NumPy each batch's loss is a Python float, checked for divergence as it arrives. On a GPU the
+    sums stay on the device and are read back only every ``every`` batches and at the end, so that
+    no batch waits for a device-to-host copy; a divergence is then caught within ``every`` steps.
+    """
+
+    def __init__(self, xp, every: int = 50):
+        self.on_host, self.every = xp is np, every
+        self.seen, self.batches = 0, 0
+        self.loss_sum, self.correct = (0.0, 0) if self.on_host else (xp.zeros((), np.float64), xp.zeros((), np.int64))
+
+    def add(self, value, logits, y) -> bool:
+        """Count one batch (value: its mean loss, 0-d). True when the sums were read back just now."""
+        self.seen += len(y)
+        self.batches += 1
+        hits = (logits.argmax(axis=1) == y).sum()
+        if self.on_host:
+            self.loss_sum += float(value) * len(y)
+            self.correct += int(hits)
+            return True
+        self.loss_sum += value * len(y)
+        self.correct += hits
+        return self.batches % self.every == 0
+
+    def mean_loss(self) -> float:
+        return float(self.loss_sum) / self.seen
+
+    def accuracy(self) -> float:
+        return int(self.correct) / self.seen
+
+
 def fit(model, loss_fn, optimizer, schedule, stream, *, epochs: int, images_per_epoch: int, batch_size: int,
         val: tuple, interval: str = "step", keep_best: bool = False, progress: bool = True,
         history: History | None = None, on_epoch_end=None) -> History:
@@ -80,30 +116,33 @@ def fit(model, loss_fn, optimizer, schedule, stream, *, epochs: int, images_per_
     for epoch in range(len(history.rows) + 1, epochs + 1):
         model.train()
         start = time.perf_counter()
-        seen = correct = 0
-        loss_sum = 0.0
+        tally = None
         bar = tqdm(stream.epoch(images_per_epoch, batch_size), total=per_epoch, disable=not progress,
                    desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False, mininterval=0.5)
         for xb, yb in bar:
             optimizer.lr = schedule(step if interval == "step" else epoch - 1)
             logits = model.forward(xb)
-            value, dlogits = loss_fn(logits, yb)
-            if not math.isfinite(value):
-                raise Diverged(f"loss became {value} in epoch {epoch}, step {step + 1}: "
-                               f"lower train.optimizer.lr (now {optimizer.lr:g}) in params.yaml")
+            value, dlogits = loss_fn.value_and_grad(logits, yb)
+            tally = tally or EpochTally(get_array_module(logits))
+            step += 1
+            if tally.add(value, logits, yb):  # every step on NumPy; every tally.every steps on a GPU
+                loss = tally.mean_loss()
+                if not math.isfinite(loss):
+                    raise Diverged(f"loss became {loss} in epoch {epoch}, step {step}: "
+                                   f"lower train.optimizer.lr (now {optimizer.lr:g}) in params.yaml")
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{optimizer.lr:.3g}", refresh=False)
             model.backward(dlogits)
             optimizer.step()
-            step += 1
-            seen += len(yb)
-            loss_sum += value * len(yb)
-            correct += int((to_numpy(logits.argmax(axis=1)) == to_numpy(yb)).sum())
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", lr=f"{optimizer.lr:.3g}", refresh=False)
         bar.close()
+        train_loss, train_acc = tally.mean_loss(), tally.accuracy()
+        if not math.isfinite(train_loss):
+            raise Diverged(f"loss became {train_loss} in epoch {epoch} (by step {step}): "
+                           f"lower train.optimizer.lr (now {optimizer.lr:g}) in params.yaml")
         val_loss, val_acc, _ = evaluate(model, loss_fn, *val)
         if not math.isfinite(val_loss):
             raise Diverged(f"validation loss became {val_loss} after epoch {epoch}, step {step}: "
                            "lower train.optimizer.lr in params.yaml")
-        row = {"epoch": epoch, "train_loss": loss_sum / seen, "train_acc": correct / seen,
+        row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
                "val_loss": val_loss, "val_acc": val_acc, "lr": optimizer.lr, "seconds": time.perf_counter() - start}
         history.rows.append(row)
         if not history.best_epoch or val_acc > history.best()["val_acc"]:

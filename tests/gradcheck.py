@@ -1,19 +1,33 @@
 """Test helpers: float64 layers and models, and central-difference gradient checks.
 
 Imported by the test modules as ``from gradcheck import ...`` (pytest puts ``tests/`` on sys.path).
+Everything works on the active nnlib backend (NumPy, the strict CuPy stand-in, or CuPy; see the
+``device`` fixture in conftest.py): layers are built there, :func:`on_device` moves test inputs
+there and :func:`on_host` brings results back for NumPy assertions.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from nnlib import layers
+from nnlib import backend, layers
+
+
+def on_device(x):
+    """A host array (or a device one) as an array of the active backend; NumPy arrays pass through."""
+    return backend.current().asarray(x)
+
+
+def on_host(x):
+    """A NumPy array of ``x``'s values, whatever backend holds it."""
+    return backend.to_numpy(x)
 
 
 def to_float64(layer: layers.Layer) -> layers.Layer:
     """Cast a built layer's params, grads and buffers to float64 in place (grads as fresh zeros)."""
-    layer.params = {k: np.array(v, dtype=np.float64) for k, v in layer.params.items()}
-    layer.grads = {k: np.zeros_like(v) for k, v in layer.params.items()}
-    layer.buffers = {k: np.array(v, dtype=np.float64) for k, v in layer.buffers.items()}
+    xp = backend.current()
+    layer.params = {k: xp.array(on_host(v), dtype=np.float64) for k, v in layer.params.items()}
+    layer.grads = {k: xp.zeros_like(v) for k, v in layer.params.items()}
+    layer.buffers = {k: xp.array(on_host(v), dtype=np.float64) for k, v in layer.buffers.items()}
     return layer
 
 
@@ -33,13 +47,13 @@ def build_layer(spec: dict, input_shape: tuple, seed: int = 0, randomize: bool =
     to_float64(layer)
     if randomize:
         for value in layer.params.values():
-            value[...] = rng.standard_normal(value.shape)
+            value[...] = on_device(rng.standard_normal(value.shape))
     return layer
 
 
 def numeric_grad(f, x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
     """Central differences of the scalar ``f()`` with respect to ``x``, perturbed in place."""
-    grad = np.zeros_like(x)
+    grad = np.zeros(x.shape)  # on the host: one entry per perturbation of x (which may be on a device)
     for idx in np.ndindex(x.shape):
         old = x[idx]
         x[idx] = old + eps
@@ -53,7 +67,7 @@ def numeric_grad(f, x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
 
 def rel_error(analytic, numeric) -> float:
     """max |a - n| relative to the largest entry of either (0 when both are zero)."""
-    analytic, numeric = np.asarray(analytic), np.asarray(numeric)
+    analytic, numeric = on_host(analytic), on_host(numeric)
     scale = max(np.abs(analytic).max(initial=0.0), np.abs(numeric).max(initial=0.0))
     return 0.0 if scale == 0 else float(np.abs(analytic - numeric).max() / scale)
 
@@ -70,7 +84,8 @@ def check_layer_gradients(layer, x, train: bool = True, before_forward=None, rto
             before_forward()
         return layer.forward(x, train=train)
 
-    r = np.random.default_rng(seed).standard_normal(forward().shape)
+    x = on_device(x)
+    r = on_device(np.random.default_rng(seed).standard_normal(forward().shape))
 
     def loss():
         return float((forward() * r).sum())

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from gradcheck import build_layer, check_layer_gradients
+from gradcheck import build_layer, check_layer_gradients, on_device
 
 from nnlib import layers
 
@@ -38,18 +38,18 @@ def _input(shape, seed=2, batch=3):
 
 
 @pytest.mark.parametrize("spec, shape", GRADCHECK_CASES.values(), ids=GRADCHECK_CASES.keys())
-def test_gradients_match_finite_differences(spec, shape):
+def test_gradients_match_finite_differences(spec, shape, device):
     layer = build_layer(spec, shape)
     check_layer_gradients(layer, _input(shape), train=True)
 
 
 @pytest.mark.parametrize("shape", [(4,), (3, 4, 5)], ids=["1d", "2d"])
-def test_batchnorm_eval_mode_gradients(shape):
+def test_batchnorm_eval_mode_gradients(shape, device):
     """In eval mode the statistics are constants, so the layer is affine in x."""
     layer = build_layer({"type": "batchnorm"}, shape)
     rng = np.random.default_rng(5)
-    layer.buffers["running_mean"][...] = rng.standard_normal(shape[0])
-    layer.buffers["running_var"][...] = rng.uniform(0.5, 2.0, shape[0])
+    layer.buffers["running_mean"][...] = on_device(rng.standard_normal(shape[0]))
+    layer.buffers["running_var"][...] = on_device(rng.uniform(0.5, 2.0, shape[0]))
     check_layer_gradients(layer, _input(shape), train=False)
 
 

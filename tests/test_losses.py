@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 import pytest
-from gradcheck import numeric_grad, rel_error
+from gradcheck import numeric_grad, on_device, rel_error
 
 from nnlib import losses
 
@@ -28,8 +28,8 @@ def batch():
 
 
 @pytest.mark.parametrize("loss", LOSSES.values(), ids=LOSSES.keys())
-def test_gradient_matches_finite_differences(loss, batch):
-    z, y = batch
+def test_gradient_matches_finite_differences(loss, batch, device):
+    z, y = (on_device(a) for a in batch)
     value, grad = loss(z, y)
     assert isinstance(value, float) and grad.shape == z.shape and grad.dtype == np.float64
     numeric = numeric_grad(lambda: loss(z, y)[0], z)

@@ -1,10 +1,11 @@
 """nnlib against PyTorch (the oracle), in float64 with identical weights: layers forward and backward,
-losses, optimizer steps, and a small CNN trained for 20 steps."""
+losses, optimizer steps, and a small CNN trained for 20 steps. Every test runs on each available
+backend (the ``device`` fixture: NumPy, the strict CuPy stand-in, CuPy on a GPU)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from gradcheck import build_layer, model_to_float64
+from gradcheck import build_layer, model_to_float64, on_device, on_host
 
 from nnlib import losses, optim
 from nnlib.model import Sequential
@@ -14,14 +15,16 @@ F = torch.nn.functional
 
 RTOL, ATOL = 1e-5, 1e-10  # float64 throughout; observed relative differences are below 1e-13
 
+pytestmark = pytest.mark.usefixtures("device")  # every test, on every available backend
+
 
 def assert_close(actual, expected, what=""):
-    expected = expected.detach().numpy() if isinstance(expected, torch.Tensor) else expected
-    np.testing.assert_allclose(actual, expected, rtol=RTOL, atol=ATOL, err_msg=what)
+    expected = expected.detach().numpy() if isinstance(expected, torch.Tensor) else on_host(expected)
+    np.testing.assert_allclose(on_host(actual), expected, rtol=RTOL, atol=ATOL, err_msg=what)
 
 
 def leaf(array):
-    return torch.tensor(np.asarray(array), dtype=torch.float64, requires_grad=True)
+    return torch.tensor(on_host(array), dtype=torch.float64, requires_grad=True)
 
 
 def compare_layer(layer, torch_fn, torch_params, x, train=True, seed=3):
@@ -30,9 +33,9 @@ def compare_layer(layer, torch_fn, torch_params, x, train=True, seed=3):
     ``torch_fn(xt)`` computes the torch output; ``torch_params`` maps nnlib param names to
     ``(torch leaf, to_nnlib)`` where ``to_nnlib`` maps the torch grad to nnlib's layout.
     """
-    y = layer.forward(x.copy(), train=train)
+    y = layer.forward(on_device(x), train=train)
     dy = np.random.default_rng(seed).standard_normal(y.shape)
-    dx = layer.backward(dy.copy())
+    dx = layer.backward(on_device(dy))
 
     xt = leaf(x)
     yt = torch_fn(xt)
@@ -129,15 +132,15 @@ def _batchnorm_pair(shape, momentum, seed=0):
     """An nnlib BatchNorm and a torch BatchNorm1d/2d with the same gamma, beta and running stats."""
     layer = build_layer({"type": "batchnorm", "momentum": momentum}, shape, seed=seed)
     rng = np.random.default_rng(seed + 1)
-    layer.buffers["running_mean"][...] = rng.standard_normal(shape[0])
-    layer.buffers["running_var"][...] = rng.uniform(0.5, 2.0, shape[0])
+    layer.buffers["running_mean"][...] = on_device(rng.standard_normal(shape[0]))
+    layer.buffers["running_var"][...] = on_device(rng.uniform(0.5, 2.0, shape[0]))
     cls = torch.nn.BatchNorm1d if len(shape) == 1 else torch.nn.BatchNorm2d
     ref = cls(shape[0], eps=layer.eps, momentum=momentum).double()
     with torch.no_grad():
-        ref.weight.copy_(torch.tensor(layer.params["gamma"]))
-        ref.bias.copy_(torch.tensor(layer.params["beta"]))
-        ref.running_mean.copy_(torch.tensor(layer.buffers["running_mean"]))
-        ref.running_var.copy_(torch.tensor(layer.buffers["running_var"]))
+        ref.weight.copy_(torch.tensor(on_host(layer.params["gamma"])))
+        ref.bias.copy_(torch.tensor(on_host(layer.params["beta"])))
+        ref.running_mean.copy_(torch.tensor(on_host(layer.buffers["running_mean"])))
+        ref.running_var.copy_(torch.tensor(on_host(layer.buffers["running_var"])))
     params = {"gamma": (ref.weight, same), "beta": (ref.bias, same)}
     return layer, ref, params
 
@@ -161,11 +164,11 @@ def test_batchnorm_train_mode(shape, momentum):
 @pytest.mark.parametrize("shape", [(5,), (3, 4, 5)], ids=["1d", "2d"])
 def test_batchnorm_eval_mode(shape):
     layer, ref, params = _batchnorm_pair(shape, 0.1)
-    running = {k: v.copy() for k, v in layer.buffers.items()}
+    running = {k: on_host(v) for k, v in layer.buffers.items()}
     ref.eval()
     compare_layer(layer, ref, params, images(shape, batch=6), train=False)
     for name, value in running.items():
-        assert np.array_equal(layer.buffers[name], value), f"{name} changed in eval mode"
+        assert np.array_equal(on_host(layer.buffers[name]), value), f"{name} changed in eval mode"
 
 
 # --- losses -------------------------------------------------------------------------------------
@@ -174,7 +177,7 @@ def test_batchnorm_eval_mode(shape):
 def test_cross_entropy_with_label_smoothing(smoothing):
     rng = np.random.default_rng(0)
     z, y = rng.standard_normal((8, 5)) * 3.0, rng.integers(0, 5, size=8)
-    value, grad = losses.SoftmaxCrossEntropy(label_smoothing=smoothing)(z, y)
+    value, grad = losses.SoftmaxCrossEntropy(label_smoothing=smoothing)(on_device(z), on_device(y))
     zt = leaf(z)
     ref = F.cross_entropy(zt, torch.tensor(y), label_smoothing=smoothing)
     ref.backward()
@@ -185,7 +188,7 @@ def test_cross_entropy_with_label_smoothing(smoothing):
 def test_mse_mean_matches_mse_loss():
     rng = np.random.default_rng(0)
     z, y = rng.standard_normal((6, 4)), rng.integers(0, 4, size=6)
-    value, grad = losses.MSE(half=False)(z, y)
+    value, grad = losses.MSE(half=False)(on_device(z), on_device(y))
     zt = leaf(z)
     ref = F.mse_loss(zt, F.one_hot(torch.tensor(y), 4).double())
     ref.backward()
@@ -214,8 +217,8 @@ def test_optimizer_steps_match_torch(name, weights_only):
     make_ours, make_ref = OPTIMIZERS[name]
     rng = np.random.default_rng(0)
     start = {"0.dense.W": rng.standard_normal((3, 4)), "0.dense.b": rng.standard_normal(4)}
-    ours = {k: v.copy() for k, v in start.items()}
-    grads = {k: np.zeros_like(v) for k, v in start.items()}
+    ours = {k: on_device(v.copy()) for k, v in start.items()}
+    grads = {k: on_device(np.zeros_like(v)) for k, v in start.items()}
     kw = {"decay_filter": optim.decay_weights_only} if weights_only else {}
     opt = make_ours([(k, ours[k], grads[k]) for k in start], **kw)
 
@@ -225,12 +228,12 @@ def test_optimizer_steps_match_torch(name, weights_only):
 
     for step in range(3):
         for k in start:
-            grads[k][...] = rng.standard_normal(start[k].shape)
-            ref[k].grad = torch.tensor(grads[k])
+            grads[k][...] = on_device(rng.standard_normal(start[k].shape))
+            ref[k].grad = torch.tensor(on_host(grads[k]))
         opt.step()
         ref_opt.step()
         for k in start:
-            np.testing.assert_allclose(ours[k], ref[k].detach().numpy(), rtol=1e-12, atol=1e-14,
+            np.testing.assert_allclose(on_host(ours[k]), ref[k].detach().numpy(), rtol=1e-12, atol=1e-14,
                                        err_msg=f"{name} {k} step {step + 1}")
 
 
@@ -254,12 +257,12 @@ def _torch_copy(model):
         torch.nn.Flatten(), torch.nn.Linear(4 * 4 * 5, 10),
     ).double()
     with torch.no_grad():
-        ref[0].weight.copy_(torch.tensor(conv.params["W"]))
-        ref[0].bias.copy_(torch.tensor(conv.params["b"]))
-        ref[1].weight.copy_(torch.tensor(bn.params["gamma"]))
-        ref[1].bias.copy_(torch.tensor(bn.params["beta"]))
-        ref[5].weight.copy_(torch.tensor(dense.params["W"].T))
-        ref[5].bias.copy_(torch.tensor(dense.params["b"]))
+        ref[0].weight.copy_(torch.tensor(on_host(conv.params["W"])))
+        ref[0].bias.copy_(torch.tensor(on_host(conv.params["b"])))
+        ref[1].weight.copy_(torch.tensor(on_host(bn.params["gamma"])))
+        ref[1].bias.copy_(torch.tensor(on_host(bn.params["beta"])))
+        ref[5].weight.copy_(torch.tensor(on_host(dense.params["W"]).T))
+        ref[5].bias.copy_(torch.tensor(on_host(dense.params["b"])))
     return ref
 
 
@@ -269,7 +272,7 @@ def test_small_cnn_follows_torch_loss_curve_for_20_sgd_momentum_steps():
     for layer in model.layers:  # non-zero biases / gamma / beta, so every parameter matters
         for value in layer.params.values():
             if value.ndim == 1:
-                value[...] = rng.normal(value.mean(), 0.1, value.shape)
+                value[...] = on_device(rng.normal(float(value.mean()), 0.1, value.shape))
     ref = _torch_copy(model)
     opt = optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     ref_opt = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.9)
@@ -280,7 +283,7 @@ def test_small_cnn_follows_torch_loss_curve_for_20_sgd_momentum_steps():
     ref.train()
     for _ in range(20):
         x, y = rng.standard_normal((16, 1, 8, 10)), rng.integers(0, 10, size=16)
-        value, grad = loss_fn(model(x), y)
+        value, grad = loss_fn(model(on_device(x)), on_device(y))
         model.backward(grad)
         opt.step()
         ours.append(value)
@@ -297,4 +300,5 @@ def test_small_cnn_follows_torch_loss_curve_for_20_sgd_momentum_steps():
     x = rng.standard_normal((8, 1, 8, 10))
     ref.eval()
     with torch.no_grad():
-        np.testing.assert_allclose(model.predict_logits(x), ref(torch.tensor(x)).numpy(), rtol=MODEL_RTOL, atol=1e-12)
+        np.testing.assert_allclose(on_host(model.predict_logits(on_device(x))), ref(torch.tensor(x)).numpy(),
+                                   rtol=MODEL_RTOL, atol=1e-12)
