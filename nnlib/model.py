@@ -121,7 +121,7 @@ class Sequential:
         for name, target in own.items():
             if tuple(arrays[name].shape) != tuple(target.shape):
                 raise ValueError(f"array {name}: shape {arrays[name].shape}, expected {target.shape}")
-            target[...] = arrays[name]
+            target[...] = get_array_module(target).asarray(arrays[name])  # host -> device when on CuPy
 
     def num_parameters(self) -> int:
         return int(sum(p.size for _, p, _ in self.parameters()))

@@ -54,8 +54,10 @@ PREPARE = {
 positive = lambda v: v > 0  # noqa: E731
 non_negative = lambda v: v >= 0  # noqa: E731
 
+BACKEND = Field(str, "numpy", "'numpy' or 'cupy'", lambda v: v in ("numpy", "cupy"), "array backend; cupy needs a GPU and the gpu extra")
+
 TRAIN = {
-    "backend": Field(str, "numpy", "'numpy' or 'cupy'", lambda v: v in ("numpy", "cupy"), "array backend; cupy needs a GPU and the gpu extra"),
+    "backend": BACKEND,
     "epochs": Field(int, 10, "an integer >= 1", lambda v: v >= 1, "number of epochs"),
     "batch_size": Field(int, 64, "an integer >= 1", positive, "images per optimizer step"),
     "images_per_epoch": Field(int, 0, "an integer >= 0 (0 = the size of the train split)", non_negative, "images drawn from the shard stream per epoch"),
@@ -95,6 +97,7 @@ TRAIN = {
 }
 
 EVALUATE = {
+    "backend": BACKEND,
     "batch_size": Field(int, 1000, "an integer >= 1", positive, "images per forward pass"),
     "misclassified": Field(int, 36, "an integer in [0, 200]", lambda v: 0 <= v <= 200, "most confident mistakes shown in misclassified.png"),
 }

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nnlib import evaluation, metrics, plots
+from nnlib import backend, evaluation, metrics, plots
 from nnlib.data import load_shard, read_manifest
 from nnlib.errors import InputError, run_stage
 from nnlib.files import OutputSet, file_sha256, remove_stale_temporaries, write_json, write_text
@@ -67,6 +67,7 @@ def main() -> None:
     _, _, preset = load_top_level()
     _, cfg = load_section("evaluate", EVALUATE)
     remove_stale_temporaries([METRICS, PLOTS])
+    backend.use(cfg["backend"])  # the model's arrays go to the device when it is cupy
     model, meta = load_model(MODEL)
     model_sha256 = file_sha256(MODEL)
     loss_cfg = training_loss(meta, MODEL)
