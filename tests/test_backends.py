@@ -130,3 +130,22 @@ def test_divergence_is_caught_on_each_backend(device, tmp_path):
     with pytest.raises(Diverged, match=r"became (nan|inf) in epoch 1"):
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             fit_on_shards(tmp_path, lr=1e12)
+
+
+def test_a_model_trained_on_each_backend_saves_as_numpy_and_scores_the_same_anywhere(device, tmp_path):
+    """save_model writes host arrays from any backend; load_model puts them on the active one."""
+    from nnlib import evaluation
+    from nnlib.modelfile import load_model, save_model
+
+    model = train_steps(WITHOUT_DROPOUT, steps=5)[0]
+    save_model(tmp_path / "model.npz", model, {"seed": 0})
+    with np.load(tmp_path / "model.npz", allow_pickle=False) as archive:
+        assert all(isinstance(archive[name], np.ndarray) for name in archive.files)
+    x, y = data(20)
+    loaded, _ = load_model(tmp_path / "model.npz")  # on the device again
+    assert all(backend.get_array_module(p) is backend.current() for _, p, _ in loaded.parameters())
+    on_device = evaluation.run(loaded, make_loss(LOSS), x, y, batch_size=7)
+    backend.use("numpy")
+    on_host = evaluation.run(load_model(tmp_path / "model.npz")[0], make_loss(LOSS), x, y, batch_size=7)
+    np.testing.assert_allclose(on_device.logits, on_host.logits, rtol=TOLERANCE[device], atol=TOLERANCE[device])
+    assert np.array_equal(on_device.predictions, on_host.predictions)
