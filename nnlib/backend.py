@@ -25,8 +25,8 @@ def use(name: str):
             import cupy  # noqa: PLC0415 - optional dependency
         except ImportError:  # pragma: no cover - depends on the machine
             raise MissingExtra(
-                "train.backend is 'cupy' but CuPy is not installed: "
-                "pip install -e '.[gpu]' on a machine with an NVIDIA GPU, or set train.backend: numpy in params.yaml"
+                "backend is 'cupy' but CuPy is not installed: pip install -e '.[gpu]' (CUDA 12) or '.[gpu-cuda13]' "
+                "on a machine with an NVIDIA GPU, or set train.backend and evaluate.backend to numpy in params.yaml"
             ) from None
         _active = cupy
     else:
