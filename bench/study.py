@@ -15,7 +15,8 @@ A study file (YAML)::
 
 The script queues every (factor, level, seed) run not yet recorded with ``dvc exp run --queue``,
 runs them with ``dvc queue start -j N``, waits, collects ``dvc exp show --json``, and records each
-finished run in ``bench/studies/<name>.json`` (with the nnlib commit it ran on). An interrupted study
+finished run in ``bench/studies/<name>.json`` (with the nnlib commit it ran on: the commit that was
+HEAD when it was queued; the runs are found there even after HEAD has moved on). An interrupted study
 continues where it stopped: recorded runs are never queued again. It then writes the Markdown table
 of the mean and the range (min-max) of test accuracy per level, and of train seconds per epoch when
 every run was made with ``-j 1`` (times of parallel runs share the CPU and are left out).
@@ -75,9 +76,15 @@ def seconds_per_epoch(repo: Path, rev: str | None) -> float | None:
         return None
 
 
-def experiments(repo: Path) -> tuple[dict, set]:
-    """(finished: name -> {"accuracy", "seconds_per_epoch"}, pending: names queued or running), from `dvc exp show`."""
-    shown = json.loads(dvc("exp", "show", "--json", cwd=repo).stdout or "[]")
+def experiments(repo: Path, baselines: list[str]) -> tuple[dict, set]:
+    """(finished: name -> {"accuracy", "seconds_per_epoch", "commit"}, pending: names queued or running).
+
+    From `dvc exp show --rev B` for every baseline commit B the study's runs were queued on (a run is
+    an experiment of the commit that was HEAD when it was queued, even if HEAD has moved since).
+    """
+    shown = []
+    for baseline in dict.fromkeys(baselines):  # unique, in order
+        shown += json.loads(dvc("exp", "show", "--json", "--rev", baseline, cwd=repo).stdout or "[]")
     finished, pending = {}, set()
     for entry in shown:
         for exp in entry.get("experiments") or []:
@@ -92,7 +99,8 @@ def experiments(repo: Path) -> tuple[dict, set]:
                 files = ((revision.get("data") or {}).get("metrics") or {})
                 accuracy = ((files.get("metrics/eval.json") or {}).get("data") or {}).get("accuracy")
                 if name and accuracy is not None:
-                    finished[name] = {"accuracy": accuracy, "seconds_per_epoch": seconds_per_epoch(repo, revision.get("rev"))}
+                    finished[name] = {"accuracy": accuracy, "seconds_per_epoch": seconds_per_epoch(repo, revision.get("rev")),
+                                      "commit": entry.get("rev")}
     return finished, pending
 
 
@@ -150,24 +158,27 @@ def main(argv=None) -> int:
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=args.repo, capture_output=True, text=True).stdout.strip()
     record = json.loads(results.read_text()) if results.exists() else {"study": study["name"], "runs": {}}
     record["jobs"] = min(record.get("jobs", args.jobs), args.jobs) if record["runs"] else args.jobs
-    record["nnlib_commit"] = commit
+    baselines = record.setdefault("baselines", [])  # the commits runs were queued on
     todo = [run for run in runs_of(study) if run["name"] not in record["runs"]]
-    done, pending = experiments(args.repo)
+    done, pending = experiments(args.repo, [commit, *baselines])
     queued = [run for run in todo if run["name"] not in done and run["name"] not in pending]
+    if queued and commit not in baselines:
+        baselines.append(commit)
     for run in queued:
         dvc("exp", "run", "--queue", "-n", run["name"], *[a for o in run["overrides"] for a in ("-S", o)], cwd=args.repo)
     if queued or pending:
         print(f"study {study['name']}: running {len(queued) + len(pending)} experiments, {args.jobs} at a time", file=sys.stderr)
         dvc("queue", "start", "-j", str(args.jobs), cwd=args.repo)
         wait_for_queue(args.repo, args.timeout)
-        done, _ = experiments(args.repo)
+        done, _ = experiments(args.repo, [commit, *baselines])
     for run in runs_of(study):  # (re)fill every finished run, e.g. a timing read late
         if run["name"] in done:
             record["runs"][run["name"]] = {"seed": run["seed"], "overrides": run["overrides"]} | done[run["name"]]
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text(json.dumps(record, indent=2) + "\n")
     table = summary_table(study, record)
-    (out_dir / f"{study['name']}.md").write_text(f"Study `{study['name']}` on nnlib commit {commit[:12]} "
+    commits = ", ".join(sorted({run.get("commit", "?")[:12] for run in record["runs"].values()}))
+    (out_dir / f"{study['name']}.md").write_text(f"Study `{study['name']}` on nnlib commit {commits} "
                                                  f"(`python bench/study.py {args.study}`):\n\n{table}")
     print(table)
     missing = len(runs_of(study)) - len(record["runs"])

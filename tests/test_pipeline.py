@@ -514,10 +514,12 @@ def test_share_a_run_through_a_dvc_remote(repo, tmp_path):
 
 
 def test_study_script_runs_a_toy_study_and_continues(repo, tmp_path):
-    """bench/study.py on 2 runs, -j 1: results recorded with the commit; a second call queues nothing."""
+    """bench/study.py on 2 runs, -j 1: results recorded with the commit they ran on; after HEAD moves on,
+    a second call finds them there and queues nothing."""
     write_params(repo, {})
     run(["git", "add", "-A"], repo)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "study base", "--allow-empty"], repo)
+    base = run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
     study = tmp_path / "toy.yaml"
     study.write_text(yaml.safe_dump({
         "name": "toy", "seeds": [0],
@@ -527,12 +529,16 @@ def test_study_script_runs_a_toy_study_and_continues(repo, tmp_path):
     cmd = [sys.executable, str(ROOT / "bench" / "study.py"), str(study), "-j", "1", "--repo", str(repo), "--timeout", "600"]
     first = run(cmd, repo)
     record = json.loads((tmp_path / "toy.json").read_text())
-    assert sorted(record["runs"]) == ["toy-base-s0", "toy-lr-high-s0"] and len(record["nnlib_commit"]) == 40
-    assert all(0 <= r["accuracy"] <= 1 for r in record["runs"].values())
+    assert sorted(record["runs"]) == ["toy-base-s0", "toy-lr-high-s0"]
+    assert all(0 <= r["accuracy"] <= 1 and r["commit"] == base for r in record["runs"].values())
     table = (tmp_path / "toy.md").read_text()
     assert "| lr | base | 1 |" in table and "| lr | high | 1 |" in table and "train s/epoch" in table
-    second = run(cmd, repo)
+    assert f"commit {base[:12]}" in table
+    (tmp_path / "toy.json").write_text(json.dumps({**record, "runs": {}}))  # as if the results were lost ...
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "moved on", "--allow-empty"], repo)
+    second = run(cmd, repo)  # ... and HEAD had moved on: the runs are still found on their own commit
     assert "running" not in second.stderr and "running 2 experiments" in first.stderr
+    assert sorted(json.loads((tmp_path / "toy.json").read_text())["runs"]) == ["toy-base-s0", "toy-lr-high-s0"]
 
 
 def test_exp_run_uses_a_hand_edit_and_a_preset_switch_keeps_it(repo):
