@@ -70,5 +70,5 @@ for stage in fetch prepare train evaluate; do
     [ "$code" -eq 0 ] || break
 done
 cp metrics/*.json metrics/train_log.tsv "$OUT/" 2>/dev/null
-tr '\r' '\n' < "$OUT/stage-train.txt" | grep -E '^epoch [0-9]+/[0-9]+:' | tee -a "$OUT/summary.txt"
+tr '\r' '\n' < "$OUT/stage-train.txt" | grep -E '^epoch [0-9]+/[0-9]+: train' | tee -a "$OUT/summary.txt"
 log "done"
