@@ -31,11 +31,7 @@ class Sequential:
         if first is not None:
             first.skip_input_grad = True
         self.run_order = run_order(layers)
-
-    @property
-    def running(self) -> list[Layer]:
-        """The layers in the order forward runs them (see :func:`run_order`); backward runs it reversed."""
-        return [self.layers[i] for i in self.run_order]
+        self.running = [layers[i] for i in self.run_order]  # forward's order; backward runs it reversed
 
     @classmethod
     def from_specs(cls, specs: list[dict], input_shape: tuple, rng: np.random.Generator,

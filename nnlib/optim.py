@@ -107,16 +107,15 @@ class SGD(Optimizer):
             else:
                 v *= self.momentum
                 v += grad
-            if self.nesterov:  # g + momentum * v
+            if self.nesterov:  # the direction is g + momentum * v
                 if grad is step:
                     grad = grad.copy()
                 xp.multiply(v, self.momentum, out=step)
                 step += grad
-            else:
-                step[...] = v
-        elif grad is not step:
-            step[...] = grad
-        step *= self.lr
+                grad = step
+            else:  # the direction is v
+                grad = v
+        xp.multiply(grad, self.lr, out=step)  # lr * direction (in place when the direction is step)
         param -= step
 
 
