@@ -1,6 +1,6 @@
 """Scratch against PyTorch, same recipe: train each preset in nnlib and in PyTorch, compare test accuracy and time.
 
-    python bench/torch_twin.py                                    # nielsen, mlp, cnn-small, cnn (cnn: hours on 2 cores)
+    python bench/torch_twin.py                                    # nielsen, mlp, cnn-small, cnn: about 25 min on 2 cores
     python bench/torch_twin.py --presets nielsen,mlp,cnn-small --json bench/torch_twin.json
     python bench/torch_twin.py --presets cnn --epochs 1 --images-per-epoch 5000   # a quick check, not the recipe
     python bench/torch_twin.py --presets mlp --shards data/shards                 # reuse shards already built
