@@ -230,7 +230,7 @@ def nnlib_setup(cfg: dict, seed: int):
 
     def step(x, y):
         logits = model.forward(x)
-        _, dlogits = loss_fn(logits, y)
+        _, dlogits = loss_fn.value_and_grad(logits, y)  # the loss stays on the device, as in fit
         model.backward(dlogits)
         optimizer.step()
 
@@ -469,7 +469,7 @@ def breakdown(model, loss_fn, optimizer, xs, ys, steps: int, sync=lambda: None) 
 
     ``sync`` runs before every clock reading, so that on a GPU each part is charged its own kernels.
     """
-    layers = getattr(model, "running", model.layers)  # the order forward runs them (ReLU after a max-pool)
+    layers = getattr(model, "layers_in_run_order", model.layers)  # the order forward runs them (ReLU after a max-pool)
     index = getattr(model, "run_order", range(len(layers)))
     fwd, bwd = [[] for _ in layers], [[] for _ in layers]
     extra = {"loss": [], "optimizer": []}
@@ -570,13 +570,13 @@ def main(argv=None) -> int:
         steps = args.steps or DEFAULT_STEPS[name]
         batch = cfg["batch_size"]
         model, loss_fn, optimizer, step = nnlib_setup(cfg, args.seed)
-        host_xs, host_ys = batch_pool(images, labels, batch, np.random.default_rng(args.seed))
-        xs, ys = [xp.asarray(x) for x in host_xs], [xp.asarray(y) for y in host_ys]  # on the device for cupy
+        host_xs, host_ys = batch_pool(images, labels, batch, np.random.default_rng(args.seed))  # on the active backend
+        xs, ys = [xp.asarray(x) for x in host_xs], [xp.asarray(y) for y in host_ys]
         runners = {"nnlib": (step, xs, ys, sync)}
         if torch is not None:
             runners["torch"] = (torch_setup(cfg, model, torch_device),
-                                [torch.from_numpy(x).to(torch_device) for x in host_xs],
-                                [torch.from_numpy(y).to(torch_device) for y in host_ys],
+                                [torch.from_numpy(backend.to_numpy(x)).to(torch_device) for x in host_xs],
+                                [torch.from_numpy(backend.to_numpy(y)).to(torch_device) for y in host_ys],
                                 torch.cuda.synchronize if on_gpu else (lambda: None))
         times = interleaved(runners, steps, args.rounds, args.warmup)
         flops = gemm_flops_per_image(cfg["model"], (1, 28, 28))

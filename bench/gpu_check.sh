@@ -2,23 +2,26 @@
 # The GPU checks of the "Speed" issue in one run of at most 6 minutes, for a machine with one NVIDIA
 # GPU, CuPy and PyTorch (CUDA) but no DVC and no package index. From the repository root:
 #
-#     OUT=/tmp/gpu bash bench/gpu_check.sh          # MNIST from $MNIST_MIRROR, else ../shared/mnist
+#     OUT=/tmp/gpu bash bench/gpu_check.sh   # MNIST from $MNIST_MIRROR, else ../shared/mnist, else data/raw
 #
 # 1. the backend-parametrised unit tests (gradient checks, PyTorch oracle, 20-step run, fit) on CuPy;
 # 2. bench/compare.py --backend cupy for the default cnn (nnlib on CuPy against PyTorch on CUDA);
 # 3. fetch, prepare, train and evaluate by hand (python stages/*.py) with train.backend and
 #    evaluate.backend set to cupy, the default preset, in a scratch copy of the repository.
 # Everything it prints is also written under $OUT (default /tmp/gpu_check); metrics and timings of
-# step 3 are copied there. Each step has its own time limit (355 s in all), so one slow step cannot
+# step 3 are copied there. Each step has its own time limit (330 s in all), so one slow step cannot
 # eat the others. SMOKE=1 rehearses the script on a CPU-only machine: backend numpy, and step 3 on
 # 3,000 images for one epoch.
 set -uo pipefail
-OUT="${OUT:-/tmp/gpu_check}"
 BACKEND=cupy
 [ "${SMOKE:-0}" = 1 ] && BACKEND=numpy
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+OUT="$(mkdir -p "${OUT:-/tmp/gpu_check}" && cd "${OUT:-/tmp/gpu_check}" && pwd)"  # absolute: step 3 runs elsewhere
+cd "$ROOT" || exit 1
 MIRROR="${MNIST_MIRROR:-$ROOT/../shared/mnist}"
-mkdir -p "$OUT"
+[ -d "$MIRROR" ] || MIRROR="$ROOT/data/raw"  # the four IDX files (.gz or not), e.g. carried to the device
+WORK="$(mktemp -d)"
+trap 'rm -rf "$WORK"' EXIT
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"  # nnlib from this checkout, without pip install
 export PYTHONDONTWRITEBYTECODE=1
 
@@ -36,19 +39,18 @@ for name in ("numpy", "cupy", "torch", "scipy", "yaml", "tqdm", "matplotlib", "t
 EOF
 
 log "1/3 unit tests on every backend (-m 'not slow')"
-timeout 75 python -m pytest -q -m "not slow" -p no:cacheprovider \
+timeout -k 5 70 python -m pytest -v -m "not slow" -p no:cacheprovider \
     tests/test_backends.py tests/test_layers.py tests/test_losses.py tests/test_vs_torch.py \
     > "$OUT/unit-tests.txt" 2>&1
-log "unit tests exit $?: $(tail -1 "$OUT/unit-tests.txt")"
+log "unit tests exit $?: $(tail -1 "$OUT/unit-tests.txt"); passed on cupy: $(grep -c '\[cupy.*PASSED\|-cupy\].*PASSED' "$OUT/unit-tests.txt")"
 
 log "2/3 compare.py --backend $BACKEND --configs cnn"
-timeout 60 python bench/compare.py --backend "$BACKEND" --configs cnn --rounds 5 --breakdown cnn --no-stage --no-rss \
+timeout -k 5 50 python bench/compare.py --backend "$BACKEND" --configs cnn --rounds 5 --breakdown cnn --no-stage --no-rss \
     --json "$OUT/compare.json" > "$OUT/compare.txt" 2>&1
 log "compare exit $?"
 grep -E "^(GPU|sgemm|cnn:)" "$OUT/compare.txt" | tee -a "$OUT/summary.txt"
 
 log "3/3 stages by hand, train.backend and evaluate.backend $BACKEND, default preset"
-WORK="$(mktemp -d)"
 cp -r "$ROOT/stages" "$ROOT/nnlib" "$ROOT/params.yaml" "$ROOT/dvc.yaml" "$WORK/"
 mkdir -p "$WORK/models/init" "$WORK/metrics" "$WORK/data"
 cd "$WORK" || exit 1
@@ -61,10 +63,10 @@ if os.environ["SMOKE"] == "1":
     params["train"]["epochs"], params["prepare"]["max_train"], params["prepare"]["augment"]["copies"] = 1, 3000, 1
 yaml.safe_dump(params, open("params.yaml", "w"), sort_keys=False)
 EOF
-declare -A LIMIT=([fetch]=20 [prepare]=50 [train]=120 [evaluate]=30)
+declare -A LIMIT=([fetch]=15 [prepare]=40 [train]=130 [evaluate]=25)
 for stage in fetch prepare train evaluate; do
     start=$(date +%s.%N)
-    MNIST_MIRROR="$MIRROR" MNIST_FETCH_SOURCES=mirror timeout "${LIMIT[$stage]}" python "stages/$stage.py" > "$OUT/stage-$stage.txt" 2>&1
+    MNIST_MIRROR="$MIRROR" MNIST_FETCH_SOURCES=mirror timeout -k 5 "${LIMIT[$stage]}" python "stages/$stage.py" > "$OUT/stage-$stage.txt" 2>&1
     code=$?
     log "stage $stage exit $code in $(python -c "print(f'{$(date +%s.%N) - $start:.1f}')") s: $(tr '\r' '\n' < "$OUT/stage-$stage.txt" | grep -v '^\s*$' | tail -1)"
     [ "$code" -eq 0 ] || break

@@ -12,6 +12,8 @@ Every function works on NumPy or CuPy arrays and keeps the input dtype (no float
 """
 from __future__ import annotations
 
+import numpy as np
+
 from .backend import get_array_module
 
 
@@ -199,8 +201,10 @@ def conv2d_input_grad_nhwc(dy_rows, w_okkc, x_shape_nhwc, stride: int, pad: int,
     column wo, the k*C values dcols[(n, ho, wo), (i, :, :)] are contiguous, and so is their target
     dx[n, ho*s + i, wo*s : wo*s + k, :]: so col2im is k*Wo adds of (N, Ho, k*C) blocks, whose inner
     loops run k*C elements, not k*k adds of (N, Ho, Wo, C) blocks with inner loops of C.
-    Both run on chunks of images whose dcols takes about ``chunk_bytes``, so col2im reads dcols while
-    it is still in cache; a GEMM over a block of rows gives the same rows as the whole GEMM.
+    On NumPy both run on chunks of images whose dcols takes about ``chunk_bytes``, so col2im reads
+    dcols while it is still in cache (on a GPU, one chunk: fewer kernel launches). With OpenBLAS a GEMM
+    over a block of rows gives the same bits as the whole GEMM (BLAS does not promise it; the
+    default preset's seed-0 model bytes check it end to end).
     """
     xp = get_array_module(dy_rows)
     n, h, w, c = x_shape_nhwc
@@ -209,18 +213,18 @@ def conv2d_input_grad_nhwc(dy_rows, w_okkc, x_shape_nhwc, stride: int, pad: int,
     wo = conv_output_size(w, k, stride, pad)
     w_mat = w_okkc.reshape(w_okkc.shape[0], k * k * c)  # (O, k*k*C)
     dx = xp.zeros((n, h + 2 * pad, w + 2 * pad, c), dtype=dy_rows.dtype)
-    images = max(1, chunk_bytes // (ho * wo * k * k * c * dy_rows.itemsize))  # per chunk
-    dcols_buffer = xp.empty((min(images, n) * ho * wo, k * k * c), dtype=dy_rows.dtype)
-    for first in range(0, n, images):
-        last = min(first + images, n)
+    per_chunk = n if xp is not np else max(1, chunk_bytes // (ho * wo * k * k * c * dy_rows.itemsize))
+    dcols_buffer = xp.empty((min(per_chunk, n) * ho * wo, k * k * c), dtype=dy_rows.dtype)
+    for first in range(0, n, per_chunk):
+        last = min(first + per_chunk, n)  # images first..last-1
         dcols = dcols_buffer[: (last - first) * ho * wo]
         xp.matmul(dy_rows[first * ho * wo : last * ho * wo], w_mat, out=dcols)
         dcols = dcols.reshape(last - first, ho, wo, k, k, c)
         for i in range(k):
-            rows = dx[first:last, i : i + stride * (ho - 1) + 1 : stride]  # (images, Ho, W + 2*pad, C)
-            # Descending wo adds each dx element's terms in ascending j, as a loop over (i, j) would.
-            for o in reversed(range(wo)):
-                rows[:, :, o * stride : o * stride + k] += dcols[:, :, o, i]  # (images, Ho, k, C)
+            dx_rows_i = dx[first:last, i : i + stride * (ho - 1) + 1 : stride]  # input rows ho*s + i: (n', Ho, W + 2*pad, C)
+            # Descending output columns add each dx element's terms in ascending j, as a loop over (i, j) would.
+            for col in reversed(range(wo)):
+                dx_rows_i[:, :, col * stride : col * stride + k] += dcols[:, :, col, i]  # (n', Ho, k, C)
     return dx[:, pad : pad + h, pad : pad + w] if pad else dx
 
 

@@ -31,7 +31,7 @@ class Sequential:
         if first is not None:
             first.skip_input_grad = True
         self.run_order = run_order(layers)
-        self.running = [layers[i] for i in self.run_order]  # forward's order; backward runs it reversed
+        self.layers_in_run_order = [layers[i] for i in self.run_order]  # backward runs it reversed
 
     @classmethod
     def from_specs(cls, specs: list[dict], input_shape: tuple, rng: np.random.Generator,
@@ -77,7 +77,7 @@ class Sequential:
         return self
 
     def forward(self, x):
-        for layer in self.running:
+        for layer in self.layers_in_run_order:
             x = layer.forward(x, train=self.training)
         return x
 
@@ -88,7 +88,7 @@ class Sequential:
 
         Stops at the first layer with parameters, whose input gradient nothing needs (returns None).
         """
-        for layer in reversed(self.running):
+        for layer in reversed(self.layers_in_run_order):
             dy = layer.backward(dy)
             if dy is None:
                 break
@@ -137,16 +137,19 @@ class Sequential:
 
 
 def run_order(layers: list[Layer]) -> list[int]:
-    """Indices of ``layers`` in the order to run them: as listed, except that ReLU -> MaxPool2D runs as
-    MaxPool2D -> ReLU.
+    """Indices of ``layers`` in the order to run them: as listed, except that ReLU -> MaxPool2D with
+    non-overlapping windows (stride >= k) runs as MaxPool2D -> ReLU.
 
     Max-pooling and ReLU commute exactly: max(relu(a), relu(b)) = relu(max(a, b)), and the gradients
     agree too (a window whose max is <= 0 gets no gradient either way; otherwise the same first
     maximum gets it). Pooling first lets ReLU touch k*k times fewer values, forward and backward.
-    Outputs, gradients and saved models are bit-identical to running the list as written.
+    Outputs, gradients and saved models are bit-identical to running the list as written. (With
+    overlapping windows the gradients would still be equal in value, but a few zeros could change
+    sign, so those keep the listed order.)
     """
     order = list(range(len(layers)))
     for i in range(len(layers) - 1):
-        if type(layers[order[i]]) is ReLU and type(layers[order[i + 1]]) is MaxPool2D:
+        first, second = layers[order[i]], layers[order[i + 1]]
+        if type(first) is ReLU and type(second) is MaxPool2D and second.stride >= second.k:
             order[i], order[i + 1] = order[i + 1], order[i]
     return order

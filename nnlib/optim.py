@@ -95,7 +95,7 @@ class SGD(Optimizer):
 
     def update(self, name, param, grad):
         xp = get_array_module(param)
-        step = self.scratch(name, param)  # the step lr * g, built in place: no new arrays per update
+        step = self.scratch(name, param)  # the step lr * g, built in place (one copy only for Nesterov with decay)
         if self.decays[name]:  # g = grad + wd * param
             xp.multiply(param, self.weight_decay, out=step)
             step += grad
@@ -142,7 +142,7 @@ class Adam(Optimizer):
         if name not in self.m:
             self.m[name], self.v[name] = xp.zeros_like(param), xp.zeros_like(param)
         m, v = self.m[name], self.v[name]
-        s = self.scratch(name, param)  # temporaries built in place: no new arrays per update
+        s = self.scratch(name, param)  # temporaries built in place (L2 decay, decoupled=False, adds two)
         m *= self.beta1
         xp.multiply(grad, 1.0 - self.beta1, out=s)
         m += s  # m = beta1 * m + (1 - beta1) * g

@@ -9,12 +9,11 @@ import math
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 from tqdm import tqdm
 
-import numpy as np
-
 from . import losses, optim, schedules
-from .backend import get_array_module
+from .backend import current
 from .errors import Diverged
 from .evaluation import evaluate
 
@@ -116,14 +115,13 @@ def fit(model, loss_fn, optimizer, schedule, stream, *, epochs: int, images_per_
     for epoch in range(len(history.rows) + 1, epochs + 1):
         model.train()
         start = time.perf_counter()
-        tally = None
+        tally = EpochTally(current())
         bar = tqdm(stream.epoch(images_per_epoch, batch_size), total=per_epoch, disable=not progress,
                    desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False, mininterval=0.5)
         for xb, yb in bar:
             optimizer.lr = schedule(step if interval == "step" else epoch - 1)
             logits = model.forward(xb)
             value, dlogits = loss_fn.value_and_grad(logits, yb)
-            tally = tally or EpochTally(get_array_module(logits))
             step += 1
             if tally.add(value, logits, yb):  # every step on NumPy; every tally.every steps on a GPU
                 loss = tally.mean_loss()

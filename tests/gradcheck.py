@@ -55,7 +55,7 @@ def numeric_grad(f, x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
     """Central differences of the scalar ``f()`` with respect to ``x``, perturbed in place."""
     grad = np.zeros(x.shape)  # on the host: one entry per perturbation of x (which may be on a device)
     for idx in np.ndindex(x.shape):
-        old = x[idx]
+        old = float(x[idx])  # a copy: CuPy's x[idx] is a 0-d view that the next line would change
         x[idx] = old + eps
         f_plus = f()
         x[idx] = old - eps

@@ -65,7 +65,11 @@ class DeviceArray:
         return self._data.item()
 
     def __getitem__(self, key):
-        return wrap(self._data[unwrap(key, indexing=True)])
+        key = unwrap(key, indexing=True)
+        item = self._data[key]
+        if isinstance(item, np.generic):  # CuPy gives a 0-d view, not a scalar copy: so do we
+            item = self._data[(*key, Ellipsis) if isinstance(key, tuple) else (key, Ellipsis)]
+        return wrap(item)
 
     def __setitem__(self, key, value):
         self._data[unwrap(key, indexing=True)] = unwrap(value)
