@@ -119,32 +119,6 @@ def column_dots(a, b):
     return get_array_module(a).einsum("mc,mc->c", a, b)
 
 
-def map_rows(kernel, out, arrays=(), vectors=()):
-    """Run an elementwise kernel over (M, C) row matrices, with per-channel vectors broadcast.
-
-    out and each of ``arrays``: C-contiguous (M, C); ``vectors``: (C,). ``kernel(out, *arrays,
-    *vectors)`` writes out in place (e.g. ``np.multiply(a, s, out=o); o += b``); it is given the
-    matrices re-blocked wide and the vectors tiled to match (:func:`wide_rows`), so that every pass
-    runs in long inner loops. Returns out.
-    """
-    wide_out, *tiles = wide_rows(out, *vectors)
-    kernel(wide_out, *(a.reshape(wide_out.shape) for a in arrays), *tiles)
-    return out
-
-
-def _as_rows(x, like=None):
-    """x of any shape -> (C-contiguous (M, last dim) matrix of its values, restore(rows) -> x's shape).
-
-    A channels-last image batch is taken as its (N*H*W, C) rows, so that the result keeps the layout.
-    With ``like`` (an array of x's shape), x's rows are in the same element order as like's rows.
-    """
-    xp = get_array_module(x)
-    if is_channels_last(x if like is None else like):
-        return to_rows(x), lambda rows: from_rows(rows, x.shape)
-    a = xp.ascontiguousarray(x)
-    return a.reshape(-1, a.shape[-1] if a.ndim else 1), lambda rows: rows.reshape(x.shape)
-
-
 # --------------------------------------------------------------------------- convolution (NHWC)
 
 def im2col_nhwc(x_nhwc, k: int, stride: int, pad: int, ones: bool = False):
@@ -231,20 +205,19 @@ def conv2d_input_grad_nhwc(dy_rows, w_okkc, x_shape_nhwc, stride: int, pad: int,
 # --------------------------------------------------------------------------- ReLU
 
 def relu_forward(x):
-    """max(x, 0) in x's dtype and layout (channels-last images run as their (N*H*W, C) rows)."""
+    """max(x, 0) in x's dtype and layout (channels-last images run as their contiguous NHWC view)."""
     xp = get_array_module(x)
-    rows, restore = _as_rows(x)
-    y = map_rows(lambda o, a: xp.maximum(a, 0, out=o), xp.empty_like(rows), (rows,))
-    return restore(y)
+    if is_channels_last(x):
+        return from_nhwc(xp.maximum(to_nhwc(x), 0))
+    return xp.maximum(x, 0)
 
 
 def relu_backward(dy, y):
     """dy * (y > 0), with y the forward output; the bool mask is multiplied in without a float copy."""
     xp = get_array_module(dy)
-    dy_rows, restore = _as_rows(dy)
-    y_rows = _as_rows(y, like=dy)[0]
-    dx = map_rows(lambda o, g, m: xp.multiply(g, m > 0, out=o), xp.empty_like(dy_rows), (dy_rows, y_rows))
-    return restore(dx)
+    if is_channels_last(dy) and is_channels_last(y):
+        return from_nhwc(xp.multiply(to_nhwc(dy), to_nhwc(y) > 0, dtype=dy.dtype))
+    return xp.multiply(dy, y > 0, dtype=dy.dtype)
 
 
 # --------------------------------------------------------------------------- pooling

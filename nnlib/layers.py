@@ -34,13 +34,13 @@ from .functional import (
     from_rows,
     im2col_nhwc,
     is_channels_last,
-    map_rows,
     maxpool_backward,
     maxpool_forward,
     relu_backward,
     relu_forward,
     sigmoid,
     to_rows,
+    wide_rows,
 )
 
 
@@ -471,7 +471,8 @@ class BatchNorm(Layer):
         self.shape, self.count, self.batch_stats = x.shape, count, train
         if train:
             mean = column_sums(x_rows) / count  # (C,)
-            centred = map_rows(_subtract, xp.empty_like(x_rows), (x_rows,), (mean,))  # (M, C); x_hat = centred * inv_std
+            wide, wide_mean = wide_rows(x_rows, mean)
+            centred = (wide - wide_mean).reshape(x_rows.shape)  # (M, C); x_hat = centred * inv_std
             var = column_dots(centred, centred) / count  # biased batch variance (C,)
             m = self.momentum
             self.buffers["running_mean"] *= 1 - m
@@ -480,18 +481,21 @@ class BatchNorm(Layer):
             self.buffers["running_var"] += m * var * (count / max(count - 1, 1))
             self.inv_std = 1.0 / xp.sqrt(var + self.eps)  # (C,), x's dtype (eps is a Python float)
             self.centred, self.x_rows, self.mean = centred, None, None
-            y = map_rows(_affine, xp.empty_like(x_rows), (centred,), (gamma * self.inv_std, beta))  # x_hat * gamma + beta
+            wide, scale, shift = wide_rows(centred, gamma * self.inv_std, beta)
+            y = wide * scale  # = x_hat * gamma, without forming x_hat
+            y += shift
         else:
             mean = self.buffers["running_mean"]
             self.inv_std = 1.0 / xp.sqrt(self.buffers["running_var"] + self.eps)
             scale = gamma * self.inv_std
-            # y = x * scale + (beta - mean * scale): centred is only formed if backward runs.
+            # y = x * scale + (beta - mean * scale): two passes; centred is only formed if backward runs.
             self.centred, self.x_rows, self.mean = None, x_rows, mean
-            y = map_rows(_affine, xp.empty_like(x_rows), (x_rows,), (scale, beta - mean * scale))
-        return from_rows(y, x.shape)
+            wide, scale, shift = wide_rows(x_rows, scale, beta - mean * scale)
+            y = wide * scale
+            y += shift
+        return from_rows(y.reshape(x_rows.shape), x.shape)
 
     def backward(self, dy):
-        xp = get_array_module(dy)
         dy_rows = to_rows(dy)  # (M, C)
         centred = self.centred if self.centred is not None else self.x_rows - self.mean
         inv_std = self.inv_std
@@ -503,34 +507,16 @@ class BatchNorm(Layer):
             return None
         scale = self.params["gamma"] * inv_std  # (C,)
         if not self.batch_stats:  # eval mode: running statistics are constants, the layer is affine
-            return from_rows(map_rows(_scale, xp.empty_like(dy_rows), (dy_rows,), (scale,)), self.shape)
+            wide_dy, wide_scale = wide_rows(dy_rows, scale)
+            return from_rows((wide_dy * wide_scale).reshape(dy_rows.shape), self.shape)
         # Batch statistics: dx = gamma * inv_std * (dy - mean(dy) - x_hat * mean(dy * x_hat)),
-        # with x_hat * mean(dy * x_hat) = centred * (inv_std * sum_dy_xhat / M): four passes per block.
-        a, b = -inv_std * sum_dy_xhat / self.count, sum_dy / self.count
-        dx = map_rows(_batchnorm_input_grad, xp.empty_like(dy_rows), (centred, dy_rows), (a, b, scale))
-        return from_rows(dx, self.shape)
-
-
-# Per-block kernels of BatchNorm for functional.map_rows: o is the output block, the rest its inputs.
-def _subtract(o, x, mean):
-    get_array_module(o).subtract(x, mean, out=o)
-
-
-def _affine(o, x, scale, shift):
-    get_array_module(o).multiply(x, scale, out=o)
-    o += shift
-
-
-def _scale(o, x, scale):
-    get_array_module(o).multiply(x, scale, out=o)
-
-
-def _batchnorm_input_grad(o, centred, dy, a, b, scale):
-    """o = (centred * a + dy - b) * scale."""
-    get_array_module(o).multiply(centred, a, out=o)
-    o += dy
-    o -= b
-    o *= scale
+        # with x_hat * mean(dy * x_hat) = centred * (inv_std * sum_dy_xhat / M): four passes, one buffer.
+        wide_c, a, b, scale = wide_rows(centred, -inv_std * sum_dy_xhat / self.count, sum_dy / self.count, scale)
+        dx = wide_c * a
+        dx += dy_rows.reshape(dx.shape)
+        dx -= b
+        dx *= scale
+        return from_rows(dx.reshape(dy_rows.shape), self.shape)
 
 
 LAYERS = {
