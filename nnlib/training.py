@@ -96,6 +96,10 @@ class EpochTally:
         return int(self.correct) / self.seen
 
 
+def _diverged(loss: float, where: str, lr: float) -> Diverged:
+    return Diverged(f"loss became {loss} {where}: lower train.optimizer.lr (now {lr:g}) in params.yaml")
+
+
 def fit(model, loss_fn, optimizer, schedule, stream, *, epochs: int, images_per_epoch: int, batch_size: int,
         val: tuple, interval: str = "step", keep_best: bool = False, progress: bool = True,
         history: History | None = None, on_epoch_end=None) -> History:
@@ -126,16 +130,14 @@ def fit(model, loss_fn, optimizer, schedule, stream, *, epochs: int, images_per_
             if tally.add(value, logits, yb):  # every step on NumPy; every tally.every steps on a GPU
                 loss = tally.mean_loss()
                 if not math.isfinite(loss):
-                    raise Diverged(f"loss became {loss} in epoch {epoch}, step {step}: "
-                                   f"lower train.optimizer.lr (now {optimizer.lr:g}) in params.yaml")
+                    raise _diverged(loss, f"in epoch {epoch}, step {step}", optimizer.lr)
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{optimizer.lr:.3g}", refresh=False)
             model.backward(dlogits)
             optimizer.step()
         bar.close()
         train_loss, train_acc = tally.mean_loss(), tally.accuracy()
-        if not math.isfinite(train_loss):
-            raise Diverged(f"loss became {train_loss} in epoch {epoch} (by step {step}): "
-                           f"lower train.optimizer.lr (now {optimizer.lr:g}) in params.yaml")
+        if not math.isfinite(train_loss):  # on a GPU: in the batches since the last read-back
+            raise _diverged(train_loss, f"in epoch {epoch} (by step {step})", optimizer.lr)
         val_loss, val_acc, _ = evaluate(model, loss_fn, *val)
         if not math.isfinite(val_loss):
             raise Diverged(f"validation loss became {val_loss} after epoch {epoch}, step {step}: "
