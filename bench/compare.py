@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gzip
+import itertools
 import json
 import math
 import os
@@ -187,15 +188,12 @@ def raw_dir(tmp: Path) -> Path | None:
 
 
 def batch_pool(images, labels, batch_size: int, rng, pool: int = 16):
-    """``pool`` batches drawn from the images, as the train loop gets them: float32 (B, 1, 28, 28), int64 (B,)."""
-    from nnlib.data import to_batch  # noqa: PLC0415
+    """The first ``pool`` batches of a shuffled pass, as the train loop gets them (``nnlib.data.minibatches``):
+    float32 (B, 1, 28, 28) and int64 (B,), on the active backend."""
+    from nnlib.data import minibatches  # noqa: PLC0415
 
-    xs, ys = [], []
-    for _ in range(pool):
-        idx = rng.choice(len(images), batch_size, replace=False)
-        xs.append(to_batch(images[idx]))
-        ys.append(labels[idx].astype(np.int64))
-    return xs, ys
+    batches = list(itertools.islice(minibatches(images, labels, batch_size, rng), pool))
+    return [x for x, _ in batches], [y for _, y in batches]
 
 
 # ----------------------------------------------------------------------------- models
@@ -269,16 +267,16 @@ def run_steps(step, xs, ys, start: int, count: int, sync=lambda: None) -> float:
 
 
 def interleaved(runners: dict, steps: int, rounds: int, warmup: int) -> dict:
-    """Time each runner (name -> (step, xs, ys[, sync])) in alternating rounds; seconds per step, per round."""
-    for runner in runners.values():
-        run_steps(*runner[:3], 0, warmup, *runner[3:])
+    """Time each runner (name -> (step, xs, ys, sync)) in alternating rounds; seconds per step, per round."""
+    for step, xs, ys, sync in runners.values():
+        run_steps(step, xs, ys, 0, warmup, sync)
     per_round = max(1, steps // rounds)
     times = {name: [] for name in runners}
     names = list(runners)
     for r in range(rounds):
         for name in names if r % 2 == 0 else names[::-1]:
-            runner = runners[name]
-            times[name].append(run_steps(*runner[:3], r * per_round, per_round, *runner[3:]) / per_round)
+            step, xs, ys, sync = runners[name]
+            times[name].append(run_steps(step, xs, ys, r * per_round, per_round, sync) / per_round)
     return times
 
 
@@ -570,13 +568,12 @@ def main(argv=None) -> int:
         steps = args.steps or DEFAULT_STEPS[name]
         batch = cfg["batch_size"]
         model, loss_fn, optimizer, step = nnlib_setup(cfg, args.seed)
-        host_xs, host_ys = batch_pool(images, labels, batch, np.random.default_rng(args.seed))  # on the active backend
-        xs, ys = [xp.asarray(x) for x in host_xs], [xp.asarray(y) for y in host_ys]
+        xs, ys = batch_pool(images, labels, batch, np.random.default_rng(args.seed))
         runners = {"nnlib": (step, xs, ys, sync)}
         if torch is not None:
             runners["torch"] = (torch_setup(cfg, model, torch_device),
-                                [torch.from_numpy(backend.to_numpy(x)).to(torch_device) for x in host_xs],
-                                [torch.from_numpy(backend.to_numpy(y)).to(torch_device) for y in host_ys],
+                                [torch.from_numpy(backend.to_numpy(x)).to(torch_device) for x in xs],
+                                [torch.from_numpy(backend.to_numpy(y)).to(torch_device) for y in ys],
                                 torch.cuda.synchronize if on_gpu else (lambda: None))
         times = interleaved(runners, steps, args.rounds, args.warmup)
         flops = gemm_flops_per_image(cfg["model"], (1, 28, 28))
@@ -595,7 +592,7 @@ def main(argv=None) -> int:
             examples = [[(x.reshape(-1, 1), np.eye(10, dtype=np.float32)[int(t)][:, None]) for x, t in zip(xb, yb)]
                         for xb, yb in zip(xs, ys)]
             loop = nielsen_loop(model, cfg["optimizer"]["lr"])
-            loop_times = interleaved({"nnlib": (step, xs, ys), "loop": (lambda e, _: loop(e), examples, examples)},
+            loop_times = interleaved({"nnlib": (step, xs, ys, sync), "loop": (lambda e, _: loop(e), examples, examples, sync)},
                                      max(args.rounds, steps // 10), args.rounds, args.warmup)
             row["loop"] = {"nnlib_img_s": batch / statistics.median(loop_times["nnlib"]),
                            "loop_img_s": batch / statistics.median(loop_times["loop"]),
