@@ -18,7 +18,7 @@ Columns: GFLOP/s counts the GEMM work of the conv and dense layers (2 FLOPs per 
 weight gradient and, except for the first layer, input gradient) per image times img/s, and is shown as
 a share of the sgemm peak measured at the start of the run (a 2048^3 float32 matmul in NumPy with the
 same threads, best of 5). Peak RSS is VmHWM of a separate nnlib-only child process per configuration
-that trains 20 steps and then validates 1,000 images at the stage's eval batch of 1,000.
+that trains 20 steps and then validates 1,000 images at the stage's eval batch (nnlib.model.EVAL_BATCH_SIZE).
 
 Extra rows:
   per-example loop   the nielsen network trained one example at a time by Nielsen's network.py code
@@ -31,7 +31,7 @@ Extra rows:
                      in a child process without torch. The shards come from nnlib.shards.prepare in a
                      temporary directory (the preset's augmentation, 5,500 originals + 1 distorted copy,
                      shards of 2,000 images, val 1,000 images). A first epoch of 11,000 images validating
-                     all 1,000 val images (eval batch 1,000, as in the stage) warms up and gives the peak
+                     all 1,000 val images (at the eval batch, as in the stage) warms up and gives the peak
                      RSS (VmHWM; floor <= 1 GiB); then --stage-rounds pairs of short epochs of
                      --stage-images images (default 2,816), each validating 1/11 as many images (the
                      stage's 5,000 per 55,000), alternate with pure compute. Floor <= 1.10x.
@@ -266,17 +266,22 @@ def run_steps(step, xs, ys, start: int, count: int, sync=lambda: None) -> float:
     return time.perf_counter() - t0
 
 
-def interleaved(runners: dict, steps: int, rounds: int, warmup: int) -> dict:
-    """Time each runner (name -> (step, xs, ys, sync)) in alternating rounds; seconds per step, per round."""
+def interleaved(runners: dict, steps, rounds: int, warmup: int) -> dict:
+    """Time each runner (name -> (step, xs, ys, sync)) in alternating rounds; seconds per step, per round.
+
+    ``steps``: timed steps per runner, one number for all or a dict by runner name (so that a fast
+    and a slow runner can both get rounds long enough to time a steady state).
+    """
     for step, xs, ys, sync in runners.values():
         run_steps(step, xs, ys, 0, warmup, sync)
-    per_round = max(1, steps // rounds)
+    per_round = {name: max(1, (steps[name] if isinstance(steps, dict) else steps) // rounds) for name in runners}
     times = {name: [] for name in runners}
     names = list(runners)
     for r in range(rounds):
         for name in names if r % 2 == 0 else names[::-1]:
             step, xs, ys, sync = runners[name]
-            times[name].append(run_steps(step, xs, ys, r * per_round, per_round, sync) / per_round)
+            count = per_round[name]
+            times[name].append(run_steps(step, xs, ys, r * count, count, sync) / count)
     return times
 
 
@@ -343,7 +348,7 @@ def child(args) -> None:
 
 
 def child_rss(name: str, seed: int) -> dict:
-    """Peak RSS of nnlib training ``name`` for 20 steps and validating 1,000 images (eval batch 1,000)."""
+    """Peak RSS of nnlib training ``name`` for 20 steps and validating 1,000 images (at the stage's eval batch)."""
     from nnlib.evaluation import evaluate  # noqa: PLC0415
 
     cfg = load_preset(name)
@@ -361,8 +366,8 @@ def child_rss(name: str, seed: int) -> dict:
 def child_stage(spec: dict, args) -> dict:
     """The train stage's loop (fit over ShardStream) against pure compute, interleaved, for one preset.
 
-    A first stage epoch of ``first_images`` images validates all of val (1,000 images at the eval batch
-    of 1,000, as the stage does): it warms up and gives the stage's peak RSS. Then ``rounds`` pairs of
+    A first stage epoch of ``first_images`` images validates all of val (1,000 images at the stage's
+    eval batch, as the stage does): it warms up and gives the stage's peak RSS. Then ``rounds`` pairs of
     short epochs (``images`` images, validating ``images / 11`` of val, the real stage's ratio) alternate
     with pure compute, so that the pairs stay close in time on a busy machine.
     """
@@ -592,8 +597,10 @@ def main(argv=None) -> int:
             examples = [[(x.reshape(-1, 1), np.eye(10, dtype=np.float32)[int(t)][:, None]) for x, t in zip(xb, yb)]
                         for xb, yb in zip(xs, ys)]
             loop = nielsen_loop(model, cfg["optimizer"]["lr"])
+            # The loop is 10-20x slower per step: it gets a tenth of the steps, so both sides' rounds last
+            # tens of milliseconds (80 batched steps, 4 ms, right after a loop round timed a cold start).
             loop_times = interleaved({"nnlib": (step, xs, ys, sync), "loop": (lambda e, _: loop(e), examples, examples, sync)},
-                                     max(args.rounds, steps // 10), args.rounds, args.warmup)
+                                     {"nnlib": steps, "loop": max(args.rounds, steps // 10)}, args.rounds, args.warmup)
             row["loop"] = {"nnlib_img_s": batch / statistics.median(loop_times["nnlib"]),
                            "loop_img_s": batch / statistics.median(loop_times["loop"]),
                            "ratio": paired_ratio(loop_times["loop"], loop_times["nnlib"]), "floor": LOOP_FLOOR}
