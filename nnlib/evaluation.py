@@ -18,6 +18,7 @@ from . import metrics
 from .backend import to_numpy
 from .data import minibatches
 from .functional import softmax
+from .model import EVAL_BATCH_SIZE
 
 TOP_CONFUSIONS = 5
 MAX_FIRST_LAYER_IMAGES = 64
@@ -80,7 +81,7 @@ def _through(layers, x):
     return x
 
 
-def run(model, loss_fn, x, y, batch_size: int = 1000, features: bool = True) -> Evaluation:
+def run(model, loss_fn, x, y, batch_size: int = EVAL_BATCH_SIZE, features: bool = True) -> Evaluation:
     """Images x: (N, 28, 28) uint8 and labels y: (N,) through ``model`` in eval mode, batch by batch.
 
     The loss is ``loss_fn``'s batch mean weighted by batch size; with ``features`` the input of the
@@ -101,7 +102,7 @@ def run(model, loss_fn, x, y, batch_size: int = 1000, features: bool = True) -> 
                       np.concatenate(hidden) if features else None)
 
 
-def evaluate(model, loss_fn, x, y, batch_size: int = 1000):
+def evaluate(model, loss_fn, x, y, batch_size: int = EVAL_BATCH_SIZE):
     """Mean loss, accuracy and predictions over uint8 images x (N, 28, 28) and labels y (N,).
 
     Runs in eval mode; returns (loss: float, accuracy: float, predictions: int64 (N,)).

@@ -6,6 +6,11 @@ import numpy as np
 from .backend import get_array_module
 from .layers import Layer, LayerSpecError, MaxPool2D, ReLU, ShapeError, from_spec
 
+# Images per forward pass when nothing is trained (validation, evaluation, prediction). Small batches
+# keep every activation and im2col buffer in the allocator's reused memory: the default cnn validates
+# 5,000 images in 0.64 s at 128 against 1.11 s at 1,000 (2-core CPU); MLPs are equally fast at both.
+EVAL_BATCH_SIZE = 128
+
 
 class Sequential:
     """Layers applied in order. ``x: (N, *input_shape) -> logits: (N, K)``.
@@ -122,11 +127,11 @@ class Sequential:
     def num_parameters(self) -> int:
         return int(sum(p.size for _, p, _ in self.parameters()))
 
-    def predict(self, x, batch_size: int = 1000):
+    def predict(self, x, batch_size: int = EVAL_BATCH_SIZE):
         """Class predictions (N,) in eval mode, batch by batch."""
         return self.predict_logits(x, batch_size).argmax(axis=1)
 
-    def predict_logits(self, x, batch_size: int = 1000):
+    def predict_logits(self, x, batch_size: int = EVAL_BATCH_SIZE):
         """Logits (N, K) in eval mode, batch by batch; restores the previous mode."""
         was_training, self.training = self.training, False
         try:

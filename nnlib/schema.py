@@ -98,7 +98,8 @@ TRAIN = {
 
 EVALUATE = {
     "backend": BACKEND,
-    "batch_size": Field(int, 1000, "an integer >= 1", positive, "images per forward pass"),
+    # nnlib.model.EVAL_BATCH_SIZE, the batch of validation during training (a test checks they agree).
+    "batch_size": Field(int, 128, "an integer >= 1", positive, "images per forward pass"),
     "misclassified": Field(int, 36, "an integer in [0, 200]", lambda v: 0 <= v <= 200, "most confident mistakes shown in misclassified.png"),
 }
 

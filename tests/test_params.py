@@ -213,6 +213,11 @@ def test_schema_names_the_optimizers_and_schedules_the_factories_make():
     assert set(schema.SCHEDULES) == set(schedules.SCHEDULES)
 
 
+def test_evaluate_batch_default_is_the_batch_validation_and_prediction_use():
+    from nnlib import model  # noqa: PLC0415
+    assert schema.EVALUATE["batch_size"].default == model.EVAL_BATCH_SIZE
+
+
 def test_readme_table_takes_meaning_and_allowed_values_from_the_schema():
     """Columns 3 and 4 of the README's params table are the schema's ``doc`` and ``expect``, word for word."""
     import re  # noqa: PLC0415
