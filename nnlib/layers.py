@@ -2,7 +2,8 @@
 
 Every layer keeps its learnable arrays in ``self.params`` and their gradients, same keys and shapes,
 in ``self.grads``. ``forward`` stores what ``backward`` needs; ``backward(dy)`` fills ``self.grads``
-and returns the gradient with respect to the input. Shapes exclude nothing: ``x: (N, ...)``.
+in place (``grads[key][...] = ...``: in a model they are views of one flat array, see
+:func:`nnlib.model.pack_parameters`) and returns the gradient with respect to the input. Shapes exclude nothing: ``x: (N, ...)``.
 
 A layer is built from a spec dict such as ``{"type": "conv", "out": 32, "k": 5}``: the ``type``
 picks the class in :data:`LAYERS`, the other keys are its constructor arguments. ``build`` is given
@@ -180,7 +181,7 @@ class Dense(Layer):
         xp = get_array_module(dy)
         xp.matmul(self.x.T, dy, out=self.grads["W"])  # dW = x.T @ dy: (in, out), written in place
         if self.bias:
-            self.grads["b"][...] = dy.sum(axis=0)
+            dy.sum(axis=0, out=self.grads["b"])
         return None if self.skip_input_grad else dy @ self.params["W"].T
 
 

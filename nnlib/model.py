@@ -37,6 +37,7 @@ class Sequential:
             first.skip_input_grad = True
         self.run_order = run_order(layers)
         self.layers_in_run_order = [layers[i] for i in self.run_order]  # backward runs it reversed
+        self.flat_params, self.flat_grads = pack_parameters(layers)
 
     @classmethod
     def from_specs(cls, specs: list[dict], input_shape: tuple, rng: np.random.Generator,
@@ -139,6 +140,32 @@ class Sequential:
             return xp.concatenate([self.forward(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
         finally:
             self.training = was_training
+
+
+def pack_parameters(layers: list[Layer]):
+    """Move every parameter into one 1-D array and every gradient into another; the layers keep views.
+
+    Returns ``(params, grads)``, the parameters in :meth:`Sequential.parameters` order, so that an
+    optimizer can update all of them with a few whole-array operations (``flat`` in
+    :class:`nnlib.optim.Optimizer`); ``(None, None)`` for a network without parameters or with mixed
+    dtypes. Layers write their gradients in place (``grads[key][...] = ...``), which keeps the views valid.
+    """
+    entries = [(layer, key) for layer in layers for key in layer.params]
+    if not entries or len({layer.params[key].dtype for layer, key in entries}) > 1:
+        return None, None
+    first = entries[0][0].params[entries[0][1]]
+    xp = get_array_module(first)
+    total = sum(layer.params[key].size for layer, key in entries)
+    params, grads = xp.empty(total, dtype=first.dtype), xp.zeros(total, dtype=first.dtype)
+    offset = 0
+    for layer, key in entries:
+        value = layer.params[key]
+        span = slice(offset, offset + value.size)
+        params[span] = value.reshape(-1)
+        layer.params[key] = params[span].reshape(value.shape)
+        layer.grads[key] = grads[span].reshape(value.shape)
+        offset += value.size
+    return params, grads
 
 
 def run_order(layers: list[Layer]) -> list[int]:

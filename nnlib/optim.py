@@ -26,11 +26,18 @@ class Optimizer:
 
     ``slots`` names the per-parameter state dicts (momentum buffers, Adam moments) that
     :meth:`state` / :meth:`load_state` save and restore for checkpoints.
+
+    ``flat``: optional ``(params, grads)``, two 1-D arrays of which the parameters and gradients are
+    consecutive views in the order given (what :class:`~nnlib.model.Sequential` builds). Then a step is
+    one ``update`` over the two whole arrays (``name`` None) instead of one per parameter: the same
+    arithmetic on every element, with a few calls in all instead of a few per array (for a small
+    network the calls are most of the optimizer's time). Weight decay, which only some parameters
+    get, still runs per parameter (:meth:`decayed`), on views.
     """
 
     slots: tuple[str, ...] = ()
 
-    def __init__(self, parameters, lr: float, weight_decay: float = 0.0, decay_filter=decay_all):
+    def __init__(self, parameters, lr: float, weight_decay: float = 0.0, decay_filter=decay_all, flat=None):
         if lr <= 0:
             raise ValueError(f"learning rate must be > 0, got {lr}")
         if weight_decay < 0:
@@ -41,16 +48,43 @@ class Optimizer:
         self.decays = {name: weight_decay > 0 and decay_filter(name, p) for name, p, _ in self.params}
         self.steps = 0
         self._scratch = {}
+        self.flat = flat
+        self._spans = {}  # name -> slice of the flat arrays
+        if flat is not None:
+            offset = 0
+            for name, param, _ in self.params:
+                self._spans[name] = slice(offset, offset + param.size)
+                offset += param.size
+            if offset != flat[0].size or flat[0].shape != flat[1].shape:
+                raise ValueError(f"flat arrays of {flat[0].size} elements do not hold the {offset} parameter elements")
 
     def step(self) -> None:
         self.steps += 1
+        if self.flat is not None:
+            self.update(None, *self.flat)
+            return
         for name, param, grad in self.params:
             self.update(name, param, grad)
 
     def update(self, name, param, grad) -> None:
+        """Update ``param`` in place from ``grad``; ``name`` None means the flat arrays (all parameters)."""
         raise NotImplementedError
 
-    def scratch(self, name: str, param, slot: int = 0):
+    def has_decay(self, name) -> bool:
+        """Whether the parameter ``name`` (None: any parameter of the flat arrays) gets weight decay."""
+        return any(self.decays.values()) if name is None else self.decays[name]
+
+    def decayed(self, name, param, grad, out):
+        """The ``(param, grad, out)`` arrays of an update that get weight decay.
+
+        For one parameter: itself, or nothing. For the flat arrays (``name`` None): the views of each
+        decayed parameter, with the matching view of ``out`` (an array shaped like the flat ones).
+        """
+        if name is not None:
+            return [(param, grad, out)] if self.decays[name] else []
+        return [(p, g, out[self._spans[n]].reshape(p.shape)) for n, p, g in self.params if self.decays[n]]
+
+    def scratch(self, name, param, slot: int = 0):
         """A work array shaped like ``param``, kept between steps (not saved: it holds no state)."""
         key = (name, slot)
         if key not in self._scratch:
@@ -58,8 +92,17 @@ class Optimizer:
         return self._scratch[key]
 
     def state(self) -> tuple[int, dict]:
-        """(step count, arrays by ``"<slot>/<param name>"``): everything a resumed run needs."""
-        arrays = {f"{slot}/{name}": value for slot in self.slots for name, value in getattr(self, slot).items()}
+        """(step count, arrays by ``"<slot>/<param name>"``): everything a resumed run needs.
+
+        With flat arrays, each parameter's state is its view of the slot's flat array.
+        """
+        arrays = {}
+        for slot in self.slots:
+            values = getattr(self, slot)
+            if None in values:  # one flat array for all parameters
+                values = {name: values[None][span].reshape(param.shape)
+                          for (name, param, _), span in zip(self.params, self._spans.values())}
+            arrays.update({f"{slot}/{name}": value for name, value in values.items()})
         return self.steps, arrays
 
     def load_state(self, steps: int, arrays: dict) -> None:
@@ -73,6 +116,18 @@ class Optimizer:
             if slot not in self.slots or name not in self.decays:
                 raise ValueError(f"optimizer state {key!r} does not belong to this optimizer")
             getattr(self, slot)[name] = xp.array(value)
+        if self.flat is not None:
+            for slot in self.slots:
+                values = getattr(self, slot)
+                if values and set(values) != set(self.decays):
+                    missing = sorted(set(self.decays) - set(values))
+                    raise ValueError(f"optimizer state {slot!r} is missing parameters {missing}")
+                if values:  # per-parameter arrays -> one flat array, in the flat arrays' order
+                    flat = xp.empty_like(self.flat[0])
+                    for name, param, _ in self.params:
+                        flat[self._spans[name]] = values[name].reshape(-1)
+                    values.clear()
+                    values[None] = flat
 
 
 class SGD(Optimizer):
@@ -84,8 +139,8 @@ class SGD(Optimizer):
     slots = ("velocity",)
 
     def __init__(self, parameters, lr: float, momentum: float = 0.0, nesterov: bool = False,
-                 weight_decay: float = 0.0, decay_filter=decay_all):
-        super().__init__(parameters, lr, weight_decay, decay_filter)
+                 weight_decay: float = 0.0, decay_filter=decay_all, flat=None):
+        super().__init__(parameters, lr, weight_decay, decay_filter, flat)
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
         if nesterov and momentum == 0:
@@ -96,9 +151,12 @@ class SGD(Optimizer):
     def update(self, name, param, grad):
         xp = get_array_module(param)
         step = self.scratch(name, param)  # the step lr * g, built in place (one copy only for Nesterov with decay)
-        if self.decays[name]:  # g = grad + wd * param
-            xp.multiply(param, self.weight_decay, out=step)
-            step += grad
+        if self.has_decay(name):  # g = grad + wd * param where decayed, grad elsewhere
+            if name is None:
+                step[...] = grad
+            for p, g, s in self.decayed(name, param, grad, step):
+                xp.multiply(p, self.weight_decay, out=s)
+                s += g
             grad = step
         if self.momentum:
             v = self.velocity.get(name)
@@ -126,23 +184,29 @@ class Adam(Optimizer):
     slots = ("m", "v")
 
     def __init__(self, parameters, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, decay_filter=decay_all):
-        super().__init__(parameters, lr, weight_decay, decay_filter)
+                 weight_decay: float = 0.0, decay_filter=decay_all, flat=None):
+        super().__init__(parameters, lr, weight_decay, decay_filter, flat)
         self.beta1, self.beta2 = betas
         self.eps = eps
         self.m, self.v = {}, {}
 
     def update(self, name, param, grad):
         xp = get_array_module(param)
-        if self.decays[name]:
-            if self.decoupled:
-                param *= 1.0 - self.lr * self.weight_decay
-            else:
-                grad = grad + self.weight_decay * param
+        if self.decoupled:
+            for p, _, _ in self.decayed(name, param, grad, param):  # (out is not used)
+                p *= 1.0 - self.lr * self.weight_decay
+        elif self.has_decay(name):  # L2: g = grad + wd * param where decayed, grad elsewhere
+            l2_grad = self.scratch(name, param, 2)
+            if name is None:
+                l2_grad[...] = grad
+            for p, g, s in self.decayed(name, param, grad, l2_grad):
+                xp.multiply(p, self.weight_decay, out=s)
+                s += g
+            grad = l2_grad
         if name not in self.m:
             self.m[name], self.v[name] = xp.zeros_like(param), xp.zeros_like(param)
         m, v = self.m[name], self.v[name]
-        s = self.scratch(name, param)  # temporaries built in place (L2 decay, decoupled=False, adds two)
+        s = self.scratch(name, param)  # temporaries built in place
         m *= self.beta1
         xp.multiply(grad, 1.0 - self.beta1, out=s)
         m += s  # m = beta1 * m + (1 - beta1) * g
@@ -167,8 +231,8 @@ class AdamW(Adam):
     decoupled = True
 
     def __init__(self, parameters, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 1e-2, decay_filter=decay_all):
-        super().__init__(parameters, lr, betas, eps, weight_decay, decay_filter)
+                 weight_decay: float = 1e-2, decay_filter=decay_all, flat=None):
+        super().__init__(parameters, lr, betas, eps, weight_decay, decay_filter, flat)
 
 
 OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}

@@ -37,7 +37,8 @@ def make_loss(cfg: dict):
 def make_optimizer(model, cfg: dict):
     """The optimizer of the ``train.optimizer`` section, over the model's parameters."""
     decay_filter = optim.decay_all if cfg["decay_bias_and_norm"] else optim.decay_weights_only
-    return from_section(optim.OPTIMIZERS, cfg, parameters=model.parameters(), decay_filter=decay_filter)
+    flat = None if model.flat_params is None else (model.flat_params, model.flat_grads)
+    return from_section(optim.OPTIMIZERS, cfg, parameters=model.parameters(), decay_filter=decay_filter, flat=flat)
 
 
 def make_schedule(cfg: dict, lr: float, total: int):

@@ -174,3 +174,57 @@ def test_adamw_default_decay_and_filter():
 def test_invalid_hyperparameters(make, match):
     with pytest.raises(ValueError, match=match):
         make(Problem().triples())
+
+
+class FlatProblem(Problem):
+    """The same problem with every param (grad) a view of one 1-D array, as Sequential lays them out."""
+
+    def __init__(self, seed=0):
+        super().__init__(seed)
+        sizes = [p.size for p in self.p0.values()]
+        self.flat = (np.concatenate([p.reshape(-1) for p in self.p0.values()]), np.zeros(sum(sizes)))
+        offset = 0
+        for name, p in self.p0.items():
+            self.param[name] = self.flat[0][offset : offset + p.size].reshape(p.shape)
+            self.grad[name] = self.flat[1][offset : offset + p.size].reshape(p.shape)
+            offset += p.size
+
+
+CONFIGS = {
+    "sgd": lambda p, **kw: optim.SGD(p, lr=LR, **kw),
+    "sgd momentum l2 on weights": lambda p, **kw: optim.SGD(p, lr=LR, momentum=MOM, weight_decay=WD,
+                                                            decay_filter=optim.decay_weights_only, **kw),
+    "nesterov l2 on all": lambda p, **kw: optim.SGD(p, lr=LR, momentum=MOM, nesterov=True, weight_decay=WD, **kw),
+    "adam l2 on weights": lambda p, **kw: optim.Adam(p, lr=LR, weight_decay=WD, decay_filter=optim.decay_weights_only, **kw),
+    "adamw on weights": lambda p, **kw: optim.AdamW(p, lr=LR, weight_decay=WD, decay_filter=optim.decay_weights_only, **kw),
+}
+
+
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_flat_arrays_give_the_same_bits_and_state_as_per_parameter_updates(config):
+    separate, flat = Problem(), FlatProblem()
+    opt_separate, opt_flat = CONFIGS[config](separate.triples()), CONFIGS[config](flat.triples(), flat=flat.flat)
+    for before, after in zip(separate.run(opt_separate), flat.run(opt_flat)):
+        for name in before:
+            assert before[name].tobytes() == after[name].tobytes(), name
+    steps, arrays = opt_flat.state()
+    assert (steps, sorted(arrays)) == opt_separate.state()[0:1] + (sorted(opt_separate.state()[1]),)
+    for key, value in opt_separate.state()[1].items():
+        assert arrays[key].tobytes() == value.tobytes(), key
+
+    # A resumed flat optimizer (state saved per parameter, as checkpoints do) continues bit for bit.
+    resumed_problem = FlatProblem()
+    resumed_problem.flat[0][...] = flat.flat[0]
+    resumed = CONFIGS[config](resumed_problem.triples(), flat=resumed_problem.flat)
+    resumed.load_state(steps, {k: v.copy() for k, v in arrays.items()})
+    for problem, opt in ((flat, opt_flat), (resumed_problem, resumed)):
+        problem.grad["0.dense.W"][...] = 1.0
+        problem.grad["0.dense.b"][...] = -2.0
+        opt.step()
+    assert resumed_problem.flat[0].tobytes() == flat.flat[0].tobytes()
+
+
+def test_flat_arrays_must_hold_exactly_the_parameters():
+    pb = FlatProblem()
+    with pytest.raises(ValueError, match="do not hold"):
+        optim.SGD(pb.triples()[:1], lr=LR, flat=pb.flat)
