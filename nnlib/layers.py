@@ -40,6 +40,7 @@ from .functional import (
     relu_backward,
     relu_forward,
     sigmoid,
+    to_nhwc,
     to_rows,
     wide_rows,
 )
@@ -236,11 +237,14 @@ class Flatten(Layer):
         return (int(np.prod(input_shape)),)
 
     def forward(self, x, train=False):
-        self.shape = x.shape
+        self.shape, self.channels_last = x.shape, is_channels_last(x)
         return x.reshape(x.shape[0], -1)
 
     def backward(self, dy):
-        return dy.reshape(self.shape)
+        dx = dy.reshape(self.shape)  # (N, C, H, W), C-contiguous
+        if self.channels_last:  # hand back the input's layout, so the ReLU / pool gradients below stay channels-last
+            return from_nhwc(to_nhwc(dx))
+        return dx
 
 
 class Dropout(Layer):
