@@ -266,7 +266,7 @@ def run_steps(step, xs, ys, start: int, count: int, sync=lambda: None) -> float:
     return time.perf_counter() - t0
 
 
-def interleaved(runners: dict, steps, rounds: int, warmup: int) -> dict:
+def interleaved(runners: dict, steps: int | dict[str, int], rounds: int, warmup: int) -> dict:
     """Time each runner (name -> (step, xs, ys, sync)) in alternating rounds; seconds per step, per round.
 
     ``steps``: timed steps per runner, one number for all or a dict by runner name (so that a fast
@@ -597,7 +597,7 @@ def main(argv=None) -> int:
             examples = [[(x.reshape(-1, 1), np.eye(10, dtype=np.float32)[int(t)][:, None]) for x, t in zip(xb, yb)]
                         for xb, yb in zip(xs, ys)]
             loop = nielsen_loop(model, cfg["optimizer"]["lr"])
-            # The loop is 10-20x slower per step: it gets a tenth of the steps, so both sides' rounds last
+            # The loop is about 10x slower per step: it gets a tenth of the steps, so both sides' rounds last
             # tens of milliseconds (80 batched steps, 4 ms, right after a loop round timed a cold start).
             loop_times = interleaved({"nnlib": (step, xs, ys, sync), "loop": (lambda e, _: loop(e), examples, examples, sync)},
                                      {"nnlib": steps, "loop": max(args.rounds, steps // 10)}, args.rounds, args.warmup)

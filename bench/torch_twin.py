@@ -57,7 +57,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from nnlib import backend, fetch, presets, seeding  # noqa: E402
 from nnlib.data import ShardStream, load_shard, read_manifest, to_batch  # noqa: E402
 from nnlib.evaluation import evaluate  # noqa: E402
-from nnlib.model import Sequential  # noqa: E402
+from nnlib.model import EVAL_BATCH_SIZE, Sequential  # noqa: E402
 from nnlib.params import load_section  # noqa: E402
 from nnlib.schema import PREPARE, TRAIN  # noqa: E402
 from nnlib.shards import prepare  # noqa: E402
@@ -68,7 +68,7 @@ SHARED_MNIST = (ROOT / ".." / "shared" / "mnist").resolve()
 DEFAULT_PRESETS = ["nielsen", "mlp", "cnn-small", "cnn"]
 INPUT_SHAPE = (1, 28, 28)
 NUM_CLASSES = 10
-EVAL_BATCH = 1000
+EVAL_BATCH = EVAL_BATCH_SIZE  # the batch nnlib's validation uses, so both sides validate alike
 INSTALL_TORCH = "torch_twin: PyTorch is not installed; for the comparison: pip install -e '.[oracle]'"
 
 

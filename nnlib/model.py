@@ -6,7 +6,7 @@ import numpy as np
 from .backend import get_array_module
 from .layers import Layer, LayerSpecError, MaxPool2D, ReLU, ShapeError, from_spec
 
-# Images per forward pass when nothing is trained (validation, evaluation, prediction). Small batches
+# Images per forward pass when nothing is trained (validation, evaluation, Sequential.predict). Small batches
 # keep every activation and im2col buffer in the allocator's reused memory: the default cnn validates
 # 5,000 images in 0.64 s at 128 against 1.11 s at 1,000 (2-core CPU); MLPs are equally fast at both.
 EVAL_BATCH_SIZE = 128
@@ -15,8 +15,9 @@ EVAL_BATCH_SIZE = 128
 class Sequential:
     """Layers applied in order. ``x: (N, *input_shape) -> logits: (N, K)``.
 
-    Parameters are named ``"<index>.<type>.<key>"``, e.g. ``"0.conv.W"``; optimizers see them only
-    through :meth:`parameters`.
+    Parameters are named ``"<index>.<type>.<key>"``, e.g. ``"0.conv.W"``; optimizers see them through
+    :meth:`parameters`, and through ``flat_params`` / ``flat_grads``, the two 1-D arrays of which every
+    parameter and gradient is a view (:func:`pack_parameters`).
     """
 
     def __init__(self, layers: list[Layer], input_shape: tuple, rng: np.random.Generator):

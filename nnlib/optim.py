@@ -1,7 +1,8 @@
 """Optimizers: SGD (momentum, Nesterov, L2 weight decay), Adam, AdamW.
 
 Each takes the model's ``parameters()`` triples ``(name, param, grad)`` once, keeps its per-parameter
-state in dicts keyed by name, and updates the params in place on ``step()``. The updates follow
+state in dicts keyed by name (or, given the model's flat arrays, one array per slot over all
+parameters: see :class:`Optimizer`), and updates the params in place on ``step()``. The updates follow
 PyTorch's ``torch.optim`` exactly, so the two can be compared step by step.
 
 ``decay_filter`` (optional) decides which parameters get weight decay; :func:`decay_all` and
@@ -24,15 +25,16 @@ def decay_weights_only(name: str, param) -> bool:
 class Optimizer:
     """Base class: walks ``(name, param, grad)`` triples; subclasses implement ``update``.
 
-    ``slots`` names the per-parameter state dicts (momentum buffers, Adam moments) that
-    :meth:`state` / :meth:`load_state` save and restore for checkpoints.
+    ``slots`` names the state dicts (momentum buffers, Adam moments) that :meth:`state` /
+    :meth:`load_state` save and restore for checkpoints, always per parameter name.
 
     ``flat``: optional ``(params, grads)``, two 1-D arrays of which the parameters and gradients are
     consecutive views in the order given (what :class:`~nnlib.model.Sequential` builds). Then a step is
     one ``update`` over the two whole arrays (``name`` None) instead of one per parameter: the same
     arithmetic on every element, with a few calls in all instead of a few per array (for a small
-    network the calls are most of the optimizer's time). Weight decay, which only some parameters
-    get, still runs per parameter (:meth:`decayed`), on views.
+    network the calls are most of the optimizer's time); each state dict then holds one flat array
+    under the key None. Weight decay, which only some parameters get, still runs per parameter
+    (:meth:`decayed`), on views.
     """
 
     slots: tuple[str, ...] = ()
@@ -51,12 +53,22 @@ class Optimizer:
         self.flat = flat
         self._spans = {}  # name -> slice of the flat arrays
         if flat is not None:
-            offset = 0
-            for name, param, _ in self.params:
-                self._spans[name] = slice(offset, offset + param.size)
-                offset += param.size
-            if offset != flat[0].size or flat[0].shape != flat[1].shape:
-                raise ValueError(f"flat arrays of {flat[0].size} elements do not hold the {offset} parameter elements")
+            self._check_flat(*flat)
+        # The (param, grad) pairs that get weight decay: views of the flat arrays, or single arrays.
+        self._decayed = [(name, p, g) for name, p, g in self.params if self.decays[name]]
+
+    def _check_flat(self, flat_params, flat_grads) -> None:
+        """Refuse flat arrays of which the parameters and gradients are not consecutive views."""
+        xp = get_array_module(flat_params)
+        offset = 0
+        for name, param, grad in self.params:
+            self._spans[name] = slice(offset, offset + param.size)
+            offset += param.size
+            if not (xp.shares_memory(param, flat_params) and xp.shares_memory(grad, flat_grads)):
+                raise ValueError(f"parameter {name!r} or its gradient is not a view of the flat arrays "
+                                 "(were the layer's arrays replaced after the model packed them?)")
+        if offset != flat_params.size or flat_params.shape != flat_grads.shape:
+            raise ValueError(f"flat arrays of {flat_params.size} elements do not hold the {offset} parameter elements")
 
     def step(self) -> None:
         self.steps += 1
@@ -72,17 +84,28 @@ class Optimizer:
 
     def has_decay(self, name) -> bool:
         """Whether the parameter ``name`` (None: any parameter of the flat arrays) gets weight decay."""
-        return any(self.decays.values()) if name is None else self.decays[name]
+        return bool(self._decayed) if name is None else self.decays[name]
 
-    def decayed(self, name, param, grad, out):
+    def decayed(self, name, param, grad, out=None):
         """The ``(param, grad, out)`` arrays of an update that get weight decay.
 
         For one parameter: itself, or nothing. For the flat arrays (``name`` None): the views of each
-        decayed parameter, with the matching view of ``out`` (an array shaped like the flat ones).
+        decayed parameter, with the matching view of ``out`` (an array shaped like the flat ones;
+        None if the caller needs no output array).
         """
         if name is not None:
             return [(param, grad, out)] if self.decays[name] else []
-        return [(p, g, out[self._spans[n]].reshape(p.shape)) for n, p, g in self.params if self.decays[n]]
+        return [(p, g, None if out is None else out[self._spans[n]].reshape(p.shape)) for n, p, g in self._decayed]
+
+    def l2_gradient(self, name, param, grad, out):
+        """grad + weight_decay * param where decayed, grad elsewhere, written into ``out`` (returned)."""
+        if name is None:
+            out[...] = grad
+        xp = get_array_module(out)
+        for p, g, o in self.decayed(name, param, grad, out):
+            xp.multiply(p, self.weight_decay, out=o)
+            o += g
+        return out
 
     def scratch(self, name, param, slot: int = 0):
         """A work array shaped like ``param``, kept between steps (not saved: it holds no state)."""
@@ -100,8 +123,7 @@ class Optimizer:
         for slot in self.slots:
             values = getattr(self, slot)
             if None in values:  # one flat array for all parameters
-                values = {name: values[None][span].reshape(param.shape)
-                          for (name, param, _), span in zip(self.params, self._spans.values())}
+                values = {name: values[None][self._spans[name]].reshape(param.shape) for name, param, _ in self.params}
             arrays.update({f"{slot}/{name}": value for name, value in values.items()})
         return self.steps, arrays
 
@@ -125,6 +147,9 @@ class Optimizer:
                 if values:  # per-parameter arrays -> one flat array, in the flat arrays' order
                     flat = xp.empty_like(self.flat[0])
                     for name, param, _ in self.params:
+                        if values[name].shape != param.shape:
+                            raise ValueError(f"optimizer state {slot}/{name} has shape {values[name].shape}, "
+                                             f"the parameter {param.shape}")
                         flat[self._spans[name]] = values[name].reshape(-1)
                     values.clear()
                     values[None] = flat
@@ -152,12 +177,7 @@ class SGD(Optimizer):
         xp = get_array_module(param)
         step = self.scratch(name, param)  # the step lr * g, built in place (one copy only for Nesterov with decay)
         if self.has_decay(name):  # g = grad + wd * param where decayed, grad elsewhere
-            if name is None:
-                step[...] = grad
-            for p, g, s in self.decayed(name, param, grad, step):
-                xp.multiply(p, self.weight_decay, out=s)
-                s += g
-            grad = step
+            grad = self.l2_gradient(name, param, grad, step)
         if self.momentum:
             v = self.velocity.get(name)
             if v is None:
@@ -193,16 +213,10 @@ class Adam(Optimizer):
     def update(self, name, param, grad):
         xp = get_array_module(param)
         if self.decoupled:
-            for p, _, _ in self.decayed(name, param, grad, param):  # (out is not used)
+            for p, _, _ in self.decayed(name, param, grad):
                 p *= 1.0 - self.lr * self.weight_decay
         elif self.has_decay(name):  # L2: g = grad + wd * param where decayed, grad elsewhere
-            l2_grad = self.scratch(name, param, 2)
-            if name is None:
-                l2_grad[...] = grad
-            for p, g, s in self.decayed(name, param, grad, l2_grad):
-                xp.multiply(p, self.weight_decay, out=s)
-                s += g
-            grad = l2_grad
+            grad = self.l2_gradient(name, param, grad, self.scratch(name, param, 2))
         if name not in self.m:
             self.m[name], self.v[name] = xp.zeros_like(param), xp.zeros_like(param)
         m, v = self.m[name], self.v[name]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from nnlib import backend, layers
+from nnlib.model import pack_parameters
 
 
 def on_device(x):
@@ -32,9 +33,11 @@ def to_float64(layer: layers.Layer) -> layers.Layer:
 
 
 def model_to_float64(model):
-    """Cast every layer of a Sequential to float64 (before an optimizer takes its parameters)."""
+    """Cast every layer of a Sequential to float64 (before an optimizer takes its parameters), and pack
+    the new arrays into the model's flat arrays again (:func:`nnlib.model.pack_parameters`)."""
     for layer in model.layers:
         to_float64(layer)
+    model.flat_params, model.flat_grads = pack_parameters(model.layers)
     return model
 
 

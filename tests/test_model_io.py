@@ -46,13 +46,12 @@ def trained_model(seed=123, steps=3):
 def test_parameters_and_gradients_live_in_one_array_each():
     """Sequential packs them (for the optimizers' whole-array steps); every layer's arrays stay views."""
     model = trained_model()
-    flat = [(model.flat_params, [p for _, p, _ in model.parameters()]), (model.flat_grads, [g for _, _, g in model.parameters()])]
-    for whole, parts in flat:
+    pairs = [(model.flat_params, [p for _, p, _ in model.parameters()]), (model.flat_grads, [g for _, _, g in model.parameters()])]
+    for whole, parts in pairs:
         assert whole.ndim == 1 and whole.size == model.num_parameters()
         assert all(np.shares_memory(part, whole) for part in parts)
         assert whole.tobytes() == np.concatenate([part.reshape(-1) for part in parts]).tobytes()
     assert np.any(model.flat_grads != 0)  # the layers' backward wrote into the views
-
 
 
 def test_shapes_are_inferred_and_parameters_named_in_order():

@@ -208,8 +208,9 @@ def test_flat_arrays_give_the_same_bits_and_state_as_per_parameter_updates(confi
         for name in before:
             assert before[name].tobytes() == after[name].tobytes(), name
     steps, arrays = opt_flat.state()
-    assert (steps, sorted(arrays)) == opt_separate.state()[0:1] + (sorted(opt_separate.state()[1]),)
-    for key, value in opt_separate.state()[1].items():
+    separate_steps, separate_arrays = opt_separate.state()
+    assert (steps, sorted(arrays)) == (separate_steps, sorted(separate_arrays))
+    for key, value in separate_arrays.items():
         assert arrays[key].tobytes() == value.tobytes(), key
 
     # A resumed flat optimizer (state saved per parameter, as checkpoints do) continues bit for bit.
@@ -228,3 +229,6 @@ def test_flat_arrays_must_hold_exactly_the_parameters():
     pb = FlatProblem()
     with pytest.raises(ValueError, match="do not hold"):
         optim.SGD(pb.triples()[:1], lr=LR, flat=pb.flat)
+    pb.param["0.dense.b"] = pb.param["0.dense.b"].copy()  # replaced after packing: updates would be lost
+    with pytest.raises(ValueError, match="'0.dense.b' or its gradient is not a view of the flat arrays"):
+        optim.SGD(pb.triples(), lr=LR, flat=pb.flat)

@@ -274,7 +274,7 @@ def test_small_cnn_follows_torch_loss_curve_for_20_sgd_momentum_steps():
             if value.ndim == 1:
                 value[...] = on_device(rng.normal(float(value.mean()), 0.1, value.shape))
     ref = _torch_copy(model)
-    opt = optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    opt = optim.SGD(model.parameters(), lr=0.05, momentum=0.9, flat=(model.flat_params, model.flat_grads))  # as in fit
     ref_opt = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.9)
     loss_fn = losses.SoftmaxCrossEntropy()
 
