@@ -472,8 +472,8 @@ def breakdown(model, loss_fn, optimizer, xs, ys, steps: int, sync=lambda: None) 
 
     ``sync`` runs before every clock reading, so that on a GPU each part is charged its own kernels.
     """
-    layers = getattr(model, "layers_in_run_order", model.layers)  # the order forward runs them (ReLU after a max-pool)
-    index = getattr(model, "run_order", range(len(layers)))
+    layers = getattr(model, "layers_in_run_order", model.layers)  # the units forward runs (ReLU after a max-pool, ...)
+    index = ["+".join(str(model.layers.index(part)) for part in getattr(unit, "parts", (unit,))) for unit in layers]
     fwd, bwd = [[] for _ in layers], [[] for _ in layers]
     extra = {"loss": [], "optimizer": []}
     for s in range(steps):
@@ -493,7 +493,7 @@ def breakdown(model, loss_fn, optimizer, xs, ys, steps: int, sync=lambda: None) 
         optimizer.step()
         extra["optimizer"].append(_elapsed(t, sync))
     med = statistics.median
-    rows = [(f"{index[i]:2d} {layers[i].type_name}", med(fwd[i]), med(bwd[i])) for i in range(len(layers))]
+    rows = [(f"{index[i]:>2} {layers[i].type_name}", med(fwd[i]), med(bwd[i])) for i in range(len(layers))]
     return rows + [(f"   {k}", med(v), 0.0) for k, v in extra.items()]
 
 

@@ -475,17 +475,8 @@ class BatchNorm(Layer):
         gamma, beta = self.params["gamma"], self.params["beta"]
         self.shape, self.count, self.batch_stats = x.shape, count, train
         if train:
-            mean = column_sums(x_rows) / count  # (C,)
-            wide, wide_mean = wide_rows(x_rows, mean)
-            centred = (wide - wide_mean).reshape(x_rows.shape)  # (M, C); x_hat = centred * inv_std
-            var = column_dots(centred, centred) / count  # biased batch variance (C,)
-            m = self.momentum
-            self.buffers["running_mean"] *= 1 - m
-            self.buffers["running_mean"] += m * mean
-            self.buffers["running_var"] *= 1 - m
-            self.buffers["running_var"] += m * var * (count / max(count - 1, 1))
-            self.inv_std = 1.0 / xp.sqrt(var + self.eps)  # (C,), x's dtype (eps is a Python float)
-            self.centred, self.x_rows, self.mean = centred, None, None
+            centred = self.batch_statistics(x_rows)
+            self.x_rows, self.mean = None, None
             wide, scale, shift = wide_rows(centred, gamma * self.inv_std, beta)
             y = wide * scale  # = x_hat * gamma, without forming x_hat
             y += shift
@@ -500,14 +491,39 @@ class BatchNorm(Layer):
             y += shift
         return from_rows(y.reshape(x_rows.shape), x.shape)
 
+    def batch_statistics(self, x_rows):
+        """Train mode: normalise by the batch. x_rows: (M, C) -> centred = x_rows - mean: (M, C).
+
+        Sets ``self.centred`` and ``self.inv_std`` = 1 / sqrt(var + eps): (C,) (biased batch variance),
+        and moves the running statistics towards the batch's.
+        """
+        xp = get_array_module(x_rows)
+        count = x_rows.shape[0]
+        mean = column_sums(x_rows) / count  # (C,)
+        wide, wide_mean = wide_rows(x_rows, mean)
+        centred = (wide - wide_mean).reshape(x_rows.shape)  # (M, C); x_hat = centred * inv_std
+        var = column_dots(centred, centred) / count  # biased batch variance (C,)
+        m = self.momentum
+        self.buffers["running_mean"] *= 1 - m
+        self.buffers["running_mean"] += m * mean
+        self.buffers["running_var"] *= 1 - m
+        self.buffers["running_var"] += m * var * (count / max(count - 1, 1))
+        self.inv_std = 1.0 / xp.sqrt(var + self.eps)  # (C,), x's dtype (eps is a Python float)
+        self.centred = centred
+        return centred
+
+    def set_param_grads(self, sum_dy, sum_dy_xhat) -> None:
+        """grads from the per-channel sums of dy and of dy * x_hat: (C,) each."""
+        self.grads["gamma"][...] = sum_dy_xhat
+        self.grads["beta"][...] = sum_dy
+
     def backward(self, dy):
         dy_rows = to_rows(dy)  # (M, C)
         centred = self.centred if self.centred is not None else self.x_rows - self.mean
         inv_std = self.inv_std
         sum_dy = column_sums(dy_rows)
         sum_dy_xhat = column_dots(dy_rows, centred) * inv_std  # sum(dy * x_hat) per channel
-        self.grads["gamma"][...] = sum_dy_xhat
-        self.grads["beta"][...] = sum_dy
+        self.set_param_grads(sum_dy, sum_dy_xhat)
         if self.skip_input_grad:
             return None
         scale = self.params["gamma"] * inv_std  # (C,)
@@ -522,6 +538,82 @@ class BatchNorm(Layer):
         dx -= b
         dx *= scale
         return from_rows(dx.reshape(dy_rows.shape), self.shape)
+
+
+class BatchNormMaxPool(Layer):
+    """A BatchNorm and the non-overlapping MaxPool2D right after it, trained as one unit.
+
+    Not a layer of a spec: :class:`~nnlib.model.Sequential` runs such a pair through it (see
+    :func:`nnlib.model.run_units`); the two layers keep their parameters, buffers and gradients.
+    x: (N, C, H, W) -> (N, C, Ho, Wo), as pool(norm(x)).
+
+    In train mode with every gamma > 0 (on NumPy), the per-channel map centred -> centred * s + beta,
+    s = gamma * inv_std > 0, is increasing, so the max of a window of normalised values is the
+    normalised max of the window's centred values: the unit max-pools ``centred`` and normalises only
+    the pooled values (k*k times fewer than BatchNorm's whole output). Backward, the gradient dy of
+    the full BatchNorm output is zero except at each window's maximum, where it is the pooled dz, so
+
+        sum(dy) = sum(dz),   sum(dy * x_hat) = sum(dz * pooled centred) * inv_std   (per channel)
+        dx = s * route(dz) + centred * a + b,   a = -s * inv_std * sum(dy * x_hat) / M,  b = -s * sum(dy) / M
+
+    (route: the max-pool backward; M = N*H*W): the sums run over the pooled gradient, and two passes
+    over x's size add the per-channel affine part. Same values as the two layers up to float32
+    rounding (ties between window values that normalise to the same float may pick another maximum).
+    Otherwise (eval mode, a gamma <= 0, another backend) it runs the two layers one after the other.
+    """
+
+    type_name = "batchnorm+maxpool"
+
+    def __init__(self, norm: BatchNorm, pool: MaxPool2D):
+        super().__init__()
+        self.norm, self.pool = norm, pool
+        self.parts = (norm, pool)
+        self.fused = False
+
+    def fusable(self, x, train: bool) -> bool:
+        """Whether this forward can pool first: train mode, images, NumPy and every gamma > 0 (on CuPy
+        reading gamma's sign would cost a device-to-host wait every step, so the layers run as listed)."""
+        return train and x.ndim == 4 and get_array_module(x) is np and bool((self.norm.params["gamma"] > 0).all())
+
+    def forward(self, x, train=False):
+        norm, pool = self.norm, self.pool
+        gamma = norm.params["gamma"]
+        self.fused = self.fusable(x, train)
+        if not self.fused:
+            return pool.forward(norm.forward(x, train), train)
+        x_rows = to_rows(x)  # (M, C), M = N*H*W
+        norm.shape, norm.count, norm.batch_stats = x.shape, x_rows.shape[0], True
+        centred = norm.batch_statistics(x_rows)  # (M, C); sets norm.inv_std
+        pool._remember_input(x)
+        pooled, self.argmax = maxpool_forward(from_rows(centred, x.shape), pool.k, pool.stride)  # (N, C, Ho, Wo)
+        self.pooled_rows = to_rows(pooled)  # (Mq, C): the centred value at each window's maximum
+        wide, scale, shift = wide_rows(self.pooled_rows, gamma * norm.inv_std, norm.params["beta"])
+        y = wide * scale
+        y += shift
+        return from_rows(y.reshape(self.pooled_rows.shape), pooled.shape)
+
+    def backward(self, dy):
+        norm, pool = self.norm, self.pool
+        if not self.fused:
+            dz = pool.backward(dy)
+            return norm.backward(dz)
+        dz_rows = to_rows(dy)  # (Mq, C)
+        inv_std = norm.inv_std
+        sum_dy = column_sums(dz_rows)
+        sum_dy_xhat = column_dots(dz_rows, self.pooled_rows) * inv_std
+        norm.set_param_grads(sum_dy, sum_dy_xhat)
+        if norm.skip_input_grad:
+            return None
+        scale = norm.params["gamma"] * inv_std  # s: (C,)
+        wide_dz, wide_scale = wide_rows(dz_rows, scale)
+        routed = from_rows((wide_dz * wide_scale).reshape(dz_rows.shape), dy.shape)  # s * dz: (N, C, Ho, Wo)
+        dx = maxpool_backward(routed, self.argmax, pool.x_shape, True, pool.k, pool.stride)  # channels-last
+        wide_c, a, b = wide_rows(norm.centred, -scale * inv_std * sum_dy_xhat / norm.count, -scale * sum_dy / norm.count)
+        affine = wide_c * a  # centred * a + b, added to the routed gradient
+        affine += b
+        wide_dx = to_rows(dx).reshape(affine.shape)
+        wide_dx += affine
+        return dx
 
 
 LAYERS = {

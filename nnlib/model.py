@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .backend import get_array_module
-from .layers import Layer, LayerSpecError, MaxPool2D, ReLU, ShapeError, from_spec
+from .layers import BatchNorm, BatchNormMaxPool, Layer, LayerSpecError, MaxPool2D, ReLU, ShapeError, from_spec
 
 # Images per forward pass when nothing is trained (validation, evaluation, Sequential.predict). Small batches
 # keep every activation and im2col buffer in the allocator's reused memory: the default cnn validates
@@ -37,7 +37,7 @@ class Sequential:
         if first is not None:
             first.skip_input_grad = True
         self.run_order = run_order(layers)
-        self.layers_in_run_order = [layers[i] for i in self.run_order]  # backward runs it reversed
+        self.layers_in_run_order = run_units([layers[i] for i in self.run_order])  # backward runs it reversed
         self.flat_params, self.flat_grads = pack_parameters(layers)
 
     @classmethod
@@ -186,3 +186,16 @@ def run_order(layers: list[Layer]) -> list[int]:
         if type(first) is ReLU and type(second) is MaxPool2D and second.stride >= second.k:
             order[i], order[i + 1] = order[i + 1], order[i]
     return order
+
+
+def run_units(layers: list[Layer]) -> list[Layer]:
+    """``layers`` (in run order) with each BatchNorm directly followed by a non-overlapping MaxPool2D
+    replaced by one :class:`~nnlib.layers.BatchNormMaxPool` unit, which normalises only the pooled values."""
+    units = []
+    for layer in layers:
+        previous = units[-1] if units else None
+        if type(layer) is MaxPool2D and layer.stride >= layer.k and type(previous) is BatchNorm:
+            units[-1] = BatchNormMaxPool(previous, layer)
+        else:
+            units.append(layer)
+    return units

@@ -225,3 +225,72 @@ def test_relu_then_maxpool_runs_pooled_first_with_identical_results(pool):
     for a, b in zip(reordered.layers, listed.layers):
         for key in a.grads:
             assert a.grads[key].tobytes() == b.grads[key].tobytes(), key
+
+
+def _norm_and_pool(gamma, k=2, shape=(3, 3, 8, 6), seed=0):
+    """A float64 BatchNorm with the given gamma and beta ~ N(0, 1), a k x k max-pool, and an input x."""
+    rng = np.random.default_rng(seed)
+    norm = build_layer({"type": "batchnorm"}, shape[1:], seed=seed)
+    norm.params["gamma"][...] = gamma
+    pool = layers.from_spec({"type": "maxpool", "k": k})
+    pool.build(shape[1:], rng)
+    return norm, pool, rng.standard_normal(shape)
+
+
+def _two_layers(norm, pool, x, dz, train=True):
+    y = pool.forward(norm.forward(x, train=train), train=train)
+    return y, norm.backward(pool.backward(dz)), {k: v.copy() for k, v in norm.grads.items()}
+
+
+@pytest.mark.parametrize("k, shape", [(2, (3, 3, 8, 6)), (3, (2, 4, 7, 9))])  # (3: windows leave a border)
+def test_batchnorm_maxpool_unit_pools_first_and_matches_the_two_layers(k, shape):
+    norm, pool, x = _norm_and_pool(np.linspace(0.5, 2.0, shape[1]), k, shape)
+    unit = layers.BatchNormMaxPool(norm, pool)
+    y = unit.forward(x, train=True)
+    assert unit.fused
+    dz = np.random.default_rng(5).standard_normal(y.shape)
+    dx = unit.backward(dz)
+    grads = {key: value.copy() for key, value in norm.grads.items()}
+    fresh_norm, fresh_pool, _ = _norm_and_pool(np.linspace(0.5, 2.0, shape[1]), k, shape)
+    y_two, dx_two, grads_two = _two_layers(fresh_norm, fresh_pool, x, dz)
+    # The normalisation is increasing, so the pooled values are the same numbers; the gradient sums
+    # run in another order.
+    np.testing.assert_array_equal(y, y_two)
+    np.testing.assert_allclose(dx, dx_two, rtol=1e-10, atol=1e-12)
+    for key in grads:
+        np.testing.assert_allclose(grads[key], grads_two[key], rtol=1e-10, atol=1e-12, err_msg=key)
+    for key in ("running_mean", "running_var"):
+        np.testing.assert_array_equal(norm.buffers[key], fresh_norm.buffers[key])
+    check_layer_gradients(unit, x)  # and against central differences (dx; gamma and beta are checked above)
+
+
+@pytest.mark.parametrize("gamma", [[1.0, -0.5, 2.0], [1.0, 0.0, 2.0]])
+def test_batchnorm_maxpool_unit_runs_the_two_layers_when_a_gamma_is_not_positive(gamma):
+    norm, pool, x = _norm_and_pool(gamma)
+    unit = layers.BatchNormMaxPool(norm, pool)
+    y = unit.forward(x, train=True)
+    assert not unit.fused
+    dz = np.random.default_rng(5).standard_normal(y.shape)
+    dx = unit.backward(dz)
+    fresh_norm, fresh_pool, _ = _norm_and_pool(gamma)
+    y_two, dx_two, grads_two = _two_layers(fresh_norm, fresh_pool, x, dz)
+    assert y.tobytes() == y_two.tobytes() and dx.tobytes() == dx_two.tobytes()
+    assert all(norm.grads[key].tobytes() == grads_two[key].tobytes() for key in grads_two)
+    assert not unit.fusable(x, train=False)  # eval mode: always the two layers (running statistics)
+
+
+def test_sequential_fuses_batchnorm_with_the_max_pool_after_it():
+    from nnlib.model import Sequential, run_units
+
+    spec = layers.from_spec
+    units = run_units([spec({"type": "batchnorm"}), spec({"type": "maxpool", "k": 2}), spec({"type": "relu"})])
+    assert [type(u).__name__ for u in units] == ["BatchNormMaxPool", "ReLU"]
+    for kept in ([spec({"type": "batchnorm"}), spec({"type": "maxpool", "k": 3, "stride": 2})],  # overlapping
+                 [spec({"type": "maxpool", "k": 2}), spec({"type": "batchnorm"})],
+                 [spec({"type": "batchnorm"}), spec({"type": "avgpool", "k": 2})]):
+        assert [type(u) for u in run_units(kept)] == [type(layer) for layer in kept]
+    specs = [{"type": "conv", "out": 4, "k": 3}, {"type": "batchnorm"}, {"type": "relu"}, {"type": "maxpool", "k": 2},
+             {"type": "flatten"}, {"type": "dense", "out": 10}]
+    model = Sequential.from_specs(specs, (1, 8, 8), np.random.default_rng(0))
+    assert [u.type_name for u in model.layers_in_run_order] == ["conv", "batchnorm+maxpool", "relu", "flatten", "dense"]
+    assert model.layers_in_run_order[1].parts == (model.layers[1], model.layers[3])
