@@ -98,6 +98,19 @@ def wide_rows(rows, *vectors, width: int = 16384):
     return (rows.reshape(m // r, r * c), *(xp.tile(v, r) for v in vectors))
 
 
+def scale_rows(rows, scale, shift=None):
+    """Per-channel affine map of a row matrix: rows: (M, C) -> rows * scale (+ shift): new (M, C).
+
+    scale, shift: (C,). One multiply pass and one in-place add, over the rows re-blocked wide
+    (:func:`wide_rows`), so both run in long inner loops.
+    """
+    wide, *vectors = wide_rows(rows, scale, *(() if shift is None else (shift,)))
+    y = wide * vectors[0]
+    if shift is not None:
+        y += vectors[1]
+    return y.reshape(rows.shape)
+
+
 def column_sums(a):
     """a: (M, C) -> (C,) sums over the rows, by NumPy on one thread.
 

@@ -39,6 +39,7 @@ from .functional import (
     maxpool_forward,
     relu_backward,
     relu_forward,
+    scale_rows,
     sigmoid,
     to_nhwc,
     to_rows,
@@ -477,19 +478,15 @@ class BatchNorm(Layer):
         if train:
             centred = self.batch_statistics(x_rows)
             self.x_rows, self.mean = None, None
-            wide, scale, shift = wide_rows(centred, gamma * self.inv_std, beta)
-            y = wide * scale  # = x_hat * gamma, without forming x_hat
-            y += shift
+            y = scale_rows(centred, gamma * self.inv_std, beta)  # = x_hat * gamma + beta, without forming x_hat
         else:
             mean = self.buffers["running_mean"]
             self.inv_std = 1.0 / xp.sqrt(self.buffers["running_var"] + self.eps)
             scale = gamma * self.inv_std
             # y = x * scale + (beta - mean * scale): two passes; centred is only formed if backward runs.
             self.centred, self.x_rows, self.mean = None, x_rows, mean
-            wide, scale, shift = wide_rows(x_rows, scale, beta - mean * scale)
-            y = wide * scale
-            y += shift
-        return from_rows(y.reshape(x_rows.shape), x.shape)
+            y = scale_rows(x_rows, scale, beta - mean * scale)
+        return from_rows(y, x.shape)
 
     def batch_statistics(self, x_rows):
         """Train mode: normalise by the batch. x_rows: (M, C) -> centred = x_rows - mean: (M, C).
@@ -528,8 +525,7 @@ class BatchNorm(Layer):
             return None
         scale = self.params["gamma"] * inv_std  # (C,)
         if not self.batch_stats:  # eval mode: running statistics are constants, the layer is affine
-            wide_dy, wide_scale = wide_rows(dy_rows, scale)
-            return from_rows((wide_dy * wide_scale).reshape(dy_rows.shape), self.shape)
+            return from_rows(scale_rows(dy_rows, scale), self.shape)
         # Batch statistics: dx = gamma * inv_std * (dy - mean(dy) - x_hat * mean(dy * x_hat)),
         # with x_hat * mean(dy * x_hat) = centred * (inv_std * sum_dy_xhat / M): four passes, one buffer.
         wide_c, a, b, scale = wide_rows(centred, -inv_std * sum_dy_xhat / self.count, sum_dy / self.count, scale)
@@ -567,8 +563,12 @@ class BatchNormMaxPool(Layer):
     def __init__(self, norm: BatchNorm, pool: MaxPool2D):
         super().__init__()
         self.norm, self.pool = norm, pool
-        self.parts = (norm, pool)
         self.fused = False
+
+    @property
+    def parts(self) -> tuple:
+        """The layers this unit runs: (norm, pool)."""
+        return self.norm, self.pool
 
     def fusable(self, x, train: bool) -> bool:
         """Whether this forward can pool first: train mode, images, NumPy and every gamma > 0 (on CuPy
@@ -581,16 +581,11 @@ class BatchNormMaxPool(Layer):
         self.fused = self.fusable(x, train)
         if not self.fused:
             return pool.forward(norm.forward(x, train), train)
-        x_rows = to_rows(x)  # (M, C), M = N*H*W
-        norm.shape, norm.count, norm.batch_stats = x.shape, x_rows.shape[0], True
-        centred = norm.batch_statistics(x_rows)  # (M, C); sets norm.inv_std
+        centred = norm.batch_statistics(to_rows(x))  # (M, C), M = N*H*W; sets norm.centred, norm.inv_std
         pool._remember_input(x)
         pooled, self.argmax = maxpool_forward(from_rows(centred, x.shape), pool.k, pool.stride)  # (N, C, Ho, Wo)
         self.pooled_rows = to_rows(pooled)  # (Mq, C): the centred value at each window's maximum
-        wide, scale, shift = wide_rows(self.pooled_rows, gamma * norm.inv_std, norm.params["beta"])
-        y = wide * scale
-        y += shift
-        return from_rows(y.reshape(self.pooled_rows.shape), pooled.shape)
+        return from_rows(scale_rows(self.pooled_rows, gamma * norm.inv_std, norm.params["beta"]), pooled.shape)
 
     def backward(self, dy):
         norm, pool = self.norm, self.pool
@@ -605,14 +600,11 @@ class BatchNormMaxPool(Layer):
         if norm.skip_input_grad:
             return None
         scale = norm.params["gamma"] * inv_std  # s: (C,)
-        wide_dz, wide_scale = wide_rows(dz_rows, scale)
-        routed = from_rows((wide_dz * wide_scale).reshape(dz_rows.shape), dy.shape)  # s * dz: (N, C, Ho, Wo)
+        routed = from_rows(scale_rows(dz_rows, scale), dy.shape)  # s * dz: (N, C, Ho, Wo)
         dx = maxpool_backward(routed, self.argmax, pool.x_shape, True, pool.k, pool.stride)  # channels-last
-        wide_c, a, b = wide_rows(norm.centred, -scale * inv_std * sum_dy_xhat / norm.count, -scale * sum_dy / norm.count)
-        affine = wide_c * a  # centred * a + b, added to the routed gradient
-        affine += b
-        wide_dx = to_rows(dx).reshape(affine.shape)
-        wide_dx += affine
+        count = norm.centred.shape[0]  # M
+        dx_rows = to_rows(dx)  # a view: dx is channels-last
+        dx_rows += scale_rows(norm.centred, -scale * inv_std * sum_dy_xhat / count, -scale * sum_dy / count)
         return dx
 
 

@@ -182,8 +182,7 @@ def run_order(layers: list[Layer]) -> list[int]:
     """
     order = list(range(len(layers)))
     for i in range(len(layers) - 1):
-        first, second = layers[order[i]], layers[order[i + 1]]
-        if type(first) is ReLU and type(second) is MaxPool2D and second.stride >= second.k:
+        if type(layers[order[i]]) is ReLU and _non_overlapping_max_pool(layers[order[i + 1]]):
             order[i], order[i + 1] = order[i + 1], order[i]
     return order
 
@@ -194,8 +193,13 @@ def run_units(layers: list[Layer]) -> list[Layer]:
     units = []
     for layer in layers:
         previous = units[-1] if units else None
-        if type(layer) is MaxPool2D and layer.stride >= layer.k and type(previous) is BatchNorm:
+        if _non_overlapping_max_pool(layer) and type(previous) is BatchNorm:
             units[-1] = BatchNormMaxPool(previous, layer)
         else:
             units.append(layer)
     return units
+
+
+def _non_overlapping_max_pool(layer: Layer) -> bool:
+    """A MaxPool2D whose windows do not overlap (stride >= k): each input element is in one window at most."""
+    return type(layer) is MaxPool2D and layer.stride >= layer.k
