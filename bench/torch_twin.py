@@ -68,7 +68,6 @@ SHARED_MNIST = (ROOT / ".." / "shared" / "mnist").resolve()
 DEFAULT_PRESETS = ["nielsen", "mlp", "cnn-small", "cnn"]
 INPUT_SHAPE = (1, 28, 28)
 NUM_CLASSES = 10
-EVAL_BATCH = EVAL_BATCH_SIZE  # the batch nnlib's validation uses, so both sides validate alike
 INSTALL_TORCH = "torch_twin: PyTorch is not installed; for the comparison: pip install -e '.[oracle]'"
 
 
@@ -175,13 +174,13 @@ def run_schedule(cfg: dict, images_per_epoch: int):
 
 
 def torch_accuracy(torch, net, x_uint8, y) -> float:
-    """Eval-mode accuracy of the torch net over uint8 images, in batches of EVAL_BATCH."""
+    """Eval-mode accuracy of the torch net over uint8 images, in batches of nnlib's EVAL_BATCH_SIZE (both sides validate alike)."""
     net.eval()
     correct = 0
     with torch.no_grad():
-        for start in range(0, len(x_uint8), EVAL_BATCH):
-            logits = net(torch.from_numpy(to_batch(x_uint8[start : start + EVAL_BATCH])))
-            correct += int((logits.argmax(dim=1).numpy() == y[start : start + EVAL_BATCH]).sum())
+        for start in range(0, len(x_uint8), EVAL_BATCH_SIZE):
+            logits = net(torch.from_numpy(to_batch(x_uint8[start : start + EVAL_BATCH_SIZE])))
+            correct += int((logits.argmax(dim=1).numpy() == y[start : start + EVAL_BATCH_SIZE]).sum())
     return correct / len(x_uint8)
 
 

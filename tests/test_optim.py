@@ -5,10 +5,13 @@ Each test has a 2-D weight W and a 1-D bias b and feeds a different gradient at 
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
 from nnlib import optim
+from nnlib.model import pack_parameters
 
 LR, MOM, WD = 0.1, 0.9, 0.05
 B1, B2, EPS = 0.9, 0.999, 1e-8
@@ -181,13 +184,8 @@ class FlatProblem(Problem):
 
     def __init__(self, seed=0):
         super().__init__(seed)
-        sizes = [p.size for p in self.p0.values()]
-        self.flat = (np.concatenate([p.reshape(-1) for p in self.p0.values()]), np.zeros(sum(sizes)))
-        offset = 0
-        for name, p in self.p0.items():
-            self.param[name] = self.flat[0][offset : offset + p.size].reshape(p.shape)
-            self.grad[name] = self.flat[1][offset : offset + p.size].reshape(p.shape)
-            offset += p.size
+        holder = SimpleNamespace(params=self.param, grads=self.grad)  # what pack_parameters needs of a layer
+        self.flat = pack_parameters([holder])
 
 
 CONFIGS = {
