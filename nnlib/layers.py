@@ -23,10 +23,12 @@ import numbers
 import numpy as np
 
 from . import init as initializers
+from . import winograd
 from .backend import DEFAULT_DTYPE, get_array_module, to_device
 from .functional import (
     avgpool_backward,
     avgpool_forward,
+    batch_blocks,
     column_dots,
     column_sums,
     conv2d_input_grad_nhwc,
@@ -44,6 +46,7 @@ from .functional import (
     to_nhwc,
     to_rows,
     wide_rows,
+    window_index_dtype,
 )
 
 
@@ -304,7 +307,10 @@ class Conv2D(Layer):
 
     type_name = "conv"
 
-    def __init__(self, out: int, k: int = 3, stride: int = 1, pad: int = 0, bias: bool = True, init: str = "he_normal"):
+    ALGORITHMS = ("auto", "gemm", "winograd")
+
+    def __init__(self, out: int, k: int = 3, stride: int = 1, pad: int = 0, bias: bool = True, init: str = "he_normal",
+                 algorithm: str = "auto"):
         super().__init__()
         self.out = check_int(self, "out", out, 1)
         self.k = check_int(self, "k", k, 1)
@@ -312,6 +318,23 @@ class Conv2D(Layer):
         self.pad = check_int(self, "pad", pad, 0)
         self.bias = check_bool(self, "bias", bias)
         self.init = check_choice(self, "init", init, initializers.INITIALIZERS)
+        self.algorithm = check_choice(self, "algorithm", algorithm, self.ALGORITHMS)
+        if algorithm == "winograd" and not self.winograd_fits():
+            raise LayerSpecError(self.type_name, f"algorithm 'winograd' needs stride 1 and k in {winograd.KERNEL_SIZES}, "
+                                                 f"got stride {stride} and k {k}: use 'auto' or 'gemm'")
+
+    def winograd_fits(self) -> bool:
+        """Whether :mod:`nnlib.winograd` has tiles for this kernel: stride 1, k = 3, 4 or 5."""
+        return self.stride == 1 and self.k in winograd.KERNEL_SIZES
+
+    def choose_method(self, channels: int) -> str:
+        """'winograd' or 'gemm' for ``channels`` input channels: the ``algorithm`` option, or for 'auto'
+        Winograd for stride 1, k = 4 or 5 and at least 8 input channels, where it measured faster
+        (``python bench/bench_conv.py``); GEMM otherwise: 3x3 kernels gain nothing from F(2, 3) here,
+        and with a few input channels (a first layer) the a*a GEMMs are too thin."""
+        if self.algorithm != "auto":
+            return self.algorithm
+        return "winograd" if self.winograd_fits() and self.k >= 4 and channels >= 8 else "gemm"
 
     def build(self, input_shape, rng):
         if len(input_shape) != 3:
@@ -320,6 +343,7 @@ class Conv2D(Layer):
         ho, wo = (conv_output_size(s, self.k, self.stride, self.pad) for s in (h, w))
         if ho < 1 or wo < 1:
             raise ShapeError(f"conv kernel {self.k} (pad {self.pad}) does not fit a {h}x{w} input")
+        self.method = self.choose_method(c)  # 'gemm' or 'winograd'
         self.params["W"] = to_device(initializers.get(self.init)((self.out, c, self.k, self.k), rng))
         if self.bias:
             self.params["b"] = to_device(np.zeros(self.out, DEFAULT_DTYPE))
@@ -331,6 +355,8 @@ class Conv2D(Layer):
         k = self.k
         ho, wo = (conv_output_size(s, k, self.stride, self.pad) for s in (h, w))
         self.x_shape_nhwc = (n, h, w, c)
+        if self.method == "winograd":
+            return self._winograd_forward(x, train)
         # (N, H, W, C) view -> cols (N*Ho*Wo, k*k*C [+1 column of ones when there is a bias]).
         cols = im2col_nhwc(x.transpose(0, 2, 3, 1), k, self.stride, self.pad, ones=self.bias)
         w_mat = self.params["W"].transpose(2, 3, 1, 0).reshape(k * k * c, self.out)  # rows (i, j, c)
@@ -342,17 +368,41 @@ class Conv2D(Layer):
         self.cols, self.x = (cols, None) if train else (None, x)
         return from_nhwc(y.reshape(n, ho, wo, self.out))  # (N, out, Ho, Wo), channels-last memory
 
+    def _winograd_forward(self, x, train):
+        """y = conv(x) by :func:`nnlib.winograd.forward`; train mode keeps V and U for the backward."""
+        xp = get_array_module(x)
+        y, tiles = winograd.forward(to_nhwc(x), self.params["W"], self.k, self.pad)  # (N, Ho, Wo, out)
+        y = y + self.params["b"] if self.bias else xp.ascontiguousarray(y)
+        self.tiles, self.x = (tiles, None) if train else (None, x)
+        return from_nhwc(y)  # (N, out, Ho, Wo), channels-last memory
+
+    def _winograd_backward(self, dy):
+        tiles = self.tiles
+        if tiles is None:  # the forward ran in eval mode
+            tiles = winograd.forward(to_nhwc(self.x), self.params["W"], self.k, self.pad)[1]
+        dy_nhwc = to_nhwc(dy)  # (N, Ho, Wo, out); free when dy is channels-last
+        dx, dw = winograd.backward(dy_nhwc, *tiles, self.x_shape_nhwc, self.k, self.pad,
+                                   input_grad=not self.skip_input_grad)
+        self.grads["W"][...] = dw
+        if self.bias:
+            self.grads["b"][...] = column_sums(dy_nhwc.reshape(-1, self.out))
+        return None if dx is None else from_nhwc(dx)
+
     def backward(self, dy):
+        if self.method == "winograd":
+            return self._winograd_backward(dy)
         n, h, w, c = self.x_shape_nhwc
         k = self.k
         cols = self.cols
         if cols is None:  # the forward ran in eval mode
             cols = im2col_nhwc(self.x.transpose(0, 2, 3, 1), k, self.stride, self.pad, ones=self.bias)
         dy_rows = to_rows(dy)  # (N*Ho*Wo, out); free when dy is channels-last
-        dw = cols.T @ dy_rows  # (k*k*C [+1], out): one GEMM over all N*Ho*Wo positions
-        self.grads["W"][...] = dw[: k * k * c].reshape(k, k, c, self.out).transpose(3, 2, 0, 1)
-        if self.bias:  # the ones column of cols makes the last row of dw the column sums of dy
-            self.grads["b"][...] = dw[k * k * c]
+        # dw_t = dy_rows.T @ cols: (out, k*k*C [+1]), one GEMM over all N*Ho*Wo positions (OpenBLAS runs
+        # it faster in this orientation than cols.T @ dy_rows, whose result would be its transpose).
+        dw_t = dy_rows.T @ cols
+        self.grads["W"][...] = dw_t[:, : k * k * c].reshape(self.out, k, k, c).transpose(0, 3, 1, 2)
+        if self.bias:  # the ones column of cols makes the last column of dw_t the sums of dy
+            self.grads["b"][...] = dw_t[:, k * k * c]
         if self.skip_input_grad:  # first layer: no dx, so no GEMM and no scatter into the image
             return None
         xp = get_array_module(dy_rows)
@@ -492,22 +542,36 @@ class BatchNorm(Layer):
         """Train mode: normalise by the batch. x_rows: (M, C) -> centred = x_rows - mean: (M, C).
 
         Sets ``self.centred`` and ``self.inv_std`` = 1 / sqrt(var + eps): (C,) (biased batch variance),
-        and moves the running statistics towards the batch's.
+        and moves the running statistics towards the batch's. The rows are centred block by block
+        (:func:`~nnlib.functional.batch_blocks`), each block's squares summed while it is in cache.
         """
         xp = get_array_module(x_rows)
-        count = x_rows.shape[0]
+        count, c = x_rows.shape
         mean = column_sums(x_rows) / count  # (C,)
+        centred = xp.empty_like(x_rows)  # x_hat = centred * inv_std
+        square_sums = sum(self.centre(x_rows[rows], mean, centred[rows])
+                          for rows in batch_blocks(count, c * x_rows.itemsize, xp))
+        self.record_batch_statistics(mean, square_sums / count, count)
+        self.centred = centred
+        return centred
+
+    @staticmethod
+    def centre(x_rows, mean, out):
+        """out = x_rows - mean for a block of rows: (M', C) and (C,) -> out's per-channel sums of squares: (C,)."""
         wide, wide_mean = wide_rows(x_rows, mean)
-        centred = (wide - wide_mean).reshape(x_rows.shape)  # (M, C); x_hat = centred * inv_std
-        var = column_dots(centred, centred) / count  # biased batch variance (C,)
+        get_array_module(x_rows).subtract(wide, wide_mean, out=out.reshape(wide.shape))
+        return column_dots(out, out)
+
+    def record_batch_statistics(self, mean, var, count: int) -> None:
+        """Set ``inv_std`` = 1 / sqrt(var + eps) from the batch's mean and biased variance: (C,) each, over
+        ``count`` values per channel, and move the running statistics towards them."""
+        xp = get_array_module(mean)
         m = self.momentum
         self.buffers["running_mean"] *= 1 - m
         self.buffers["running_mean"] += m * mean
         self.buffers["running_var"] *= 1 - m
         self.buffers["running_var"] += m * var * (count / max(count - 1, 1))
         self.inv_std = 1.0 / xp.sqrt(var + self.eps)  # (C,), x's dtype (eps is a Python float)
-        self.centred = centred
-        return centred
 
     def set_param_grads(self, sum_dy, sum_dy_xhat) -> None:
         """grads from the per-channel sums of dy and of dy * x_hat: (C,) each."""
@@ -581,11 +645,24 @@ class BatchNormMaxPool(Layer):
         self.fused = self.fusable(x, train)
         if not self.fused:
             return pool.forward(norm.forward(x, train), train)
-        centred = norm.batch_statistics(to_rows(x))  # (M, C), M = N*H*W; sets norm.centred, norm.inv_std
+        x_rows = to_rows(x)  # (M, C), M = N*H*W
+        n, c, h, w = x.shape
+        count, k = x_rows.shape[0], pool.k
+        ho, wo = (conv_output_size(size, k, pool.stride, 0) for size in (h, w))
         pool._remember_input(x)
-        pooled, self.argmax = maxpool_forward(from_rows(centred, x.shape), pool.k, pool.stride)  # (N, C, Ho, Wo)
-        self.pooled_rows = to_rows(pooled)  # (Mq, C): the centred value at each window's maximum
-        return from_rows(scale_rows(self.pooled_rows, gamma * norm.inv_std, norm.params["beta"]), pooled.shape)
+        mean = column_sums(x_rows) / count  # (C,)
+        norm.centred = centred = np.empty_like(x_rows)  # x - mean: (M, C)
+        pooled = np.empty((n, ho, wo, c), dtype=x.dtype)  # the centred value at each window's maximum
+        self.argmax = np.empty((n, ho, wo, c), dtype=window_index_dtype(np, k))
+        square_sums = 0
+        for images in batch_blocks(n, h * w * c * x.itemsize, np):  # centre, sum squares and pool while in cache
+            rows = slice(images.start * h * w, images.stop * h * w)
+            square_sums = square_sums + norm.centre(x_rows[rows], mean, centred[rows])
+            block_shape = (images.stop - images.start, c, h, w)
+            maxpool_forward(from_rows(centred[rows], block_shape), k, pool.stride, out=(pooled[images], self.argmax[images]))
+        norm.record_batch_statistics(mean, square_sums / count, count)
+        self.pooled_rows = pooled.reshape(-1, c)  # (Mq, C)
+        return from_rows(scale_rows(self.pooled_rows, gamma * norm.inv_std, norm.params["beta"]), (n, c, ho, wo))
 
     def backward(self, dy):
         norm, pool = self.norm, self.pool
@@ -600,12 +677,20 @@ class BatchNormMaxPool(Layer):
         if norm.skip_input_grad:
             return None
         scale = norm.params["gamma"] * inv_std  # s: (C,)
-        routed = from_rows(scale_rows(dz_rows, scale), dy.shape)  # s * dz: (N, C, Ho, Wo)
-        dx = maxpool_backward(routed, self.argmax, pool.x_shape, True, pool.k, pool.stride)  # channels-last
-        count = norm.centred.shape[0]  # M
-        dx_rows = to_rows(dx)  # a view: dx is channels-last
-        dx_rows += scale_rows(norm.centred, -scale * inv_std * sum_dy_xhat / count, -scale * sum_dy / count)
-        return dx
+        n, c, h, w = pool.x_shape
+        routed = scale_rows(dz_rows, scale).reshape(self.argmax.shape)  # s * dz: (N, Ho, Wo, C)
+        centred = norm.centred  # (M, C)
+        count = centred.shape[0]  # M
+        a, b = -scale * inv_std * sum_dy_xhat / count, -scale * sum_dy / count
+        dx = np.empty((n, h, w, c), dtype=centred.dtype)
+        dx_rows = dx.reshape(count, c)
+        for images in batch_blocks(n, h * w * c * dx.itemsize, np):  # route and add the affine part while in cache
+            rows = slice(images.start * h * w, images.stop * h * w)
+            block_shape = (images.stop - images.start, c, h, w)
+            maxpool_backward(from_nhwc(routed[images]), from_nhwc(self.argmax[images]), block_shape, True, pool.k,
+                             pool.stride, out=dx[images])
+            dx_rows[rows] += scale_rows(centred[rows], a, b)
+        return from_nhwc(dx)
 
 
 LAYERS = {

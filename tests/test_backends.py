@@ -23,7 +23,8 @@ from nnlib.training import fit, make_loss, make_optimizer
 
 SPECS = [
     {"type": "conv", "out": 4, "k": 5}, {"type": "batchnorm"}, {"type": "relu"}, {"type": "maxpool", "k": 2},
-    {"type": "conv", "out": 6, "k": 3, "pad": 1}, {"type": "batchnorm"}, {"type": "relu"}, {"type": "avgpool", "k": 2},
+    {"type": "conv", "out": 6, "k": 5, "pad": 2, "algorithm": "winograd"}, {"type": "batchnorm"}, {"type": "relu"},
+    {"type": "avgpool", "k": 2},
     {"type": "flatten"}, {"type": "dense", "out": 16}, {"type": "batchnorm"}, {"type": "tanh"},
     {"type": "dropout", "p": 0.3}, {"type": "dense", "out": 12}, {"type": "sigmoid"}, {"type": "dense", "out": 10},
 ]

@@ -22,6 +22,10 @@ GRADCHECK_CASES = {
     "conv-s2-p1-nobias": ({"type": "conv", "out": 3, "k": 3, "stride": 2, "pad": 1, "bias": False}, (2, 7, 6)),
     "conv-k2-s1-p1": ({"type": "conv", "out": 2, "k": 2, "pad": 1}, (3, 4, 5)),
     "conv-k1": ({"type": "conv", "out": 2, "k": 1}, (3, 4, 5)),
+    "conv-winograd-k5": ({"type": "conv", "out": 3, "k": 5, "algorithm": "winograd"}, (2, 12, 9)),
+    "conv-winograd-k3-p1": ({"type": "conv", "out": 3, "k": 3, "pad": 1, "algorithm": "winograd"}, (2, 6, 5)),
+    "conv-winograd-k4-p2-nobias": ({"type": "conv", "out": 2, "k": 4, "pad": 2, "bias": False, "algorithm": "winograd"},
+                                   (3, 7, 6)),
     "maxpool-2": ({"type": "maxpool", "k": 2}, (2, 6, 4)),
     "maxpool-3-s2-overlap": ({"type": "maxpool", "k": 3, "stride": 2}, (2, 7, 5)),
     "maxpool-2-odd-input": ({"type": "maxpool", "k": 2}, (1, 5, 7)),
@@ -262,6 +266,29 @@ def test_batchnorm_maxpool_unit_pools_first_and_matches_the_two_layers(k, shape)
     for key in ("running_mean", "running_var"):
         np.testing.assert_array_equal(norm.buffers[key], fresh_norm.buffers[key])
     check_layer_gradients(unit, x)  # and against central differences (dx; gamma and beta are checked above)
+
+
+def test_batchnorm_maxpool_unit_gives_the_same_result_in_cache_sized_blocks(monkeypatch):
+    """The unit centres, sums and pools block by block of images (functional.batch_blocks); with blocks
+    of one image the results match the two layers as with one block for the whole batch."""
+    from nnlib import functional
+
+    monkeypatch.setattr(functional, "BLOCK_BYTES", 1)  # one image per block
+    shape = (5, 3, 8, 6)
+    norm, pool, x = _norm_and_pool(np.linspace(0.5, 2.0, shape[1]), 2, shape)
+    unit = layers.BatchNormMaxPool(norm, pool)
+    assert len(functional.batch_blocks(shape[0], 1, np)) == shape[0]
+    y = unit.forward(x, train=True)
+    dz = np.random.default_rng(5).standard_normal(y.shape)
+    dx = unit.backward(dz)
+    fresh_norm, fresh_pool, _ = _norm_and_pool(np.linspace(0.5, 2.0, shape[1]), 2, shape)
+    y_two, dx_two, grads_two = _two_layers(fresh_norm, fresh_pool, x, dz)
+    np.testing.assert_allclose(y, y_two, rtol=1e-12)
+    np.testing.assert_allclose(dx, dx_two, rtol=1e-10, atol=1e-12)
+    for key in grads_two:
+        np.testing.assert_allclose(norm.grads[key], grads_two[key], rtol=1e-10, atol=1e-12, err_msg=key)
+    for key in ("running_mean", "running_var"):
+        np.testing.assert_allclose(norm.buffers[key], fresh_norm.buffers[key], rtol=1e-12)
 
 
 @pytest.mark.parametrize("gamma", [[1.0, -0.5, 2.0], [1.0, 0.0, 2.0]])

@@ -66,7 +66,7 @@ def test_shapes_are_inferred_and_parameters_named_in_order():
     assert model.num_parameters() == sum(p.size for _, p, _ in model.parameters())
     assert model.layers[0].skip_input_grad and not model.layers[1].skip_input_grad
     assert model.specs()[4] == {"type": "conv", "out": 6, "k": 3, "stride": 2, "pad": 0, "bias": True,
-                                "init": "he_normal"}
+                                "init": "he_normal", "algorithm": "auto"}
 
 
 @pytest.mark.parametrize("specs, shape, match", [

@@ -57,17 +57,22 @@ def images(shape, batch=4, seed=0):
 
 # --- layers -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("k, stride, pad, bias, shape", [
-    (3, 1, 0, True, (3, 9, 8)),
-    (3, 1, 1, True, (3, 9, 8)),
-    (3, 2, 0, True, (2, 9, 8)),
-    (3, 2, 1, False, (2, 9, 8)),
-    (5, 2, 2, True, (1, 11, 7)),
-    (2, 1, 0, True, (2, 5, 6)),
-    (1, 1, 0, False, (4, 3, 5)),
+@pytest.mark.parametrize("k, stride, pad, bias, shape, algorithm", [
+    (3, 1, 0, True, (3, 9, 8), "gemm"),
+    (3, 1, 1, True, (3, 9, 8), "gemm"),
+    (3, 2, 0, True, (2, 9, 8), "gemm"),
+    (3, 2, 1, False, (2, 9, 8), "gemm"),
+    (5, 2, 2, True, (1, 11, 7), "gemm"),
+    (2, 1, 0, True, (2, 5, 6), "gemm"),
+    (1, 1, 0, False, (4, 3, 5), "gemm"),
+    (5, 1, 0, True, (8, 12, 12), "winograd"),
+    (5, 1, 2, False, (3, 10, 7), "winograd"),
+    (3, 1, 1, True, (3, 9, 8), "winograd"),
+    (4, 1, 1, True, (2, 9, 8), "winograd"),
 ])
-def test_conv2d(k, stride, pad, bias, shape):
-    layer = build_layer({"type": "conv", "out": 5, "k": k, "stride": stride, "pad": pad, "bias": bias}, shape)
+def test_conv2d(k, stride, pad, bias, shape, algorithm):
+    layer = build_layer({"type": "conv", "out": 5, "k": k, "stride": stride, "pad": pad, "bias": bias,
+                         "algorithm": algorithm}, shape)
     w = leaf(layer.params["W"])
     params = {"W": (w, same)}
     b = None
