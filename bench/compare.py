@@ -15,7 +15,9 @@ alternate nnlib / PyTorch (the order flips every round), so noise from other pro
 img/s comes from the median round, the ratio is the median of the per-round ratios.
 
 Columns: GFLOP/s counts the GEMM work of the conv and dense layers (2 FLOPs per multiply-add: forward,
-weight gradient and, except for the first layer, input gradient) per image times img/s, and is shown as
+weight gradient and, except for the first layer, input gradient) per image times img/s, counting every
+convolution as the direct im2col + GEMM product (a Winograd convolution does fewer multiplications, so
+for networks with one this is an effective rate, comparable between frameworks), and is shown as
 a share of the sgemm peak measured at the start of the run (a 2048^3 float32 matmul in NumPy with the
 same threads, best of 5). Peak RSS is VmHWM of a separate nnlib-only child process per configuration
 that trains 20 steps and then validates 1,000 images at the stage's eval batch (nnlib.model.EVAL_BATCH_SIZE).
@@ -493,7 +495,10 @@ def breakdown(model, loss_fn, optimizer, xs, ys, steps: int, sync=lambda: None) 
         optimizer.step()
         extra["optimizer"].append(_elapsed(t, sync))
     med = statistics.median
-    rows = [(f"{index[i]:>2} {layers[i].type_name}", med(fwd[i]), med(bwd[i])) for i in range(len(layers))]
+    def label(layer) -> str:  # a conv also says how it is computed (gemm or winograd)
+        return f"{layer.type_name} ({layer.method})" if hasattr(layer, "method") else layer.type_name
+
+    rows = [(f"{index[i]:>2} {label(layers[i])}", med(fwd[i]), med(bwd[i])) for i in range(len(layers))]
     return rows + [(f"   {k}", med(v), 0.0) for k, v in extra.items()]
 
 
@@ -636,7 +641,8 @@ def print_table(results: dict, breakdowns: dict) -> None:
         rss = f"{row['peak_rss_mib']:.0f}" if "peak_rss_mib" in row else "-"
         print(f"| {name} | {row['batch_size']} | {row['nnlib_img_s']:,.0f} | {torch_cells} | "
               f"{row['nnlib_gflops']:.1f} ({100 * row['nnlib_peak_share']:.0f}%) | {torch_flops} | {rss} |")
-    print(f"(sgemm peak {peak:.1f} GFLOP/s; GEMM FLOPs per image of each network in the JSON; ratio = median of "
+    print(f"(sgemm peak {peak:.1f} GFLOP/s; GEMM FLOPs per image of each network, convolutions counted as direct "
+          f"im2col + GEMM, in the JSON; ratio = median of "
           f"per-round PyTorch time / nnlib time)")
     loop = results["configs"].get("nielsen", {}).get("loop")
     stage = results.get("stage")
