@@ -8,7 +8,7 @@ from .layers import BatchNorm, BatchNormMaxPool, Layer, LayerSpecError, MaxPool2
 
 # Images per forward pass when nothing is trained (validation, evaluation, Sequential.predict). Small batches
 # keep every activation and im2col buffer in the allocator's reused memory: the default cnn validates
-# 5,000 images in 0.64 s at 128 against 1.11 s at 1,000 (2-core CPU); MLPs are equally fast at both.
+# 5,000 images faster at 128 than at 1,000 (bench/README.md gives the command and its figures).
 EVAL_BATCH_SIZE = 128
 
 

@@ -67,16 +67,10 @@ def tile_transforms(k: int) -> tuple:
 
 
 @functools.lru_cache(maxsize=None)
-def _kron_transforms(k: int, dtype: str) -> tuple:
-    """Host (KA: (m*m, a*a), KG: (a*a, k*k), KB: (a*a, a*a)) = kron of A^T, G, B^T with themselves."""
-    a_t, g, b_t = tile_transforms(k)
-    return tuple(np.kron(t, t).astype(dtype) for t in (a_t, g, b_t))
-
-
-def kron_transforms(k: int, dtype, xp) -> tuple:
-    """:func:`_kron_transforms` as arrays of ``xp`` (copied to the device on CuPy)."""
-    host = _kron_transforms(k, np.dtype(dtype).name)
-    return host if xp is np else tuple(xp.asarray(t) for t in host)
+def kron_transforms(k: int, dtype_name: str, xp) -> tuple:
+    """(KA: (m*m, a*a), KG: (a*a, k*k), KB: (a*a, a*a)) = kron of A^T, G, B^T with themselves, as ``xp``
+    arrays of ``dtype_name``; made once per kernel size, dtype and backend (on CuPy they stay on the device)."""
+    return tuple(xp.asarray(np.kron(t, t).astype(dtype_name)) for t in tile_transforms(k))
 
 
 def tile_grid(h: int, w: int, k: int, pad: int) -> tuple:
@@ -100,7 +94,7 @@ def transform_input(x_nhwc, k: int, pad: int):
     tiles = xp.lib.stride_tricks.as_strided(padded, shape=(2, m, 2, m, n, th, tw, c),
                                             strides=(m * sh, sh, m * sw, sw, sn, m * sh, m * sw, sc))
     d = xp.ascontiguousarray(tiles).reshape(4 * m * m, n * th * tw * c)  # (a*a, P*C)
-    kb = kron_transforms(k, x_nhwc.dtype, xp)[2]
+    kb = kron_transforms(k, x_nhwc.dtype.name, xp)[2]
     return (kb @ d).reshape(4 * m * m, n * th * tw, c)
 
 
@@ -108,7 +102,7 @@ def transform_kernel(w):
     """Kernel w: (O, C, k, k) -> U: (a*a, C, O), U[:, c, o] = vec(G g_oc G^T)."""
     xp = get_array_module(w)
     o, c, k, _ = w.shape
-    kg = kron_transforms(k, w.dtype, xp)[1]
+    kg = kron_transforms(k, w.dtype.name, xp)[1]
     return (kg @ w.transpose(2, 3, 1, 0).reshape(k * k, c * o)).reshape(-1, c, o)
 
 
@@ -120,7 +114,7 @@ def forward(x_nhwc, w, k: int, pad: int):
     th, tw = tile_grid(h, width, k, pad)
     v, u = transform_input(x_nhwc, k, pad), transform_kernel(w)
     products = xp.matmul(v, u)  # (a*a, P, O): one (P, C) @ (C, O) GEMM per transformed position
-    ka = kron_transforms(k, x_nhwc.dtype, xp)[0]
+    ka = kron_transforms(k, x_nhwc.dtype.name, xp)[0]
     y_tiles = (ka @ products.reshape(4 * m * m, -1)).reshape(m, m, n, th, tw, o)  # (i, j, n, ty, tx, o)
     y = xp.empty((n, th, m, tw, m, o), dtype=x_nhwc.dtype)
     y[...] = y_tiles.transpose(2, 3, 0, 4, 1, 5)  # y[n, ty*m + i, tx*m + j, o]
@@ -140,7 +134,7 @@ def backward(dy_nhwc, v, u, x_shape_nhwc, k: int, pad: int, input_grad: bool = T
     _, ho, wo, o = dy_nhwc.shape
     m = k - 1
     th, tw = tile_grid(h, w, k, pad)
-    ka, kg, kb = kron_transforms(k, dy_nhwc.dtype, xp)
+    ka, kg, kb = kron_transforms(k, dy_nhwc.dtype.name, xp)
     if (th * m, tw * m) != (ho, wo):  # the last tiles stick out: their extra outputs get dy = 0
         padded = xp.zeros((n, th * m, tw * m, o), dtype=dy_nhwc.dtype)
         padded[:, :ho, :wo] = dy_nhwc
