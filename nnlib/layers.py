@@ -303,6 +303,10 @@ class Conv2D(Layer):
     no transposing copy is made and a following conv / batch-norm / pool reads it in place.
     Backward: [dW; db] = cols.T @ dy_rows (one GEMM), and (unless ``skip_input_grad``) dx by one
     (N*Ho*Wo, out) @ (out, k*k*C) GEMM and col2im (each offset's slice added into the shifted window).
+
+    ``algorithm``: 'gemm' is the above; 'winograd' computes the same convolution by Winograd's minimal
+    filtering (:mod:`nnlib.winograd`: stride 1, k = 3, 4 or 5), with fewer multiplications; 'auto' (the
+    default) picks one per layer from its shape when the model is built (:meth:`choose_method`).
     """
 
     type_name = "conv"
@@ -397,9 +401,9 @@ class Conv2D(Layer):
         if cols is None:  # the forward ran in eval mode
             cols = im2col_nhwc(self.x.transpose(0, 2, 3, 1), k, self.stride, self.pad, ones=self.bias)
         dy_rows = to_rows(dy)  # (N*Ho*Wo, out); free when dy is channels-last
-        # dw_t: (out, k*k*C [+1]), one GEMM over all N*Ho*Wo positions, in the orientation OpenBLAS runs
+        # dw_t: (out, k*k*C [+1]), one GEMM over all N*Ho*Wo positions, in the orientation OpenBLAS ran
         # faster for cols' layout: cols.T @ dy_rows when cols is K-major (cols.T C-contiguous, as a first
-        # layer's), else dy_rows.T @ cols (about 15% faster there, and about twice as slow for K-major).
+        # layer's), else dy_rows.T @ cols.
         dw_t = (cols.T @ dy_rows).T if cols.T.flags.c_contiguous else dy_rows.T @ cols
         self.grads["W"][...] = dw_t[:, : k * k * c].reshape(self.out, k, k, c).transpose(0, 3, 1, 2)
         if self.bias:  # the ones column of cols makes the last column of dw_t the sums of dy
@@ -643,6 +647,14 @@ class BatchNormMaxPool(Layer):
         reading gamma's sign would cost a device-to-host wait every step, so the layers run as listed)."""
         return train and x.ndim == 4 and get_array_module(x) is np and bool((self.norm.params["gamma"] > 0).all())
 
+    @staticmethod
+    def image_blocks(x_shape, itemsize: int) -> list:
+        """Cache-sized blocks of the images of x: (N, C, H, W), as (image slice, the slice of its rows in the
+        (N*H*W, C) row matrix, the block's (N', C, H, W) shape), from :func:`~nnlib.functional.batch_blocks`."""
+        n, c, h, w = x_shape
+        return [(images, slice(images.start * h * w, images.stop * h * w), (images.stop - images.start, c, h, w))
+                for images in batch_blocks(n, h * w * c * itemsize, np)]
+
     def forward(self, x, train=False):
         norm, pool = self.norm, self.pool
         gamma = norm.params["gamma"]
@@ -657,14 +669,12 @@ class BatchNormMaxPool(Layer):
         self.x_rows, self.mean = x_rows, column_sums(x_rows) / count  # mean: (C,)
         pooled = np.empty((n, ho, wo, c), dtype=x.dtype)  # the centred value at each window's maximum
         self.argmax = np.empty((n, ho, wo, c), dtype=window_index_dtype(np, k))
-        blocks = batch_blocks(n, h * w * c * x.itemsize, np)
-        centred = np.empty(((blocks[0].stop - blocks[0].start) * h * w, c), dtype=x.dtype)  # one block's x - mean
+        blocks = self.image_blocks(x.shape, x.itemsize)
+        centred = np.empty((blocks[0][1].stop, c), dtype=x.dtype)  # one block's x - mean
         square_sums = 0
-        for images in blocks:
-            rows = slice(images.start * h * w, images.stop * h * w)
+        for images, rows, block_shape in blocks:
             block = centred[: rows.stop - rows.start]
             square_sums = square_sums + norm.centre(x_rows[rows], self.mean, block)
-            block_shape = (images.stop - images.start, c, h, w)
             maxpool_forward(from_rows(block, block_shape), k, pool.stride, out=(pooled[images], self.argmax[images]))
         norm.record_batch_statistics(self.mean, square_sums / count, count)
         self.pooled_rows = pooled.reshape(-1, c)  # (Mq, C)
@@ -691,9 +701,7 @@ class BatchNormMaxPool(Layer):
         shift = b - self.mean * a  # centred * a + b = x * a + shift
         dx = np.empty((n, h, w, c), dtype=x_rows.dtype)
         dx_rows = dx.reshape(count, c)
-        for images in batch_blocks(n, h * w * c * dx.itemsize, np):  # route and add the affine part while in cache
-            rows = slice(images.start * h * w, images.stop * h * w)
-            block_shape = (images.stop - images.start, c, h, w)
+        for images, rows, block_shape in self.image_blocks(pool.x_shape, dx.itemsize):  # route, add the affine part
             maxpool_backward(from_nhwc(routed[images]), from_nhwc(self.argmax[images]), block_shape, True, pool.k,
                              pool.stride, out=dx[images])
             dx_rows[rows] += scale_rows(x_rows[rows], a, shift)
