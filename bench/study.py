@@ -17,7 +17,10 @@ The script queues every (factor, level, seed) run not yet recorded with ``dvc ex
 runs them with ``dvc queue start -j N``, waits, collects ``dvc exp show --json``, and records each
 finished run in ``bench/studies/<name>.json`` (with the nnlib commit it ran on: the commit that was
 HEAD when it was queued; the runs are found there even after HEAD has moved on). An interrupted study
-continues where it stopped: recorded runs are never queued again. It then writes the Markdown table
+continues where it stopped: recorded runs are never queued again. To measure runs again on new code,
+delete their entries from the JSON and pass ``--rerun``: the experiments of the same names from
+earlier commits are then removed (``dvc exp remove``) and the runs queued on HEAD; without it they
+would be collected again. It then writes the Markdown table
 of the mean and the range (min-max) of test accuracy per level, and of train seconds per epoch when
 every run was made with ``-j 1`` (times of parallel runs share the CPU and are left out).
 """
@@ -151,6 +154,9 @@ def main(argv=None) -> int:
     parser.add_argument("--timeout", type=float, default=6 * 3600, help="seconds to wait for the queue (default 6 h)")
     parser.add_argument("--repo", type=Path, default=ROOT, help="the repository to run in (default: this one)")
     parser.add_argument("--out", type=Path, help="results folder (default: the study file's folder)")
+    parser.add_argument("--rerun", action="store_true",
+                        help="run again on HEAD every run missing from the JSON, removing finished experiments of "
+                             "the same names from earlier commits (instead of collecting them)")
     args = parser.parse_args(argv)
     study = yaml.safe_load(args.study.read_text())
     out_dir = args.out or args.study.parent
@@ -161,6 +167,10 @@ def main(argv=None) -> int:
     baselines = record.setdefault("baselines", [])  # the commits runs were queued on
     todo = [run for run in runs_of(study) if run["name"] not in record["runs"]]
     done, pending = experiments(args.repo, [commit, *baselines])
+    stale = [run["name"] for run in todo if run["name"] in done] if args.rerun else []
+    if stale:  # finished on older code: measure them again
+        dvc("exp", "remove", *stale, cwd=args.repo)
+        done = {name: result for name, result in done.items() if name not in stale}
     queued = [run for run in todo if run["name"] not in done and run["name"] not in pending]
     if queued and commit not in baselines:
         baselines.append(commit)

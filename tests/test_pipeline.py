@@ -515,7 +515,8 @@ def test_share_a_run_through_a_dvc_remote(repo, tmp_path):
 
 def test_study_script_runs_a_toy_study_and_continues(repo, tmp_path):
     """bench/study.py on 2 runs, -j 1: results recorded with the commit they ran on; after HEAD moves on,
-    a second call finds them there and queues nothing."""
+    a second call finds them there and queues nothing; with --rerun a run dropped from the record runs
+    again on the new HEAD."""
     write_params(repo, {})
     run(["git", "add", "-A"], repo)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "study base", "--allow-empty"], repo)
@@ -538,7 +539,16 @@ def test_study_script_runs_a_toy_study_and_continues(repo, tmp_path):
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "moved on", "--allow-empty"], repo)
     second = run(cmd, repo)  # ... and HEAD had moved on: the runs are still found on their own commit
     assert "running" not in second.stderr and "running 2 experiments" in first.stderr
-    assert sorted(json.loads((tmp_path / "toy.json").read_text())["runs"]) == ["toy-base-s0", "toy-lr-high-s0"]
+    record = json.loads((tmp_path / "toy.json").read_text())
+    assert sorted(record["runs"]) == ["toy-base-s0", "toy-lr-high-s0"]
+    # After a code change: drop one run from the record and --rerun it on the new HEAD.
+    head = run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
+    del record["runs"]["toy-lr-high-s0"]
+    (tmp_path / "toy.json").write_text(json.dumps(record))
+    third = run([*cmd, "--rerun"], repo)
+    assert "running 1 experiments" in third.stderr
+    runs = json.loads((tmp_path / "toy.json").read_text())["runs"]
+    assert runs["toy-lr-high-s0"]["commit"] == head and runs["toy-base-s0"]["commit"] == base
 
 
 def test_exp_run_uses_a_hand_edit_and_a_preset_switch_keeps_it(repo):
