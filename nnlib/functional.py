@@ -134,7 +134,7 @@ def column_dots(a, b):
 
 # --------------------------------------------------------------------------- cache-sized blocks
 
-BLOCK_BYTES = 1 << 21  # about 2 MiB: a block's few arrays stay in this machine's caches between passes
+BLOCK_BYTES = 1 << 21  # about 2 MiB: small enough that a block's few arrays stay in cache between passes
 
 
 def batch_blocks(n: int, item_bytes: int, xp, block_bytes: int | None = None) -> list:
@@ -143,7 +143,7 @@ def batch_blocks(n: int, item_bytes: int, xp, block_bytes: int | None = None) ->
     item_bytes: the bytes of one item in the largest array a pass touches. Memory-bound passes
     (batch-norm, max-pool, col2im) run block by block, so the arrays of one block are still in cache
     when the next pass reads them, instead of each pass streaming the whole batch from memory (the
-    default cnn's first block holds 9.4 MB per array). Every block has at least one item. Default
+    default cnn's first batch-norm input is 9.4 MB). Every block has at least one item. Default
     size: :data:`BLOCK_BYTES`. On a GPU: one block, the whole batch (fewer kernel launches).
     """
     block_bytes = BLOCK_BYTES if block_bytes is None else block_bytes

@@ -22,8 +22,8 @@ import numbers
 
 import numpy as np
 
+from . import backend, winograd
 from . import init as initializers
-from . import winograd
 from .backend import DEFAULT_DTYPE, get_array_module, to_device
 from .functional import (
     avgpool_backward,
@@ -293,20 +293,21 @@ class Dropout(Layer):
 
 
 class Conv2D(Layer):
-    """2-D convolution (cross-correlation, as in PyTorch) as one 2-D GEMM over channels-last columns.
+    """2-D convolution (cross-correlation, as in PyTorch), computed one of two ways (``algorithm``).
 
     x: (N, C, H, W) -> y: (N, out, Ho, Wo); W: (out, C, k, k), b: (out,).
 
-    Internally: cols = im2col_nhwc(x): (N*Ho*Wo, k*k*C + 1), columns ordered (i, j, c) plus a
-    column of ones, and y_rows = cols @ [W_mat; b]: (N*Ho*Wo, out) with W_mat = W as (k*k*C, out).
-    y is returned as an NCHW view of y_rows (channels-last memory, see :mod:`nnlib.functional`), so
-    no transposing copy is made and a following conv / batch-norm / pool reads it in place.
-    Backward: [dW; db] = cols.T @ dy_rows (one GEMM), and (unless ``skip_input_grad``) dx by one
-    (N*Ho*Wo, out) @ (out, k*k*C) GEMM and col2im (each offset's slice added into the shifted window).
+    'gemm', one 2-D GEMM over channels-last columns: cols = im2col_nhwc(x): (N*Ho*Wo, k*k*C + 1),
+    columns ordered (i, j, c) plus a column of ones, and y_rows = cols @ [W_mat; b]: (N*Ho*Wo, out) with
+    W_mat = W as (k*k*C, out). y is returned as an NCHW view of y_rows (channels-last memory, see
+    :mod:`nnlib.functional`), so no transposing copy is made and a following conv / batch-norm / pool
+    reads it in place. Backward: [dW; db] from one GEMM of cols and dy_rows, and (unless
+    ``skip_input_grad``) dx by one (N*Ho*Wo, out) @ (out, k*k*C) GEMM and col2im (each offset's slice
+    added into the shifted window).
 
-    ``algorithm``: 'gemm' is the above; 'winograd' computes the same convolution by Winograd's minimal
-    filtering (:mod:`nnlib.winograd`: stride 1, k = 3, 4 or 5), with fewer multiplications; 'auto' (the
-    default) picks one per layer from its shape when the model is built (:meth:`choose_method`).
+    'winograd' computes the same convolution by Winograd's minimal filtering (:mod:`nnlib.winograd`:
+    stride 1, k = 3, 4 or 5), with fewer multiplications; 'auto' (the default) picks one per layer from
+    its shape when the model is built (:meth:`choose_method`).
     """
 
     type_name = "conv"
@@ -333,12 +334,14 @@ class Conv2D(Layer):
 
     def choose_method(self, channels: int) -> str:
         """'winograd' or 'gemm' for ``channels`` input channels: the ``algorithm`` option, or for 'auto'
-        Winograd for stride 1, k = 4 or 5 and at least 8 input channels, where it measured faster
-        (``python bench/bench_conv.py``); GEMM otherwise: 3x3 kernels gain nothing from F(2, 3) here,
-        and with a few input channels (a first layer) the a*a GEMMs are too thin."""
+        Winograd for stride 1, k = 4 or 5 and at least 8 input channels on NumPy, where it measured
+        faster (``python bench/bench_conv.py``); GEMM otherwise: 3x3 kernels gain nothing from F(2, 3)
+        here, with a few input channels (a first layer) the a*a GEMMs are too thin, and on a GPU it has
+        not been measured yet (``algorithm: winograd`` runs it there)."""
         if self.algorithm != "auto":
             return self.algorithm
-        return "winograd" if self.winograd_fits() and self.k >= 4 and channels >= 8 else "gemm"
+        on_numpy = backend.current() is np
+        return "winograd" if on_numpy and self.winograd_fits() and self.k >= 4 and channels >= 8 else "gemm"
 
     def build(self, input_shape, rng):
         if len(input_shape) != 3:
@@ -357,10 +360,10 @@ class Conv2D(Layer):
     def forward(self, x, train=False):
         n, c, h, w = x.shape
         k = self.k
-        ho, wo = (conv_output_size(s, k, self.stride, self.pad) for s in (h, w))
         self.x_shape_nhwc = (n, h, w, c)
         if self.method == "winograd":
             return self._winograd_forward(x, train)
+        ho, wo = (conv_output_size(s, k, self.stride, self.pad) for s in (h, w))
         # (N, H, W, C) view -> cols (N*Ho*Wo, k*k*C [+1 column of ones when there is a bias]).
         cols = im2col_nhwc(x.transpose(0, 2, 3, 1), k, self.stride, self.pad, ones=self.bias)
         w_mat = self.params["W"].transpose(2, 3, 1, 0).reshape(k * k * c, self.out)  # rows (i, j, c)
@@ -382,8 +385,8 @@ class Conv2D(Layer):
 
     def _winograd_backward(self, dy):
         tiles = self.tiles
-        if tiles is None:  # the forward ran in eval mode
-            tiles = winograd.forward(to_nhwc(self.x), self.params["W"], self.k, self.pad)[1]
+        if tiles is None:  # the forward ran in eval mode: transform the input and kernel again
+            tiles = winograd.transform_input(to_nhwc(self.x), self.k, self.pad), winograd.transform_kernel(self.params["W"])
         dy_nhwc = to_nhwc(dy)  # (N, Ho, Wo, out); free when dy is channels-last
         dx, dw = winograd.backward(dy_nhwc, *tiles, self.x_shape_nhwc, self.k, self.pad,
                                    input_grad=not self.skip_input_grad)
@@ -562,7 +565,9 @@ class BatchNorm(Layer):
 
     @staticmethod
     def centre(x_rows, mean, out):
-        """out = x_rows - mean for a block of rows: (M', C) and (C,) -> out's per-channel sums of squares: (C,)."""
+        """out = x_rows - mean for a block of rows: (M', C) and (C,) -> out's per-channel sums of squares: (C,).
+
+        out: a C-contiguous (M', C) array (it is written through a reshaped view)."""
         wide, wide_mean = wide_rows(x_rows, mean)
         get_array_module(x_rows).subtract(wide, wide_mean, out=out.reshape(wide.shape))
         return column_dots(out, out)
@@ -660,6 +665,7 @@ class BatchNormMaxPool(Layer):
         gamma = norm.params["gamma"]
         self.fused = self.fusable(x, train)
         if not self.fused:
+            self.x_rows = self.mean = None  # nothing of an earlier fused step is kept alive
             return pool.forward(norm.forward(x, train), train)
         x_rows = to_rows(x)  # (M, C), M = N*H*W
         n, c, h, w = x.shape
@@ -677,6 +683,7 @@ class BatchNormMaxPool(Layer):
             square_sums = square_sums + norm.centre(x_rows[rows], self.mean, block)
             maxpool_forward(from_rows(block, block_shape), k, pool.stride, out=(pooled[images], self.argmax[images]))
         norm.record_batch_statistics(self.mean, square_sums / count, count)
+        norm.centred = None  # the unit's backward uses x_rows and mean; drop what an unfused step kept
         self.pooled_rows = pooled.reshape(-1, c)  # (Mq, C)
         return from_rows(scale_rows(self.pooled_rows, gamma * norm.inv_std, norm.params["beta"]), (n, c, ho, wo))
 

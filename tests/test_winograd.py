@@ -31,7 +31,8 @@ def _pair(out, k, pad, shape, dtype, seed=1):
 
 
 # (out, k, pad, input shape): exact tiles, a ragged last tile, padding, the default cnn's second conv
-SHAPES = [(5, 5, 0, (4, 12, 12)), (3, 5, 0, (2, 7, 9)), (4, 3, 1, (3, 9, 8)), (2, 4, 2, (3, 7, 6)), (64, 5, 0, (32, 12, 12))]
+SHAPES = [(5, 5, 0, (4, 12, 12)), (3, 5, 0, (2, 7, 9)), (4, 3, 1, (3, 9, 8)), (2, 4, 2, (3, 7, 6)), (64, 5, 0, (32, 12, 12)),
+          (16, 5, 0, (256, 8, 8))]  # the float32 gap grows with the input channels: about 1e-5 at 256
 
 
 @pytest.mark.parametrize("out, k, pad, shape", SHAPES)
@@ -73,3 +74,11 @@ def test_auto_uses_winograd_for_wide_stride_1_kernels_of_4_or_5(k, stride, chann
     layer.build((channels, 20, 20), np.random.default_rng(0))
     assert layer.method == method
     assert Conv2D(16, 5, algorithm="gemm").choose_method(32) == "gemm"
+
+
+def test_auto_keeps_gemm_off_numpy_until_winograd_is_measured_there(monkeypatch):
+    from nnlib import backend
+
+    monkeypatch.setattr(backend, "current", lambda: object())  # any backend but NumPy
+    assert Conv2D(64, 5).choose_method(32) == "gemm"
+    assert Conv2D(64, 5, algorithm="winograd").choose_method(32) == "winograd"
