@@ -132,6 +132,14 @@ def column_dots(a, b):
     return get_array_module(a).einsum("mc,mc->c", a, b)
 
 
+def centre_rows(rows, mean, out):
+    """out = rows - mean: (M, C) minus (C,), re-blocked wide (:func:`wide_rows`) -> out's per-channel sums
+    of squares: (C,). out: a C-contiguous (M, C) array (it is written through a reshaped view)."""
+    wide, wide_mean = wide_rows(rows, mean)
+    get_array_module(rows).subtract(wide, wide_mean, out=out.reshape(wide.shape))
+    return column_dots(out, out)
+
+
 # --------------------------------------------------------------------------- cache-sized blocks
 
 BLOCK_BYTES = 1 << 21  # about 2 MiB: small enough that a block's few arrays stay in cache between passes

@@ -29,6 +29,7 @@ from .functional import (
     avgpool_backward,
     avgpool_forward,
     batch_blocks,
+    centre_rows,
     column_dots,
     column_sums,
     conv2d_input_grad_nhwc,
@@ -557,20 +558,11 @@ class BatchNorm(Layer):
         count, c = x_rows.shape
         mean = column_sums(x_rows) / count  # (C,)
         centred = xp.empty_like(x_rows)  # x_hat = centred * inv_std
-        square_sums = sum(self.centre(x_rows[rows], mean, centred[rows])
+        square_sums = sum(centre_rows(x_rows[rows], mean, centred[rows])
                           for rows in batch_blocks(count, c * x_rows.itemsize, xp))
         self.record_batch_statistics(mean, square_sums / count, count)
         self.centred = centred
         return centred
-
-    @staticmethod
-    def centre(x_rows, mean, out):
-        """out = x_rows - mean for a block of rows: (M', C) and (C,) -> out's per-channel sums of squares: (C,).
-
-        out: a C-contiguous (M', C) array (it is written through a reshaped view)."""
-        wide, wide_mean = wide_rows(x_rows, mean)
-        get_array_module(x_rows).subtract(wide, wide_mean, out=out.reshape(wide.shape))
-        return column_dots(out, out)
 
     def record_batch_statistics(self, mean, var, count: int) -> None:
         """Set ``inv_std`` = 1 / sqrt(var + eps) from the batch's mean and biased variance: (C,) each, over
@@ -680,7 +672,7 @@ class BatchNormMaxPool(Layer):
         square_sums = 0
         for images, rows, block_shape in blocks:
             block = centred[: rows.stop - rows.start]
-            square_sums = square_sums + norm.centre(x_rows[rows], self.mean, block)
+            square_sums = square_sums + centre_rows(x_rows[rows], self.mean, block)
             maxpool_forward(from_rows(block, block_shape), k, pool.stride, out=(pooled[images], self.argmax[images]))
         norm.record_batch_statistics(self.mean, square_sums / count, count)
         norm.centred = None  # the unit's backward uses x_rows and mean; drop what an unfused step kept
