@@ -387,7 +387,7 @@ class Conv2D(Layer):
     def _winograd_backward(self, dy):
         tiles = self.tiles
         if tiles is None:  # the forward ran in eval mode: transform the input and kernel again
-            tiles = winograd.transform_input(to_nhwc(self.x), self.k, self.pad), winograd.transform_kernel(self.params["W"])
+            tiles = winograd.transform(to_nhwc(self.x), self.params["W"], self.k, self.pad)
         dy_nhwc = to_nhwc(dy)  # (N, Ho, Wo, out); free when dy is channels-last
         dx, dw = winograd.backward(dy_nhwc, *tiles, self.x_shape_nhwc, self.k, self.pad,
                                    input_grad=not self.skip_input_grad)

@@ -111,13 +111,19 @@ def transform_kernel(w):
     return (kg @ w.transpose(2, 3, 1, 0).reshape(k * k, c * o)).reshape(-1, c, o)
 
 
+def transform(x_nhwc, w, k: int, pad: int) -> tuple:
+    """(V, U): the transformed input tiles and kernel (:func:`transform_input`, :func:`transform_kernel`),
+    what :func:`backward` needs from the forward."""
+    return transform_input(x_nhwc, k, pad), transform_kernel(w)
+
+
 def forward(x_nhwc, w, k: int, pad: int):
     """y: (N, Ho, Wo, O) (no bias), and (V, U) for :func:`backward`. x_nhwc: (N, H, W, C), w: (O, C, k, k)."""
     xp = get_array_module(x_nhwc)
     n, h, width, _ = x_nhwc.shape
     o, m = w.shape[0], k - 1
     th, tw = tile_grid(h, width, k, pad)
-    v, u = transform_input(x_nhwc, k, pad), transform_kernel(w)
+    v, u = transform(x_nhwc, w, k, pad)
     products = xp.matmul(v, u)  # (a*a, P, O): one (P, C) @ (C, O) GEMM per transformed position
     ka = kron_transforms(k, x_nhwc.dtype.name, xp)[0]
     y_tiles = (ka @ products.reshape(4 * m * m, -1)).reshape(m, m, n, th, tw, o)  # (i, j, n, ty, tx, o)
