@@ -5,8 +5,8 @@
 Rows:
   naive baseline   gaussian_filter on float64 fields + map_coordinates on the (N, 28, 28) batch
                    (3-D coordinates, identity on axis 0), per batch of 1000: the straightforward way
-  distort, 1 core  nnlib.augment.distort in this process, with the config above and with affine only
-  shards, workers  nnlib.shards.prepare (split, distort, write .npz) with 1 and the default worker
+  distort, 1 core  nnlib.mnist.data.augment.distort in this process, with the config above and with affine only
+  shards, workers  nnlib.mnist.data.shards.prepare (split, distort, write .npz) with 1 and the default worker
                    count (one per CPU core); images/s counts the distorted copies only (copy 0 is
                    written as it is)
 
@@ -28,9 +28,9 @@ from scipy import ndimage
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from nnlib import shards
-from nnlib.augment import AugmentConfig, distort
-from nnlib.data import read_idx
+from nnlib.mnist.data import shards
+from nnlib.mnist.data.augment import AugmentConfig, distort
+from nnlib.mnist.data.stream import read_idx
 
 CFG = AugmentConfig(rotate=10, shift=2, scale=0.1, elastic_alpha=8, elastic_sigma=3)
 AFFINE_ONLY = dataclasses.replace(CFG, elastic_alpha=0.0, elastic_sigma=0.0)  # what the elastic field costs
@@ -100,9 +100,9 @@ def main() -> None:
         naive = len(images) / best_time(lambda: naive_distort(images, np.random.default_rng(0), CFG), args.repeat)
         rows.append(("naive baseline (gaussian_filter + map_coordinates)", 1, naive))
         ours = len(images) / best_time(lambda: distort(images, np.random.default_rng(0), CFG), args.repeat)
-        rows.append(("nnlib.augment.distort", 1, ours))
+        rows.append(("nnlib.mnist.data.augment.distort", 1, ours))
         affine = len(images) / best_time(lambda: distort(images, np.random.default_rng(0), AFFINE_ONLY), args.repeat)
-        rows.append(("nnlib.augment.distort, affine only (alpha = 0)", 1, affine))
+        rows.append(("nnlib.mnist.data.augment.distort, affine only (alpha = 0)", 1, affine))
 
         section = {
             "val_size": 5000, "max_train": args.max_train, "shard_size": 10000,

@@ -4,7 +4,7 @@
     python bench/bench_memory.py --copies 30 --epochs 4 --baseline-copies 1 --keep-dir
     python bench/bench_memory.py --nnlib-root /path/to/other/checkout   # measure another nnlib (A/B)
 
-For each copies value (the baseline first): build the shards with ``nnlib.shards.prepare`` from
+For each copies value (the baseline first): build the shards with ``nnlib.mnist.data.shards.prepare`` from
 data/raw into a temporary directory (deleted afterwards unless --keep-dir), then train in a
 *child process* exactly as stages/train.py does (read_manifest, val from val.npz, ``ShardStream``
 over every train shard, ``nnlib.training.fit``) a small model (flatten - dense 64 - relu - dense 10,
@@ -81,7 +81,8 @@ def proc_status_kib(key: str = "VmHWM") -> int:
 
 def child_main(args) -> None:
     """The training process: stages/train.py's loop over the shard stream, then report memory."""
-    from nnlib import data, seeding  # noqa: PLC0415 - imported in the child only
+    from nnlib.mnist.data import stream  # noqa: PLC0415 - imported in the child only
+    from nnlib.mnist import seeding  # noqa: PLC0415 - imported in the child only
     from nnlib.model import Sequential  # noqa: PLC0415
     from nnlib.training import fit, make_loss, make_optimizer, make_schedule  # noqa: PLC0415
 
@@ -148,7 +149,7 @@ def run_child(shard_dir: Path, args) -> dict:
 
 def measure(copies: int, args) -> dict:
     """Build shards with ``copies`` in a temporary directory, train over them in a child, measure."""
-    from nnlib import shards  # noqa: PLC0415
+    from nnlib.mnist.data import shards  # noqa: PLC0415
 
     work = Path(tempfile.mkdtemp(prefix=f"bench_memory_c{copies}_"))
     try:

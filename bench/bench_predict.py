@@ -9,7 +9,7 @@ The first --images MNIST test digits are written as 28x28 PNG files, black on wh
 directory (deleted afterwards), so that every preprocessing step runs (inversion included). Rows:
 
   Pillow decode only  ``Image.open(f).load()`` for every file: the floor of any reader of these files
-  predict_paths       ``nnlib.predict.predict_paths(model, [directory])``: listing, reading, preprocessing,
+  predict_paths       ``nnlib.mnist.predict.predict_paths(model, [directory])``: listing, reading, preprocessing,
                       batching and the network, end to end, as ``nnlib predict DIR`` runs it
   network only        ``model.predict_logits(to_batch(x))`` on the same digits as one uint8 array, in
                       batches of --batch-size: the share of the time the network itself takes
@@ -45,11 +45,11 @@ select_nnlib()
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from nnlib import fetch  # noqa: E402
-from nnlib.data import read_idx, to_batch  # noqa: E402
+from nnlib.mnist.data import fetch  # noqa: E402
+from nnlib.mnist.data.stream import read_idx, to_batch  # noqa: E402
 from nnlib.model import Sequential  # noqa: E402
 from nnlib.modelfile import load_model  # noqa: E402
-from nnlib.predict import Failure, predict_paths  # noqa: E402
+from nnlib.mnist.predict import Failure, predict_paths  # noqa: E402
 
 TEST_IMAGES = "t10k-images-idx3-ubyte"
 SHARED_MNIST = ROOT.parent / "shared" / "mnist"

@@ -4,10 +4,10 @@
     cfg = load_preset("cnn")      # every key of the train section: model, batch_size, optimizer, loss, ...
 
 Presets are moving from Hydra files (``conf/config.yaml`` defaults + ``conf/preset/NAME.yaml`` with
-``# @package _global_``) to ``nnlib/presets/*.yaml`` with a loader in ``nnlib/presets.py``. This module
-asks ``nnlib.presets`` first and otherwise composes the Hydra files itself (a recursive dict merge,
+``# @package _global_``) to ``nnlib/mnist/config/presets/*.yaml`` with a loader in ``nnlib/mnist/config/presets.py``. This module
+asks ``nnlib.mnist.config.presets`` first and otherwise composes the Hydra files itself (a recursive dict merge,
 lists replaced, as Hydra does), so bench scripts work before and after the move; either way every key
-the preset leaves out gets the default of ``nnlib.schema.TRAIN``.
+the preset leaves out gets the default of ``nnlib.mnist.config.schema.TRAIN``.
 """
 from __future__ import annotations
 
@@ -28,9 +28,9 @@ def merge(base: dict, override: dict) -> dict:
 
 
 def _from_nnlib(name: str) -> dict | None:
-    """The preset's sections through ``nnlib.presets`` when that module exists (None otherwise)."""
+    """The preset's sections through ``nnlib.mnist.config.presets`` when that module exists (None otherwise)."""
     try:
-        from nnlib import presets  # noqa: PLC0415 - exists once the presets moved into the package
+        from nnlib.mnist.config import presets  # noqa: PLC0415 - exists once the presets moved into the package
     except ImportError:
         return None
     for attr in ("load_preset", "load"):
@@ -44,8 +44,8 @@ def _from_nnlib(name: str) -> dict | None:
 
 def _with_defaults(train: dict) -> dict:
     """The train section with every key the preset leaves out at the schema's default."""
-    from nnlib.params import validate  # noqa: PLC0415
-    from nnlib.schema import TRAIN as TRAIN_SCHEMA  # noqa: PLC0415
+    from nnlib.mnist.config.params import validate  # noqa: PLC0415
+    from nnlib.mnist.config.schema import TRAIN as TRAIN_SCHEMA  # noqa: PLC0415
 
     return validate(train, TRAIN_SCHEMA, "train")
 
@@ -69,7 +69,7 @@ def load_preset(name: str) -> dict:
 
 def load_prepare(name: str) -> dict:
     """The effective ``prepare`` section of preset ``name`` (augmentation, split, shard size), checked."""
-    from nnlib.shards import check_params  # noqa: PLC0415
+    from nnlib.mnist.data.shards import check_params  # noqa: PLC0415
 
     config = _from_nnlib(name)
     return check_params((config if config is not None else _from_hydra_files(name)).get("prepare"))

@@ -30,7 +30,7 @@ Extra rows:
   train stage        nnlib.training.fit as stages/train.py runs it (ShardStream over real shards, the
                      one-cycle schedule, metrics, validation after every epoch, the progress bar) against
                      the same steps on float32 batches already in memory, for the default ``cnn`` preset,
-                     in a child process without torch. The shards come from nnlib.shards.prepare in a
+                     in a child process without torch. The shards come from nnlib.mnist.data.shards.prepare in a
                      temporary directory (the preset's augmentation, 5,500 originals + 1 distorted copy,
                      shards of 2,000 images, val 1,000 images). A first epoch of 11,000 images validating
                      all 1,000 val images (at the eval batch, as in the stage) warms up and gives the peak
@@ -158,7 +158,7 @@ def vm_hwm_mib() -> float:
 # ----------------------------------------------------------------------------- data
 def mnist_train(tmp: Path | None = None) -> tuple[np.ndarray, np.ndarray] | None:
     """MNIST train images (60000, 28, 28) uint8 and labels, from data/raw or ../shared/mnist; None if absent."""
-    from nnlib.data import read_idx  # noqa: PLC0415
+    from nnlib.mnist.data.stream import read_idx  # noqa: PLC0415
 
     local = ROOT / "data" / "raw"
     if all((local / name).exists() for name in RAW_NAMES.values()):
@@ -175,8 +175,8 @@ def mnist_train(tmp: Path | None = None) -> tuple[np.ndarray, np.ndarray] | None
 
 
 def raw_dir(tmp: Path) -> Path | None:
-    """A folder with the four IDX files for nnlib.shards.prepare: data/raw, else ../shared/mnist unzipped into tmp."""
-    from nnlib import shards  # noqa: PLC0415
+    """A folder with the four IDX files for nnlib.mnist.data.shards.prepare: data/raw, else ../shared/mnist unzipped into tmp."""
+    from nnlib.mnist.data import shards  # noqa: PLC0415
 
     local = ROOT / "data" / "raw"
     if all((local / name).exists() for name in shards.RAW_FILES.values()):
@@ -190,9 +190,9 @@ def raw_dir(tmp: Path) -> Path | None:
 
 
 def batch_pool(images, labels, batch_size: int, rng, pool: int = 16):
-    """The first ``pool`` batches of a shuffled pass, as the train loop gets them (``nnlib.data.minibatches``):
+    """The first ``pool`` batches of a shuffled pass, as the train loop gets them (``nnlib.mnist.data.stream.minibatches``):
     float32 (B, 1, 28, 28) and int64 (B,), on the active backend."""
-    from nnlib.data import minibatches  # noqa: PLC0415
+    from nnlib.mnist.data.stream import minibatches  # noqa: PLC0415
 
     batches = list(itertools.islice(minibatches(images, labels, batch_size, rng), pool))
     return [x for x, _ in batches], [y for _, y in batches]
@@ -220,7 +220,7 @@ def gemm_flops_per_image(specs, input_shape) -> float:
 
 def nnlib_setup(cfg: dict, seed: int):
     """The nnlib model, loss and optimizer of a train section; returns (model, loss_fn, optimizer, step)."""
-    from nnlib import seeding  # noqa: PLC0415
+    from nnlib.mnist import seeding  # noqa: PLC0415
     from nnlib.model import Sequential  # noqa: PLC0415
     from nnlib.training import make_loss, make_optimizer  # noqa: PLC0415
 
@@ -373,8 +373,8 @@ def child_stage(spec: dict, args) -> dict:
     short epochs (``images`` images, validating ``images / 11`` of val, the real stage's ratio) alternate
     with pure compute, so that the pairs stay close in time on a busy machine.
     """
-    from nnlib import seeding  # noqa: PLC0415
-    from nnlib.data import ShardStream, load_shard, read_manifest, to_batch  # noqa: PLC0415
+    from nnlib.mnist import seeding  # noqa: PLC0415
+    from nnlib.mnist.data.stream import ShardStream, load_shard, read_manifest, to_batch  # noqa: PLC0415
     from nnlib.training import fit, make_schedule, steps_per_epoch  # noqa: PLC0415
 
     shard_dir, name, images, rounds = Path(spec["shard_dir"]), spec["config"], spec["images"], spec["rounds"]
@@ -449,7 +449,7 @@ def run_child(kind: str, arg: str, args) -> dict:
 
 def stage_row(args) -> dict | None:
     """Build a small shard set for the cnn preset in a temp dir, then run the stage child over it."""
-    from nnlib import shards  # noqa: PLC0415
+    from nnlib.mnist.data import shards  # noqa: PLC0415
 
     with tempfile.TemporaryDirectory(prefix="compare_stage_") as tmp:
         tmp = Path(tmp)

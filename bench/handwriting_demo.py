@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from nnlib import images
+from nnlib.mnist import images
 from nnlib.modelfile import load_model
-from nnlib.predict import format_line, predict_paths, save_grid
+from nnlib.mnist.predict import format_line, predict_paths, save_grid
 
 CANVAS = 400
 # Each digit as strokes in a unit box: ("line", [(x, y), ...]) polylines and ("arc", box, start, end) arcs.
@@ -64,7 +64,7 @@ def draw_digit(digit: int, rng: np.random.Generator) -> Image.Image:
 
 def steps_figure(path: Path, picture: Path, out: Path) -> None:
     """The six preprocessing steps on one image, left to right."""
-    from nnlib.plots import plt, save_figure  # noqa: PLC0415
+    from nnlib.mnist.plots import plt, save_figure  # noqa: PLC0415
 
     gray = images.grayscale(Image.open(picture))
     ink = images.invert_if_light_paper(gray)

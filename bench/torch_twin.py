@@ -7,7 +7,7 @@
 
 For every preset, the effective ``prepare`` and ``train`` sections are those of a params file holding
 only ``seed`` and ``preset: NAME`` (every other key null): the preset over the schema's defaults, as
-``dvc exp run -S preset=NAME`` uses them. The preset's shards are built with ``nnlib.shards.prepare``
+``dvc exp run -S preset=NAME`` uses them. The preset's shards are built with ``nnlib.mnist.data.shards.prepare``
 into a temporary directory (MNIST from ../shared/mnist when it exists, else the fetch stage's sources),
 unless ``--shards DIR`` names shards already built. Then, in this one process:
 
@@ -54,13 +54,16 @@ select_nnlib()
 # oversubscribed CPU the spinning made each step of the small networks 10-80x slower and erratic.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from nnlib import backend, fetch, presets, seeding  # noqa: E402
-from nnlib.data import ShardStream, load_shard, read_manifest, to_batch  # noqa: E402
+from nnlib import backend  # noqa: E402
+from nnlib.mnist.data import fetch  # noqa: E402
+from nnlib.mnist.config import presets  # noqa: E402
+from nnlib.mnist import seeding  # noqa: E402
+from nnlib.mnist.data.stream import ShardStream, load_shard, read_manifest, to_batch  # noqa: E402
 from nnlib.evaluation import evaluate  # noqa: E402
 from nnlib.model import EVAL_BATCH_SIZE, Sequential  # noqa: E402
-from nnlib.params import load_section  # noqa: E402
-from nnlib.schema import PREPARE, TRAIN  # noqa: E402
-from nnlib.shards import prepare  # noqa: E402
+from nnlib.mnist.config.params import load_section  # noqa: E402
+from nnlib.mnist.config.schema import PREPARE, TRAIN  # noqa: E402
+from nnlib.mnist.data.shards import prepare  # noqa: E402
 from nnlib.training import fit, make_loss, make_optimizer, make_schedule, steps_per_epoch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,7 +127,7 @@ def raw_mnist(workdir: Path) -> Path:
 
 
 def build_shards(name: str, seed: int, prepare_params: dict, workdir: Path) -> Path:
-    """The preset's shards in ``workdir/shards-NAME`` (nnlib.shards.prepare, no preview)."""
+    """The preset's shards in ``workdir/shards-NAME`` (nnlib.mnist.data.shards.prepare, no preview)."""
     out = workdir / f"shards-{name}"
     start = time.perf_counter()
     prepare(seed, prepare_params, raw_dir=raw_mnist(workdir), out_dir=out, preview_path=None, progress=False)
@@ -240,7 +243,7 @@ def run_preset(name: str, args, torch, torch_nets, workdir: Path) -> dict:
     if args.shards is None:
         shutil.rmtree(shard_dir, ignore_errors=True)  # the mlp/cnn shards are hundreds of MiB: free them before the next preset
     return {"preset": name, "epochs": cfg["epochs"], "images_per_epoch": images_per_epoch, "batch_size": cfg["batch_size"],
-            "shards": str(args.shards) if args.shards else "built by nnlib.shards.prepare", "preset_shards": own_shards,
+            "shards": str(args.shards) if args.shards else "built by nnlib.mnist.data.shards.prepare", "preset_shards": own_shards,
             "nnlib": ours, "torch": theirs}
 
 

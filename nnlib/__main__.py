@@ -1,4 +1,4 @@
-"""``python -m nnlib ...`` runs the ``nnlib`` command (see :mod:`nnlib.cli`)."""
-from .cli import main
+"""``python -m nnlib ...`` runs the ``nnlib`` command (see :mod:`nnlib.mnist.cli`)."""
+from nnlib.mnist.cli import main
 
 main()

@@ -4,7 +4,7 @@
 :func:`run` keeps everything a report needs: the final outputs and the penultimate-layer features.
 :func:`scalars` and :func:`details` turn an :class:`Evaluation` into ``metrics/eval.json`` (scalars
 only: every key is a column of ``dvc exp show``) and ``metrics/eval_details.json``. No plotting here:
-the evaluate stage draws the figures with :mod:`nnlib.plots` from what these functions return.
+the evaluate stage draws the figures with :mod:`nnlib.mnist.plots` from what these functions return.
 Shapes: N images, K classes, D penultimate features.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 
 from . import metrics
 from .backend import to_numpy
-from .data import minibatches
+from nnlib.mnist.data.stream import minibatches
 from .functional import softmax
 from .model import EVAL_BATCH_SIZE
 

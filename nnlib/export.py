@@ -1,7 +1,7 @@
 """``nnlib export``: a :class:`~nnlib.model.Sequential` as an ONNX graph (opset 17), built with ``onnx.helper``.
 
 The graph takes ``input``: float32 ``(N, *model.input_shape)`` (for MNIST models (N, 1, 28, 28) in
-[0, 1], as :func:`nnlib.data.to_batch` makes it) with a symbolic batch dimension ``N``, and returns
+[0, 1], as :func:`nnlib.mnist.data.stream.to_batch` makes it) with a symbolic batch dimension ``N``, and returns
 ``logits``: float32 ``(N, K)``. Every layer type of :data:`nnlib.layers.LAYERS` maps to ONNX nodes
 through one function in :data:`_EXPORTERS`, in inference form:
 

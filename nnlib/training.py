@@ -1,6 +1,6 @@
 """The training loop and its configuration: loss, optimizer and schedule from params, fit.
 
-The ``train`` section's keys are documented and checked in :mod:`nnlib.schema`.
+The ``train`` section's keys are documented and checked in :mod:`nnlib.mnist.config.schema`.
 """
 from __future__ import annotations
 

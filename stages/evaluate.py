@@ -12,16 +12,17 @@ from pathlib import Path
 
 import numpy as np
 
-from nnlib import backend, evaluation, metrics, plots
-from nnlib.data import load_shard, read_manifest
+from nnlib import backend, evaluation, metrics
+from nnlib.mnist import plots
+from nnlib.mnist.data.stream import load_shard, read_manifest
 from nnlib.errors import InputError, run_stage
 from nnlib.files import OutputSet, file_sha256, remove_stale_temporaries, write_json, write_text
 from nnlib.modelfile import load_model, training_loss
-from nnlib.params import load_section, load_top_level
-from nnlib.schema import EVALUATE
+from nnlib.mnist.config.params import load_section, load_top_level
+from nnlib.mnist.config.schema import EVALUATE
 from nnlib.training import make_loss
 
-from nnlib.paths import METRICS, MODEL, PLOTS, SHARDS
+from nnlib.mnist.paths import METRICS, MODEL, PLOTS, SHARDS
 
 
 def read_log(path: Path, meta: dict) -> list[dict]:

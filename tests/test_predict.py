@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nnlib import images
-from nnlib.data import to_batch
+from nnlib.mnist import images
+from nnlib.mnist.data.stream import to_batch
 from nnlib.errors import InputError
-from nnlib.fetch import idx_bytes
+from nnlib.mnist.data.fetch import idx_bytes
 from nnlib.modelfile import load_model
-from nnlib.predict import Failure, Prediction, format_line, predict_paths, probabilities, save_grid, to_json
+from nnlib.mnist.predict import Failure, Prediction, format_line, predict_paths, probabilities, save_grid, to_json
 
 ROOT = Path(__file__).resolve().parents[1]
 JSON_KEYS = {"file", "index", "digit", "probability", "probabilities"}

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import yaml
 
-from nnlib import shards
+from nnlib.mnist.data import shards
 from nnlib.errors import ParamsError
 from test_shards import files_bytes, write_idx
 

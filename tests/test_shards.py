@@ -1,4 +1,4 @@
-"""nnlib.shards and stages/prepare.py on small synthetic MNIST-shaped IDX files (no network)."""
+"""nnlib.mnist.data.shards and stages/prepare.py on small synthetic MNIST-shaped IDX files (no network)."""
 from __future__ import annotations
 
 import json
@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import yaml
 
-from nnlib import seeding, shards
-from nnlib.augment import AugmentConfig, distort
+from nnlib.mnist import seeding
+from nnlib.mnist.data import shards
+from nnlib.mnist.data.augment import AugmentConfig, distort
 from nnlib.files import load_npz
 from nnlib.errors import InputError, ParamsError
 

@@ -16,35 +16,67 @@ ROOT = Path(__file__).resolve().parents[1]
 NNLIB = ROOT / "nnlib"
 
 
+def module_file(dotted: str) -> Path | None:
+    """The file of module ``nnlib.<dotted>`` (a module or a package's ``__init__.py``), None if not nnlib's."""
+    base = NNLIB.joinpath(*dotted.split(".")) if dotted else NNLIB
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if dotted and candidate.is_file() or not dotted and candidate.name == "__init__.py":
+            return candidate
+    return None
+
+
+def dotted_name(path: Path) -> str:
+    """``nnlib/mnist/data/shards.py`` -> ``"mnist.data.shards"``; a package's ``__init__.py`` -> the package."""
+    parts = list(path.relative_to(NNLIB).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
 def imported_modules(path: Path) -> set[str]:
-    """Names of the nnlib modules (``"layers"``, ...) that ``path`` imports anywhere in its code."""
+    """Dotted names under nnlib (``"layers"``, ``"mnist.data.shards"``) of what ``path`` imports anywhere."""
     found = set()
-    in_package = path.parent == NNLIB
+    inside = NNLIB in path.parents
+    package = dotted_name(path) if inside else ""
+    if inside and path.name != "__init__.py":
+        package = package.rpartition(".")[0]
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
-            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("nnlib.")}
+            found |= {a.name[len("nnlib."):] for a in node.names if a.name.startswith("nnlib.")}
         elif isinstance(node, ast.ImportFrom):
-            relative = node.level == 1 and in_package
-            if (relative and node.module is None) or (node.level == 0 and node.module == "nnlib"):
-                found |= {a.name for a in node.names if (NNLIB / f"{a.name}.py").exists()}  # from . import x
-            elif relative:
-                found.add(node.module.split(".")[0])  # from .x import y
-            elif node.level == 0 and node.module and node.module.startswith("nnlib."):
-                found.add(node.module.split(".")[1])  # from nnlib.x import y
-    return found
+            if node.level:
+                if not inside:
+                    continue
+                parts = package.split(".") if package else []
+                parts = parts[: len(parts) - (node.level - 1)]
+                base = ".".join([*parts, *([node.module] if node.module else [])])
+            elif node.module == "nnlib" or (node.module or "").startswith("nnlib."):
+                base = node.module[len("nnlib."):] if node.module != "nnlib" else ""
+            else:
+                continue
+            found.add(base)
+            for alias in node.names:  # from pkg import module
+                sub = f"{base}.{alias.name}" if base else alias.name
+                if module_file(sub) is not None:
+                    found.add(sub)
+    return {name for name in found if module_file(name) is not None}
+
+
+def with_parents(name: str) -> set[str]:
+    """A module and every package above it (importing ``a.b.c`` runs ``a`` and ``a.b`` first)."""
+    parts = name.split(".") if name else []
+    return {".".join(parts[:i]) for i in range(len(parts) + 1)}
 
 
 def module_closure(script: Path) -> set[str]:
     """Repo-relative paths of every nnlib file reachable from ``script``, ``nnlib/__init__.py`` included."""
-    seen, todo = set(), list(imported_modules(script))
+    seen, todo = set(), [""] + sorted(imported_modules(script))
     while todo:
         name = todo.pop()
-        if name not in seen:
-            seen.add(name)
-            todo.extend(imported_modules(NNLIB / f"{name}.py"))
-    found = {"nnlib/__init__.py"} | {f"nnlib/{name}.py" for name in seen}
-    if "presets" in seen:
-        found.add("nnlib/presets")  # the recipe files nnlib/presets.py reads are data the stage depends on
+        for module in with_parents(name) - seen:
+            seen.add(module)
+            todo.extend(imported_modules(module_file(module)))
+    found = {module_file(name).relative_to(ROOT).as_posix() for name in seen}
+    if "mnist.config.presets" in seen:
+        found.add("nnlib/mnist/config/presets")  # the recipe files presets.py reads are data the stage depends on
     return found
 
 
@@ -64,9 +96,10 @@ def test_closure_follows_imports_inside_functions(tmp_path):
     """The walk must see lazy imports (``from .files import load_npz`` inside a function of data.py)."""
     assert "nnlib/files.py" in module_closure(ROOT / "stages" / "train.py")
     script = tmp_path / "stage.py"
-    script.write_text("def main():\n    from nnlib.data import read_idx\n")
-    assert module_closure(script) == {"nnlib/__init__.py", "nnlib/data.py", "nnlib/backend.py",
-                                      "nnlib/errors.py", "nnlib/files.py"}
+    script.write_text("def main():\n    from nnlib.mnist.data.stream import read_idx\n")
+    assert module_closure(script) == {"nnlib/__init__.py", "nnlib/mnist/__init__.py", "nnlib/mnist/data/__init__.py",
+                                      "nnlib/mnist/data/stream.py", "nnlib/backend.py", "nnlib/errors.py",
+                                      "nnlib/files.py"}
 
 
 def dvc_paths() -> set[str]:
@@ -81,11 +114,11 @@ def dvc_paths() -> set[str]:
 
 
 def test_dvc_yaml_and_nnlib_paths_name_the_same_files():
-    from nnlib import paths  # noqa: PLC0415
+    from nnlib.mnist import paths  # noqa: PLC0415
     named = dvc_paths()
     for constant in ("RAW", "SHARDS", "MODEL", "INIT"):
         assert getattr(paths, constant).as_posix() in named, constant
-    for path in named:  # every file dvc.yaml names lies where nnlib.paths says outputs go
+    for path in named:  # every file dvc.yaml names lies where nnlib.mnist.paths says outputs go
         assert path.startswith((paths.RAW.as_posix(), paths.SHARDS.as_posix(), "models/", paths.METRICS.as_posix() + "/")), path
     assert paths.PREVIEW.as_posix() in named and f"{paths.METRICS.as_posix()}/train_log.tsv" in named
 

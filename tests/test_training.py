@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from nnlib import optim, schedules
-from nnlib.data import ShardStream, minibatches
+from nnlib.mnist.data.stream import ShardStream, minibatches
 from nnlib.files import save_npz
 from nnlib.model import Sequential
 from nnlib.training import History, fit, make_loss, make_optimizer, make_schedule, steps_per_epoch

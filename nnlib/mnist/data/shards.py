@@ -48,13 +48,13 @@ from typing import Callable, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from . import paths, seeding
-from .augment import AugmentConfig, distort
-from .data import NUM_CLASSES, read_idx
-from .files import save_npz, write_json
-from .errors import InputError, ParamsError
-from .params import PARAMS_FILE, load_section, validate
-from .schema import PREPARE
+from nnlib.mnist import paths, seeding
+from nnlib.mnist.data.augment import AugmentConfig, distort
+from nnlib.mnist.data.stream import NUM_CLASSES, read_idx
+from nnlib.files import save_npz, write_json
+from nnlib.errors import InputError, ParamsError
+from nnlib.mnist.config.params import PARAMS_FILE, load_section, validate
+from nnlib.mnist.config.schema import PREPARE
 
 RAW_DIR, SHARDS_DIR, PREVIEW_PATH = paths.RAW, paths.SHARDS, paths.PREVIEW
 RAW_FILES = {
@@ -427,7 +427,7 @@ def write_preview(path, images: np.ndarray, cfg: AugmentConfig, seed: int, rows:
 
     Digits and distortions come from the PREVIEW stream, so the preview never changes the shards.
     """
-    from .plots import plt, save_figure  # noqa: PLC0415 - matplotlib only when drawing
+    from nnlib.mnist.plots import plt, save_figure  # noqa: PLC0415 - matplotlib only when drawing
 
     rng = seeding.rng(seed, seeding.PREVIEW)
     rows = min(rows, len(images))

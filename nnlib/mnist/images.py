@@ -1,7 +1,7 @@
 """Inputs of ``nnlib predict``: images, directories, arrays and IDX files, as MNIST-form uint8 digits.
 
 Inputs end up as :class:`Digits`: uint8 images (N, 28, 28), white ink on black paper with values
-0..255, exactly what MNIST holds and what :func:`nnlib.data.to_batch` turns into network input.
+0..255, exactly what MNIST holds and what :func:`nnlib.mnist.data.stream.to_batch` turns into network input.
 
 Images (PNG, JPEG, BMP, GIF, any size, colour, grey, 16-bit grey or with alpha) are preprocessed the
 way MNIST itself was made, one small function per step (README, "Use the model"):
@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .data import IDX_DTYPES, parse_idx
-from .errors import InputError
+from nnlib.mnist.data.stream import IDX_DTYPES, parse_idx
+from nnlib.errors import InputError
 
 SIZE = 28  # MNIST's frame
 BOX = 20  # MNIST's digits are scaled to fit a 20x20 box inside the frame

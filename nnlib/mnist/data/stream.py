@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .backend import current, to_device
-from .errors import InputError
+from nnlib.backend import current, to_device
+from nnlib.errors import InputError
 
 IDX_DTYPES = {0x08: np.uint8}
 NUM_CLASSES = 10
@@ -67,7 +67,7 @@ def minibatches(x, y, batch_size: int, rng: np.random.Generator | None = None):
 
 def load_shard(path, made_by: str = "the prepare stage (dvc repro -s prepare)") -> tuple[np.ndarray, np.ndarray]:
     """Read one shard ``.npz`` -> (x uint8 (N, 28, 28), y uint8 (N,)), with clear errors."""
-    from .files import load_npz  # noqa: PLC0415 - only shard readers need it
+    from nnlib.files import load_npz  # noqa: PLC0415 - only shard readers need it
 
     path = Path(path)
     if not path.exists():

@@ -1,11 +1,11 @@
-"""Presets: named recipes (augmentation, network, training) in ``nnlib/presets/<name>.yaml``.
+"""Presets: named recipes (augmentation, network, training) in ``nnlib/mnist/config/presets/<name>.yaml``.
 
 A preset file holds only what its recipe changes, in the shape of params.yaml's sections. The
 effective params of a stage are, key by key, the first that is set of:
 
 1. ``params.yaml`` (a key set to ``null`` there means "not set");
 2. the preset named by ``params.yaml``'s ``preset`` key;
-3. the schema's default (:mod:`nnlib.schema`).
+3. the schema's default (:mod:`nnlib.mnist.config.schema`).
 
 So a hand edit of params.yaml always wins, ``dvc exp run -S preset=NAME`` switches every value the
 user did not set, and no file is ever composed or overwritten behind the user's back.
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import ParamsError
+from nnlib.errors import ParamsError
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 

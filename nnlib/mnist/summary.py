@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
-from .files import file_sha256
-from .modelfile import load_model
+from nnlib.errors import InputError
+from nnlib.files import file_sha256
+from nnlib.modelfile import load_model
 
 
 def layer_table(model) -> list[dict]:

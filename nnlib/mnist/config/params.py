@@ -14,8 +14,8 @@ from typing import Any, Callable
 
 import yaml
 
-from . import presets
-from .errors import ParamsError
+from nnlib.mnist.config import presets
+from nnlib.errors import ParamsError
 
 PARAMS_FILE = "params.yaml"
 
@@ -125,7 +125,7 @@ def load(path: str | Path = PARAMS_FILE) -> dict:
 
 SEED = Field(int, 0, "an integer >= 0", lambda v: v >= 0, "global seed for every random stream")
 PRESET = Field(str, "cnn", f"one of {presets.names()}", lambda v: v in presets.names(),
-               "the recipe (nnlib/presets/NAME.yaml) behind every key that params.yaml leaves unset (null)")
+               "the recipe (nnlib/mnist/config/presets/NAME.yaml) behind every key that params.yaml leaves unset (null)")
 TOP_LEVEL_KEYS = ("seed", "preset", "prepare", "train", "evaluate")
 
 
@@ -145,7 +145,7 @@ def load_top_level(path: str | Path = PARAMS_FILE) -> tuple[dict, int, str]:
 
 def load_section(name: str, schema: dict, path: str | Path = PARAMS_FILE) -> tuple[int, dict]:
     """The global ``seed`` and the effective, validated section ``name``: params.yaml over the preset
-    over the schema's defaults (see :mod:`nnlib.presets`)."""
+    over the schema's defaults (see :mod:`nnlib.mnist.config.presets`)."""
     data, seed, preset = load_top_level(path)
     section = presets.overlay(presets.load(preset).get(name), data.get(name))
     return seed, validate(section, schema, name)

@@ -64,8 +64,8 @@ from typing import BinaryIO, Callable, Mapping
 import numpy as np
 from tqdm import tqdm
 
-from .files import atomic_path, file_sha256
-from .errors import InputError, ParamsError
+from nnlib.files import atomic_path, file_sha256
+from nnlib.errors import InputError, ParamsError
 
 #: SHA-256 of the *decompressed* bytes of each official MNIST IDX file.
 SHA256 = {

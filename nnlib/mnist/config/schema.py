@@ -1,8 +1,8 @@
 """The schema of params.yaml: every key of every stage, its default, its check and its meaning.
 
 This is the single source of defaults and checks: the stages validate their section against it,
-:class:`~nnlib.augment.AugmentConfig` checks its ranges with it, and the README's params table is
-tested against it. A schema is a nested dict whose leaves are :class:`~nnlib.params.Field` objects.
+:class:`~nnlib.mnist.data.augment.AugmentConfig` checks its ranges with it, and the README's params table is
+tested against it. A schema is a nested dict whose leaves are :class:`~nnlib.mnist.config.params.Field` objects.
 The effective value of a key is params.yaml's, else the preset's, else the default here
 (:func:`effective_params`, ``nnlib params``).
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from .params import PARAMS_FILE, Field, load_section, load_top_level
+from nnlib.mnist.config.params import PARAMS_FILE, Field, load_section, load_top_level
 
 # The names the factories accept (nnlib/optim.py, nnlib/schedules.py; tests/test_params.py checks they
 # agree). Spelled out here so that the prepare stage, which reads this module, does not depend on them.

@@ -1,6 +1,6 @@
 """What ``nnlib predict`` does: classify the digits in files, format the answers, draw what the network saw.
 
-:func:`predict_paths` reads the inputs with :mod:`nnlib.images` ``batch_size`` files at a time,
+:func:`predict_paths` reads the inputs with :mod:`nnlib.mnist.images` ``batch_size`` files at a time,
 collects their images into batches of ``batch_size`` across files, and runs the network once per
 batch. Each image gets a :class:`Prediction` (softmax probabilities of the network's outputs, whatever
 loss it was trained with); each input that cannot be read gets one :class:`Failure`, and the other
@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .backend import to_numpy
-from .data import to_batch
-from .errors import InputError
-from .functional import softmax
-from .images import expand, read_paths
+from nnlib.backend import to_numpy
+from nnlib.mnist.data.stream import to_batch
+from nnlib.errors import InputError
+from nnlib.functional import softmax
+from nnlib.mnist.images import expand, read_paths
 
 GRID_LIMIT = 100  # --show draws at most this many digits
 GRID_COLUMNS = 10
@@ -61,7 +61,7 @@ class Failure:
 def probabilities(model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """uint8 images (N, 28, 28) -> float64 (N, K): the softmax of the model's outputs, rows summing to 1.
 
-    The images become network input exactly as in training (:func:`nnlib.data.to_batch`).
+    The images become network input exactly as in training (:func:`nnlib.mnist.data.stream.to_batch`).
     """
     logits = to_numpy(model.predict_logits(to_batch(images), batch_size))
     return softmax(logits.astype(np.float64), axis=1)
@@ -81,7 +81,7 @@ def expand_all(paths) -> list[Path | Failure]:
 
 def read_batches(paths, preprocess: bool, batch_size: int):
     """Yield ``(file, Digits | Failure)`` for every file of ``paths`` in order, reading ``batch_size``
-    files at a time so that their pictures are preprocessed together (:func:`nnlib.images.read_paths`)."""
+    files at a time so that their pictures are preprocessed together (:func:`nnlib.mnist.images.read_paths`)."""
     files = expand_all(paths)
     for start in range(0, len(files), batch_size):
         chunk = files[start : start + batch_size]
@@ -98,7 +98,7 @@ def read_batches(paths, preprocess: bool, batch_size: int):
 def predict_paths(model, paths, *, preprocess: bool = True, batch_size: int = 256) -> list[Prediction | Failure]:
     """Classify every image in ``paths`` -> one Prediction per image and one Failure per bad input, in order.
 
-    paths: images, directories of images, ``.npy``/``.npz`` arrays or IDX files (see :mod:`nnlib.images`).
+    paths: images, directories of images, ``.npy``/``.npz`` arrays or IDX files (see :mod:`nnlib.mnist.images`).
     Files are read ``batch_size`` at a time, and the network runs on batches of ``batch_size`` images
     gathered across files; images are preprocessed unless ``preprocess`` is False (arrays never are).
     """
@@ -159,7 +159,7 @@ def save_grid(preds: list[Prediction], path, limit: int = GRID_LIMIT) -> None:
 
     At most ``limit`` digits are drawn (the first ones); the figure's title says so when there are more.
     """
-    from .plots import digit_grid  # noqa: PLC0415 - matplotlib only when a grid is asked for
+    from nnlib.mnist.plots import digit_grid  # noqa: PLC0415 - matplotlib only when a grid is asked for
 
     shown = preds[:limit]
     suptitle = f"first {len(shown)} of {len(preds)} predictions" if len(preds) > len(shown) else ""

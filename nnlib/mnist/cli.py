@@ -1,7 +1,7 @@
 """The ``nnlib`` command: ``predict``, ``info`` and ``export`` on a trained model file; ``params``.
 
 A thin argparse layer: each subcommand parses its flags and calls library functions
-(:mod:`nnlib.predict`, :mod:`nnlib.summary`, :mod:`nnlib.export`) that tests call directly.
+(:mod:`nnlib.mnist.predict`, :mod:`nnlib.mnist.summary`, :mod:`nnlib.export`) that tests call directly.
 Errors reach the user as one line and the exit code of :mod:`nnlib.errors` (1: bad input file,
 2: bad flags, 130: Ctrl-C). ``python -m nnlib`` runs the same.
 """
@@ -11,9 +11,9 @@ import argparse
 import json
 import sys
 
-from . import __version__
-from .errors import ParamsError, run_stage
-from .paths import MODEL
+from nnlib import __version__
+from nnlib.errors import ParamsError, run_stage
+from nnlib.mnist.paths import MODEL
 
 DEFAULT_MODEL = MODEL.as_posix()
 
@@ -36,8 +36,8 @@ def _positive_int(text: str) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .modelfile import load_model  # noqa: PLC0415 - each subcommand imports only what it needs
-    from .predict import Failure, format_line, predict_paths, save_grid, to_json  # noqa: PLC0415
+    from nnlib.modelfile import load_model  # noqa: PLC0415 - each subcommand imports only what it needs
+    from nnlib.mnist.predict import Failure, format_line, predict_paths, save_grid, to_json  # noqa: PLC0415
 
     if args.top > 10:
         raise ParamsError(f"--top must be between 1 and 10 (there are 10 digits), got {args.top}")
@@ -58,7 +58,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from .summary import describe, format_description  # noqa: PLC0415
+    from nnlib.mnist.summary import describe, format_description  # noqa: PLC0415
 
     description = describe(args.model, eval_json=args.eval_json)
     print(json.dumps(description, indent=2) if args.json else format_description(description))
@@ -66,7 +66,7 @@ def cmd_info(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .export import export_model_file  # noqa: PLC0415
+    from nnlib.export import export_model_file  # noqa: PLC0415
 
     export_model_file(args.model, args.out)
     print(f"export: wrote {args.out}", file=sys.stderr)
@@ -76,7 +76,7 @@ def cmd_export(args) -> int:
 def cmd_params(args) -> int:
     import yaml  # noqa: PLC0415
 
-    from .schema import effective_params  # noqa: PLC0415
+    from nnlib.mnist.config.schema import effective_params  # noqa: PLC0415
 
     print(yaml.safe_dump(effective_params(args.file), sort_keys=False), end="")
     return 0
@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser(
         "params", help="the values a run will use", formatter_class=raw,
         description="Print every section of params.yaml as the stages will use it: your values, then the\n"
-                    "preset's, then the defaults, for every key left null (see nnlib/presets/).",
+                    "preset's, then the defaults, for every key left null (see nnlib/mnist/config/presets/).",
         epilog="examples:\n  nnlib params\n  nnlib params --file other-params.yaml")
     p.add_argument("--file", default="params.yaml", metavar="PARAMS", help="params file (default: params.yaml)")
     p.set_defaults(run=cmd_params)

@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import Normalize, PowerNorm  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from .files import atomic_path  # noqa: E402
+from nnlib.files import atomic_path  # noqa: E402
 
 DPI = 100
 CLASS_COLOURS = plt.get_cmap("tab10")

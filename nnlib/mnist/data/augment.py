@@ -29,9 +29,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from .errors import ParamsError
-from .params import PARAMS_FILE, validate
-from .schema import AUGMENT
+from nnlib.errors import ParamsError
+from nnlib.mnist.config.params import PARAMS_FILE, validate
+from nnlib.mnist.config.schema import AUGMENT
 
 CHUNK = 256  # images interpolated at a time: small enough for the working set to stay in cache
 TRUNCATE = 4.0  # Gaussian kernel radius in sigmas (scipy's default)
@@ -58,7 +58,7 @@ class AugmentConfig:
     flip: bool = False
 
     def __post_init__(self):
-        # One set of checks for every range: the schema's (nnlib/schema.py), as params.yaml gets them.
+        # One set of checks for every range: the schema's (nnlib/mnist/config/schema.py), as params.yaml gets them.
         values = {name: getattr(self, name) for name in self.__dataclass_fields__}
         validate(values, {name: AUGMENT[name] for name in values}, "prepare.augment")
         if self.elastic_alpha > 0 and self.elastic_sigma == 0:

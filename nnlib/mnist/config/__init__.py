@@ -1,0 +1,1 @@
+"""params.yaml: loading and validation (params), its schema, and the presets."""
