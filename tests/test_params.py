@@ -1,4 +1,4 @@
-"""params.yaml validation, and the README's reference table staying complete."""
+"""params.yaml validation, and the reference table in docs/params.md staying complete."""
 from __future__ import annotations
 
 import subprocess
@@ -16,6 +16,7 @@ from nnlib.errors import ParamsError
 from nnlib.mnist.config.params import Field, validate
 
 ROOT = Path(__file__).resolve().parents[1]
+PARAMS_DOC = ROOT / "docs" / "params.md"  # the full params table (the README links to it)
 SCHEMAS = schema.SECTIONS
 
 
@@ -27,14 +28,14 @@ def key_paths(schema: dict, prefix: str):
             yield f"{prefix}.{key}"
 
 
-def test_readme_documents_every_key():
-    readme = (ROOT / "README.md").read_text()
-    missing = [p for name, schema in SCHEMAS.items() for p in key_paths(schema, name) if f"| `{p}` |" not in readme]
-    assert not missing, f"README.md's params table lacks {missing}"
+def test_params_doc_documents_every_key():
+    doc = PARAMS_DOC.read_text()
+    missing = [p for name, schema in SCHEMAS.items() for p in key_paths(schema, name) if f"| `{p}` |" not in doc]
+    assert not missing, f"docs/params.md's params table lacks {missing}"
 
 
-def readme_value(value) -> str:
-    """How the README's params table writes a value of params.yaml (YAML spelling of booleans and '')."""
+def table_value(value) -> str:
+    """How the params table in docs/params.md writes a value of params.yaml (YAML spelling of booleans and '')."""
     if isinstance(value, bool):
         return "true" if value else "false"
     return "''" if value == "" else str(value)
@@ -51,9 +52,9 @@ def shipped_params_file(tmp_path) -> Path:
     return shipped
 
 
-def test_readme_table_shows_the_effective_values_of_the_shipped_params(tmp_path):
+def test_params_doc_table_shows_the_effective_values_of_the_shipped_params(tmp_path):
     effective = schema.effective_params(shipped_params_file(tmp_path))
-    readme = (ROOT / "README.md").read_text()
+    doc = PARAMS_DOC.read_text()
     wrong = []
     for name, section_schema in SCHEMAS.items():
         for path in key_paths(section_schema, name):
@@ -62,9 +63,9 @@ def test_readme_table_shows_the_effective_values_of_the_shipped_params(tmp_path)
                 value = value[part]
             if isinstance(value, list) and value and isinstance(value[0], dict):
                 continue  # train.model: a layer list, shown in its own table
-            if f"| `{path}` | `{readme_value(value)}` |" not in readme:
-                wrong.append(f"{path}={readme_value(value)}")
-    assert not wrong, f"README.md's params table disagrees with the shipped params on {wrong}"
+            if f"| `{path}` | `{table_value(value)}` |" not in doc:
+                wrong.append(f"{path}={table_value(value)}")
+    assert not wrong, f"docs/params.md's params table disagrees with the shipped params on {wrong}"
 
 
 def test_shipped_params_yaml_sets_every_key_to_null(tmp_path):
@@ -218,17 +219,17 @@ def test_evaluate_batch_default_is_the_batch_validation_and_prediction_use():
     assert schema.EVALUATE["batch_size"].default == model.EVAL_BATCH_SIZE
 
 
-def test_readme_table_takes_meaning_and_allowed_values_from_the_schema():
-    """Columns 3 and 4 of the README's params table are the schema's ``doc`` and ``expect``, word for word."""
+def test_params_doc_table_takes_meaning_and_allowed_values_from_the_schema():
+    """Columns 3 and 4 of the params table in docs/params.md are the schema's ``doc`` and ``expect``, word for word."""
     import re  # noqa: PLC0415
-    readme = (ROOT / "README.md").read_text()
+    doc = PARAMS_DOC.read_text()
     wrong = []
     for name, section_schema in SCHEMAS.items():
         for path in key_paths(section_schema, name):
             field = section_schema
             for part in path.split(".")[1:]:
                 field = field[part]
-            row = re.search(rf"^\| `{re.escape(path)}` \| [^|]* \| (.*?) \| (.*?) \|$", readme, re.M)
+            row = re.search(rf"^\| `{re.escape(path)}` \| [^|]* \| (.*?) \| (.*?) \|$", doc, re.M)
             if row is None or (row.group(1), row.group(2)) != (field.doc, field.expect):
                 wrong.append(path)
-    assert not wrong, f"README.md's params table disagrees with nnlib/mnist/config/schema.py on {wrong}"
+    assert not wrong, f"docs/params.md's params table disagrees with nnlib/mnist/config/schema.py on {wrong}"
