@@ -1,6 +1,7 @@
 """The README stays short, its library example runs, and no relative link in it or in docs/ is broken."""
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -48,7 +49,7 @@ def test_the_library_example_trains(tmp_path):
     code = library_example()
     assert "nnlib.mnist" not in code and "stages" not in code, "the library example must use nnlib alone"
     assert "assert " in code, "the example must check its own result (e.g. that the loss falls)"
-    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert "accuracy" in run.stdout
@@ -57,7 +58,7 @@ def test_the_library_example_trains(tmp_path):
 def test_a_failing_example_would_fail_the_test(tmp_path):
     """The example's own assert is what the test relies on: breaking the training must break the run."""
     broken = library_example().replace("optimizer.step()", "pass")
-    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     run = subprocess.run([sys.executable, "-c", broken], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode != 0 and "AssertionError" in run.stderr
 
