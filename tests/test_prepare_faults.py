@@ -22,7 +22,7 @@ import yaml
 
 from nnlib.mnist.data import shards
 from nnlib.errors import ParamsError
-from test_shards import files_bytes, write_idx
+from test_shards import files_bytes, temp_dirs, write_idx
 
 ROOT = Path(__file__).resolve().parents[1]
 N_TRAIN, N_TEST = 200, 50
@@ -84,7 +84,7 @@ class Repo:
 
     def assert_untouched(self) -> None:
         assert self.snapshot() == self.before
-        assert shards.temp_dirs(self.out) == []
+        assert temp_dirs(self.out) == []
         assert sorted(p.name for p in (self.root / "data").iterdir()) == ["raw", "shards"]
 
     def run_stage(self, **popen) -> subprocess.CompletedProcess:
@@ -191,7 +191,7 @@ def test_a_keyboard_interrupt_while_writing_shards_leaves_the_old_set(repo, monk
 
     def interrupted_at_shard_3(job, index):
         if index == 3:
-            assert len(shards.temp_dirs(repo.out)) == 1  # shards 0..2 went to the new set's directory
+            assert len(temp_dirs(repo.out)) == 1  # shards 0..2 went to the new set's directory
             raise KeyboardInterrupt
         written.append(index)
         return write(job, index)
@@ -209,7 +209,7 @@ def test_sigterm_mid_run_exits_143_and_leaves_the_old_set(repo, workers):
     proc = subprocess.Popen([sys.executable, str(ROOT / "stages" / "prepare.py")], cwd=repo.root,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
-    while (not any((d / "train-00003.npz").exists() for d in shards.temp_dirs(repo.out))
+    while (not any((d / "train-00003.npz").exists() for d in temp_dirs(repo.out))
            and proc.poll() is None and time.monotonic() < deadline):
         time.sleep(0.01)
     proc.send_signal(signal.SIGTERM)
@@ -243,7 +243,7 @@ def test_a_successful_run_replaces_the_whole_directory(repo):
     assert sorted(p.name for p in repo.out.iterdir()) == sorted(
         ["manifest.json", "val.npz", "test.npz"] + [e["file"] for e in manifest["train_shards"]]
     )
-    assert shards.temp_dirs(repo.out) == []
+    assert temp_dirs(repo.out) == []
 
 
 # --- bounded memory: shards in flight ----------------------------------------------------------

@@ -14,7 +14,7 @@ import yaml
 from nnlib.mnist import seeding
 from nnlib.mnist.data import shards
 from nnlib.mnist.data.augment import AugmentConfig, distort
-from nnlib.files import load_npz
+from nnlib.files import load_npz, temporaries
 from nnlib.errors import InputError, ParamsError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,6 +23,11 @@ N_TRAIN, N_TEST = 1000, 150
 # 1000 images, val 200 -> train split 800; copies 2 -> 2400 stream images -> shards of 300: 8 shards
 SMALL = {"val_size": 200, "shard_size": 300, "workers": 1,
          "augment": {"copies": 2, "rotate": 10, "shift": 2, "scale": 0.1, "elastic_alpha": 8, "elastic_sigma": 3}}
+
+
+def temp_dirs(out: Path) -> list[Path]:
+    """The temporary directories of runs building ``out`` (``.<name>.*.tmp`` beside it)."""
+    return temporaries([out.parent], [out.name])
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -196,7 +201,7 @@ def test_a_crash_leaves_the_old_set_untouched_and_the_next_run_replaces_it(tmp_p
     with pytest.raises(RuntimeError, match="simulated crash"):
         run_prepare(tmp_path)
     assert files_bytes(out) == before  # the new set was being built elsewhere
-    assert shards.temp_dirs(out) == []
+    assert temp_dirs(out) == []
     assert not (tmp_path / "shards.png").exists()  # the preview comes only after the shards
 
     monkeypatch.setattr(shards, "distort", distort)
@@ -204,7 +209,7 @@ def test_a_crash_leaves_the_old_set_untouched_and_the_next_run_replaces_it(tmp_p
     assert sorted(p.name for p in out.iterdir()) == sorted(  # nothing of the old directory is left
         ["manifest.json", "val.npz", "test.npz"] + [e["file"] for e in manifest["train_shards"]]
     )
-    assert shards.temp_dirs(out) == []
+    assert temp_dirs(out) == []
 
 
 # --- params and input errors -------------------------------------------------------------------
@@ -316,7 +321,7 @@ def test_kill_9_mid_run_leaves_the_old_set_and_the_next_run_clears_the_temp_dir(
     proc = subprocess.Popen([sys.executable, str(ROOT / "stages" / "prepare.py")], cwd=repo,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
-    while (not any((d / "train-00010.npz").exists() for d in shards.temp_dirs(out))
+    while (not any((d / "train-00010.npz").exists() for d in temp_dirs(out))
            and proc.poll() is None and time.monotonic() < deadline):
         time.sleep(0.01)
     workers = subprocess.run(["ps", "-o", "pid=", "--ppid", str(proc.pid)], capture_output=True, text=True).stdout.split()
@@ -330,10 +335,10 @@ def test_kill_9_mid_run_leaves_the_old_set_and_the_next_run_clears_the_temp_dir(
             pass
     if len(list(out.glob("train-*.npz"))) != 549:  # unless the run won the race, the old set is intact
         assert files_bytes(out) == before
-        assert shards.temp_dirs(out)  # and the killed run's half-built set is still beside it
+        assert temp_dirs(out)  # and the killed run's half-built set is still beside it
     # a later run removes the temporary directory the killed one left, and completes
     result = run_stage_script(repo)
     assert result.returncode == 0, result.stderr
-    assert shards.temp_dirs(out) == []
+    assert temp_dirs(out) == []
     assert not list(out.glob(".*.tmp"))
     assert len(list(out.glob("train-*.npz"))) == 549

@@ -39,7 +39,6 @@ Environment variables (a bad value is a :class:`~nnlib.errors.ParamsError`, exit
 from __future__ import annotations
 
 import collections
-import contextlib
 import functools
 import gzip
 import hashlib
@@ -64,7 +63,7 @@ from typing import BinaryIO, Callable, Mapping
 import numpy as np
 from tqdm import tqdm
 
-from nnlib.files import atomic_path, file_sha256
+from nnlib.files import atomic_path, file_sha256, remove_stale_temporaries
 from nnlib.errors import InputError, ParamsError
 
 #: SHA-256 of the *decompressed* bytes of each official MNIST IDX file.
@@ -167,17 +166,6 @@ def write_verified(stream: BinaryIO, dest: Path, sha256: str, max_size: int | No
                 digest.update(chunk)
                 out.write(chunk)
         check_sha256(dest.name, digest.hexdigest(), sha256)
-
-
-def remove_stale_temporaries(out_dir: Path, names) -> int:
-    """Delete the temporary files (``.NAME.*.tmp``) that a killed run left beside the targets; return how many."""
-    removed = 0
-    for name in names:
-        for tmp in Path(out_dir).glob(f".{name}.*.tmp"):
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-                removed += 1
-    return removed
 
 
 def files_to_fetch(out_dir: Path, expected: Mapping[str, str]) -> dict[str, str]:
@@ -586,8 +574,8 @@ def fetch_mnist(out_dir, sources=None, expected: Mapping[str, str] = SHA256,
     naming every source tried, and why each failed, when none delivered the whole set.
     """
     out_dir = Path(out_dir)
-    if stale := remove_stale_temporaries(out_dir, expected):
-        log(f"fetch: removed {stale} temporary file(s) left in {out_dir} by an interrupted run")
+    if stale := remove_stale_temporaries([out_dir], expected):
+        log(f"fetch: removed {len(stale)} temporary file(s) left in {out_dir} by an interrupted run")
     missing = files_to_fetch(out_dir, expected)
     kept = len(expected) - len(missing)
     if kept:
