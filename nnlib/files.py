@@ -92,9 +92,9 @@ def file_sha256(path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def text_sha256(text: str) -> str:
-    """Hex SHA-256 of a text's UTF-8 bytes (what :func:`write_text` writes)."""
-    return hashlib.sha256(text.encode()).hexdigest()
+def data_sha256(data: bytes | str) -> str:
+    """Hex SHA-256 of some bytes, or of a text's UTF-8 bytes (what :func:`write_text` writes)."""
+    return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
 
 
 def check_writable(folders) -> None:

@@ -21,7 +21,7 @@ from nnlib import backend, checkpoints
 from nnlib.mnist import seeding
 from nnlib.mnist.data.stream import NUM_CLASSES, ShardStream, check_shards, load_shard, read_manifest
 from nnlib.errors import Diverged, InputError, ParamsError, run_stage
-from nnlib.files import OutputSet, check_writable, file_sha256, remove_stale_temporaries, text_sha256, write_json, write_text
+from nnlib.files import OutputSet, check_writable, file_sha256, remove_stale_temporaries, data_sha256, write_json, write_text
 from nnlib.model import Sequential
 from nnlib.modelfile import load_weights, save_model
 from nnlib.mnist.config.params import load_section
@@ -135,7 +135,7 @@ def main() -> None:
         save_model(out.path(MODEL), model, {
             "seed": seed, "train": run_params, "epoch": kept["epoch"], "val_accuracy": kept["val_acc"],
             "manifest_sha256": manifest_sha256, "nnlib_version": nnlib.__version__, "init_from": init,
-            "train_log_sha256": text_sha256(log),
+            "train_log_sha256": data_sha256(log),
         })
         write_json(out.path(METRICS / "train.json"), {
             "best_val_accuracy": best["val_acc"], "best_val_loss": best["val_loss"], "best_epoch": best["epoch"],

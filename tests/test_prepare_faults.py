@@ -7,7 +7,6 @@ synthetic IDX files (200 train images) stand in for MNIST.
 """
 from __future__ import annotations
 
-import hashlib
 import shutil
 import signal
 import subprocess
@@ -22,6 +21,7 @@ import yaml
 
 from nnlib.mnist.data import shards
 from nnlib.errors import ParamsError
+from nnlib.files import file_sha256
 from test_shards import files_bytes, temp_dirs, write_idx
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,7 +80,7 @@ class Repo:
     def snapshot(self) -> dict:
         """SHA-256 of every file of the shard set, and of the preview."""
         files = [*sorted(p for p in self.out.rglob("*") if p.is_file()), self.preview]
-        return {str(p.relative_to(self.root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+        return {str(p.relative_to(self.root)): file_sha256(p) for p in files}
 
     def assert_untouched(self) -> None:
         assert self.snapshot() == self.before

