@@ -16,6 +16,10 @@ from nnlib.mnist.data import shards
 from nnlib.mnist.data.augment import AugmentConfig, distort
 from nnlib.files import load_npz, temporaries
 from nnlib.errors import InputError, ParamsError
+from nnlib.mnist.paths import RAW_FILES
+
+TRAIN_IMAGES = RAW_FILES["train_images"]
+TEST_LABELS = RAW_FILES["test_labels"]
 
 ROOT = Path(__file__).resolve().parents[1]
 N_TRAIN, N_TEST = 1000, 150
@@ -45,7 +49,7 @@ def make_raw(raw_dir: Path, seed: int = 0) -> dict:
         "test_labels": rng.integers(0, 10, N_TEST, dtype=np.uint8),
     }
     raw_dir.mkdir(parents=True, exist_ok=True)
-    for key, name in shards.RAW_FILES.items():
+    for key, name in RAW_FILES.items():
         write_idx(raw_dir / name, arrays[key])
     return arrays
 
@@ -258,8 +262,8 @@ def test_val_size_must_leave_training_images(tmp_path, raw):
 
 
 def test_missing_raw_file_names_the_file_and_the_fetch_stage(tmp_path, raw):
-    (tmp_path / "raw" / "t10k-labels-idx1-ubyte").unlink()
-    with pytest.raises(InputError, match="t10k-labels-idx1-ubyte.*the fetch stage"):
+    (tmp_path / "raw" / TEST_LABELS).unlink()
+    with pytest.raises(InputError, match=f"{TEST_LABELS}.*the fetch stage"):
         run_prepare(tmp_path)
 
 
@@ -307,7 +311,7 @@ def test_stage_missing_raw_exits_1(tmp_path):
     (repo / "params.yaml").write_text(yaml.safe_dump({"seed": 0, "prepare": SMALL}))
     result = run_stage_script(repo)
     assert result.returncode == 1
-    assert "train-images-idx3-ubyte" in result.stderr and "the fetch stage" in result.stderr
+    assert TRAIN_IMAGES in result.stderr and "the fetch stage" in result.stderr
 
 
 def test_kill_9_mid_run_leaves_the_old_set_and_the_next_run_clears_the_temp_dir(tmp_path):

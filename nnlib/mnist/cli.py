@@ -13,7 +13,7 @@ import sys
 
 from nnlib import __version__
 from nnlib.errors import ParamsError, run_stage
-from nnlib.mnist.paths import MODEL
+from nnlib.mnist.paths import EVAL_METRICS, MODEL
 
 DEFAULT_MODEL = MODEL.as_posix()
 
@@ -111,12 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
         "info", help="what a model file holds", formatter_class=raw,
         description="Show a model file's layers (output shape, parameter count) and the metadata saved with it:\n"
                     "training params, seed, the epoch kept, its validation accuracy, the test accuracy when\n"
-                    "metrics/eval.json scored this very file, the shard manifest's SHA-256 and the nnlib version.",
+                    f"{EVAL_METRICS.as_posix()} scored this very file, the shard manifest's SHA-256 and the nnlib version.",
         epilog="examples:\n  nnlib info models/model.npz\n  nnlib info models/model.npz --json")
     p.add_argument("model", nargs="?", default=DEFAULT_MODEL, metavar="MODEL", help=f"model file (default: {DEFAULT_MODEL})")
     p.add_argument("--json", action="store_true", help="print the same as JSON")
-    p.add_argument("--eval-json", default="metrics/eval.json", metavar="FILE",
-                   help="evaluation metrics to take the test accuracy from (default: metrics/eval.json)")
+    p.add_argument("--eval-json", default=EVAL_METRICS.as_posix(), metavar="FILE",
+                   help=f"evaluation metrics to take the test accuracy from (default: {EVAL_METRICS.as_posix()})")
     p.set_defaults(run=cmd_info)
 
     p = commands.add_parser(

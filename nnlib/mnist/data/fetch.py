@@ -65,21 +65,22 @@ from tqdm import tqdm
 
 from nnlib.files import atomic_path, data_sha256, file_sha256, remove_stale_temporaries
 from nnlib.errors import InputError, ParamsError
+from nnlib.mnist.paths import RAW_FILES
 
 #: SHA-256 of the *decompressed* bytes of each official MNIST IDX file.
 SHA256 = {
-    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
-    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
-    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
-    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+    RAW_FILES["train_images"]: "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    RAW_FILES["train_labels"]: "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    RAW_FILES["test_images"]: "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    RAW_FILES["test_labels"]: "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
 }
 
 #: Size in bytes of each decompressed file: reading stops as soon as a file would grow past it.
 SIZES = {
-    "train-images-idx3-ubyte": 47_040_016,
-    "train-labels-idx1-ubyte": 60_008,
-    "t10k-images-idx3-ubyte": 7_840_016,
-    "t10k-labels-idx1-ubyte": 10_008,
+    RAW_FILES["train_images"]: 47_040_016,
+    RAW_FILES["train_labels"]: 60_008,
+    RAW_FILES["test_images"]: 7_840_016,
+    RAW_FILES["test_labels"]: 10_008,
 }
 
 MIRROR_ENV = "MNIST_MIRROR"
@@ -461,10 +462,10 @@ def mnist_idx_from_splits(splits) -> dict[str, bytes]:
         return idx_bytes(np.concatenate([to_uint8(p, 1) for p in parts]))
 
     return {
-        "train-images-idx3-ubyte": images(train_x, val_x),
-        "train-labels-idx1-ubyte": labels(train_y, val_y),
-        "t10k-images-idx3-ubyte": images(test_x),
-        "t10k-labels-idx1-ubyte": labels(test_y),
+        RAW_FILES["train_images"]: images(train_x, val_x),
+        RAW_FILES["train_labels"]: labels(train_y, val_y),
+        RAW_FILES["test_images"]: images(test_x),
+        RAW_FILES["test_labels"]: labels(test_y),
     }
 
 

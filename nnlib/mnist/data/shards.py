@@ -53,12 +53,6 @@ from nnlib.mnist.config.params import PARAMS_FILE, load_section, validate
 from nnlib.mnist.config.schema import PREPARE
 
 RAW_DIR, SHARDS_DIR, PREVIEW_PATH = paths.RAW, paths.SHARDS, paths.PREVIEW
-RAW_FILES = {
-    "train_images": "train-images-idx3-ubyte",
-    "train_labels": "train-labels-idx1-ubyte",
-    "test_images": "t10k-images-idx3-ubyte",
-    "test_labels": "t10k-labels-idx1-ubyte",
-}
 MANIFEST = "manifest.json"
 SHARD_NAME = "train-{:05d}.npz"
 IMAGE_SHAPE = (28, 28)
@@ -90,10 +84,10 @@ def load_mnist(raw_dir=RAW_DIR) -> dict:
     (see :func:`check_raw_pair`).
     """
     raw_dir = Path(raw_dir)
-    arrays = {key: read_idx(raw_dir / name) for key, name in RAW_FILES.items()}
+    arrays = {key: read_idx(raw_dir / name) for key, name in paths.RAW_FILES.items()}
     for part in ("train", "test"):
-        check_raw_pair(raw_dir / RAW_FILES[f"{part}_images"], arrays[f"{part}_images"],
-                       raw_dir / RAW_FILES[f"{part}_labels"], arrays[f"{part}_labels"])
+        check_raw_pair(raw_dir / paths.RAW_FILES[f"{part}_images"], arrays[f"{part}_images"],
+                       raw_dir / paths.RAW_FILES[f"{part}_labels"], arrays[f"{part}_labels"])
     return arrays
 
 
