@@ -3,8 +3,9 @@
 Every output of the pipeline goes through ``atomic_path`` (a file), ``OutputSet`` (a stage's files,
 together) or ``atomic_dir`` (a whole directory): readers (and DVC) see either the old output or the
 complete new one, never a half-written one. What a killed run leaves is ``.NAME.<random>.tmp``
-beside the output, which ``remove_stale_temporaries`` deletes. Archives are read with ``allow_pickle=False``, so
-loading a shard or a model never executes code.
+beside the output, which ``remove_stale_temporaries`` deletes. Archives are read with
+``allow_pickle=False``, so loading a shard or a model never executes code. ``file_sha256`` and
+``data_sha256`` are the one SHA-256 helper (hex digests of a file, or of bytes or text).
 """
 from __future__ import annotations
 
