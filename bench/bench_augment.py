@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 from nnlib.mnist.data import shards
 from nnlib.mnist.data.augment import AugmentConfig, distort
 from nnlib.mnist.data.stream import read_idx
+from nnlib.mnist.paths import RAW_FILES
 
 CFG = AugmentConfig(rotate=10, shift=2, scale=0.1, elastic_alpha=8, elastic_sigma=3)
 AFFINE_ONLY = dataclasses.replace(CFG, elastic_alpha=0.0, elastic_sigma=0.0)  # what the elastic field costs
@@ -73,10 +74,10 @@ def best_time(fn, repeat: int) -> float:
 def raw_dir(tmp: Path) -> Path:
     """data/raw when the fetch stage ran, else the shared gzip files decompressed into ``tmp``."""
     local = ROOT / "data" / "raw"
-    if all((local / name).exists() for name in shards.RAW_FILES.values()):
+    if all((local / name).exists() for name in RAW_FILES.values()):
         return local
     shared = Path(os.environ.get("MNIST_MIRROR", ROOT.parent / "shared" / "mnist"))
-    for name in shards.RAW_FILES.values():
+    for name in RAW_FILES.values():
         (tmp / name).write_bytes(gzip.decompress((shared / f"{name}.gz").read_bytes()))
     return tmp
 
@@ -92,7 +93,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         raw = raw_dir(tmp)
-        images = np.ascontiguousarray(read_idx(raw / "train-images-idx3-ubyte")[: args.images])
+        images = np.ascontiguousarray(read_idx(raw / RAW_FILES["train_images"])[: args.images])
         print(f"config: {CFG}")
         print(f"cpu cores: {os.cpu_count()}; {len(images)} images for the distort rows\n")
         rows = []

@@ -49,9 +49,10 @@ from nnlib.mnist.data import fetch  # noqa: E402
 from nnlib.mnist.data.stream import read_idx, to_batch  # noqa: E402
 from nnlib.model import Sequential  # noqa: E402
 from nnlib.modelfile import load_model  # noqa: E402
+from nnlib.mnist.paths import RAW_FILES  # noqa: E402
 from nnlib.mnist.predict import Failure, predict_paths  # noqa: E402
 
-TEST_IMAGES = "t10k-images-idx3-ubyte"
+TEST_IMAGES = RAW_FILES["test_images"]
 SHARED_MNIST = ROOT.parent / "shared" / "mnist"
 SMALL_CNN = [  # tests/conftest.py's SMALL_CNN, the fixture model (bench/ does not import the tests)
     {"type": "conv", "out": 8, "k": 5}, {"type": "batchnorm"}, {"type": "relu"}, {"type": "maxpool", "k": 2},

@@ -67,7 +67,6 @@ import numpy as np  # noqa: E402
 from bench_presets import PRESETS, load_prepare, load_preset  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-RAW_NAMES = {"train_x": "train-images-idx3-ubyte", "train_y": "train-labels-idx1-ubyte"}
 FLOORS = {"nielsen": 1.2, "mlp-l2": 1.2, "mlp-momentum": 1.2, "mlp-xavier": 1.2, "mlp": 1.2,
           "cnn-small": 1.0, "cnn": 1.0}
 # Timed steps per framework when --steps is not given: about the same images for each configuration.
@@ -159,14 +158,16 @@ def vm_hwm_mib() -> float:
 def mnist_train(tmp: Path | None = None) -> tuple[np.ndarray, np.ndarray] | None:
     """MNIST train images (60000, 28, 28) uint8 and labels, from data/raw or ../shared/mnist; None if absent."""
     from nnlib.mnist.data.stream import read_idx  # noqa: PLC0415
+    from nnlib.mnist.paths import RAW_FILES  # noqa: PLC0415
 
+    names = [RAW_FILES["train_images"], RAW_FILES["train_labels"]]
     local = ROOT / "data" / "raw"
-    if all((local / name).exists() for name in RAW_NAMES.values()):
-        return tuple(read_idx(local / name) for name in RAW_NAMES.values())
+    if all((local / name).exists() for name in names):
+        return tuple(read_idx(local / name) for name in names)
     shared = Path(os.environ.get("MNIST_MIRROR", ROOT.parent / "shared" / "mnist"))
-    if all((shared / f"{name}.gz").exists() for name in RAW_NAMES.values()):
+    if all((shared / f"{name}.gz").exists() for name in names):
         arrays = []
-        for name in RAW_NAMES.values():
+        for name in names:
             raw = gzip.decompress((shared / f"{name}.gz").read_bytes())
             dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(raw[3])]
             arrays.append(np.frombuffer(raw, np.uint8, offset=4 + 4 * len(dims)).reshape(dims))
@@ -176,15 +177,15 @@ def mnist_train(tmp: Path | None = None) -> tuple[np.ndarray, np.ndarray] | None
 
 def raw_dir(tmp: Path) -> Path | None:
     """A folder with the four IDX files for nnlib.mnist.data.shards.prepare: data/raw, else ../shared/mnist unzipped into tmp."""
-    from nnlib.mnist.data import shards  # noqa: PLC0415
+    from nnlib.mnist.paths import RAW_FILES  # noqa: PLC0415
 
     local = ROOT / "data" / "raw"
-    if all((local / name).exists() for name in shards.RAW_FILES.values()):
+    if all((local / name).exists() for name in RAW_FILES.values()):
         return local
     shared = Path(os.environ.get("MNIST_MIRROR", ROOT.parent / "shared" / "mnist"))
-    if not all((shared / f"{name}.gz").exists() for name in shards.RAW_FILES.values()):
+    if not all((shared / f"{name}.gz").exists() for name in RAW_FILES.values()):
         return None
-    for name in shards.RAW_FILES.values():
+    for name in RAW_FILES.values():
         (tmp / name).write_bytes(gzip.decompress((shared / f"{name}.gz").read_bytes()))
     return tmp
 

@@ -36,6 +36,11 @@ import time
 from pathlib import Path
 
 import yaml
+from nnlib_select import select_nnlib  # bench/ is on sys.path for `python bench/x.py`
+
+select_nnlib()
+
+from nnlib.mnist.paths import EVAL_METRICS, TIMING  # noqa: E402 - after select_nnlib
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,7 +77,7 @@ def dvc(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProces
 
 def seconds_per_epoch(repo: Path, rev: str | None) -> float | None:
     """``seconds_per_epoch`` of metrics/timing.json in an experiment's commit (timings are not DVC metrics)."""
-    shown = subprocess.run(["git", "show", f"{rev}:metrics/timing.json"], cwd=repo, capture_output=True, text=True)
+    shown = subprocess.run(["git", "show", f"{rev}:{TIMING.as_posix()}"], cwd=repo, capture_output=True, text=True)
     try:
         return json.loads(shown.stdout)["seconds_per_epoch"] if rev and shown.returncode == 0 else None
     except (json.JSONDecodeError, KeyError, TypeError):
@@ -100,7 +105,7 @@ def experiments(repo: Path, baselines: list[str]) -> tuple[dict, set]:
             for revision in exp.get("revs") or []:
                 name = revision.get("name")
                 files = ((revision.get("data") or {}).get("metrics") or {})
-                accuracy = ((files.get("metrics/eval.json") or {}).get("data") or {}).get("accuracy")
+                accuracy = ((files.get(EVAL_METRICS.as_posix()) or {}).get("data") or {}).get("accuracy")
                 if name and accuracy is not None:
                     finished[name] = {"accuracy": accuracy, "seconds_per_epoch": seconds_per_epoch(repo, revision.get("rev")),
                                       "commit": entry.get("rev")}

@@ -72,11 +72,23 @@ def _terminate(signum, frame):
     raise Terminated
 
 
-def _exit_with_parent(parent: int, interval: float = 1.0) -> None:
-    """Poll the parent process; when it is gone (e.g. a killed `dvc repro`), end this one like Ctrl-C."""
+PARENT_POLL_S = 0.2  # how often an orphan checks for its parent: it ends within this long of the parent's death
+
+
+def _watch_parent(parent: int, interval: float) -> None:
     while os.getppid() == parent:
         time.sleep(interval)
     os.kill(os.getpid(), signal.SIGTERM)
+
+
+def exit_with_parent(parent: int, interval: float = PARENT_POLL_S) -> None:
+    """End this process with SIGTERM soon after process ``parent`` dies (e.g. a killed ``dvc repro``).
+
+    The one way a process of nnlib ends as an orphan: a daemon thread polls ``os.getppid()`` and sends
+    this process SIGTERM, so a stage under :func:`run_stage` unwinds like Ctrl-C (temporary files
+    removed, exit 143) and a worker process that left SIGTERM at its default ends at once.
+    """
+    threading.Thread(target=_watch_parent, args=(parent, interval), daemon=True, name="exit-with-parent").start()
 
 
 def run_stage(main: Callable[[], int | None], prefix: str = "error") -> None:
@@ -87,7 +99,7 @@ def run_stage(main: Callable[[], int | None], prefix: str = "error") -> None:
     of the parent process: a stage never runs on as an orphan after `dvc repro` itself was killed.
     """
     signal.signal(signal.SIGTERM, _terminate)
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+    exit_with_parent(os.getppid())
     try:
         code = main()
     except ERRORS as err:

@@ -1,8 +1,11 @@
 """Files written atomically, and ``.npz`` archives that are byte-for-byte deterministic.
 
-Every output of the pipeline goes through ``atomic_path``: readers (and DVC) see either the old file
-or the complete new one, never a half-written one. Archives are read with ``allow_pickle=False``, so
-loading a shard or a model never executes code.
+Every output of the pipeline goes through ``atomic_path`` (a file), ``OutputSet`` (a stage's files,
+together) or ``atomic_dir`` (a whole directory): readers (and DVC) see either the old output or the
+complete new one, never a half-written one. What a killed run leaves is ``.NAME.<random>.tmp``
+beside the output, which ``remove_stale_temporaries`` deletes. Archives are read with
+``allow_pickle=False``, so loading a shard or a model never executes code. ``file_sha256`` and
+``data_sha256`` are the one SHA-256 helper (hex digests of a file, or of bytes or text).
 """
 from __future__ import annotations
 
@@ -10,9 +13,14 @@ import contextlib
 import hashlib
 import json
 import os
+import secrets
+import shutil
+import signal
 import tempfile
+import threading
 import zipfile
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -85,9 +93,9 @@ def file_sha256(path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def text_sha256(text: str) -> str:
-    """Hex SHA-256 of a text's UTF-8 bytes (what :func:`write_text` writes)."""
-    return hashlib.sha256(text.encode()).hexdigest()
+def data_sha256(data: bytes | str) -> str:
+    """Hex SHA-256 of some bytes, or of a text's UTF-8 bytes (what :func:`write_text` writes)."""
+    return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
 
 
 def check_writable(folders) -> None:
@@ -106,15 +114,109 @@ def check_writable(folders) -> None:
             raise OutputError(f"cannot write to {folder}/ ({err.strerror or err}): make it writable, or free disk space") from None
 
 
-def remove_stale_temporaries(folders) -> list[Path]:
-    """Delete ``.*.tmp`` files that a killed run (SIGKILL) left behind in ``folders``; return them."""
-    removed = []
+def temporaries(folders, names=("*",)) -> list[Path]:
+    """The temporaries beside outputs in ``folders``: every ``.NAME.<random>.tmp``, file or directory.
+
+    ``names`` are the outputs' names (glob patterns; default: any). :func:`atomic_path`,
+    :class:`OutputSet` and :func:`atomic_dir` name their temporaries so. Sorted; absent folders give none.
+    """
+    found = set()
     for folder in map(Path, folders):
-        for path in folder.glob(".*.tmp") if folder.is_dir() else ():
-            if path.is_file():
-                path.unlink(missing_ok=True)
-                removed.append(path)
-    return removed
+        if folder.is_dir():
+            for name in names:
+                found.update(folder.glob(f".{name}.*.tmp"))
+    return sorted(found)
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a directory tree, a file or a link, if it exists."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def remove_stale_temporaries(folders, names=("*",)) -> list[Path]:
+    """Delete the :func:`temporaries` that killed runs (SIGKILL) left in ``folders``; return them.
+
+    Run before a stage writes: a temporary is never data, only the garbage of a run that died before
+    renaming it into place (so its disk space counts as free).
+    """
+    stale = temporaries(folders, names)
+    for path in stale:
+        remove_tree(path)
+    return stale
+
+
+# --- replacing a whole directory ---------------------------------------------------------------
+
+
+def _new_temp_dir(target: Path) -> Path:
+    """Create an empty ``.<name>.<random>.tmp`` beside ``target`` (its mode from the umask, as for mkdir)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        path = target.parent / f".{target.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+
+
+@contextlib.contextmanager
+def signals_deferred(signums=(signal.SIGINT, signal.SIGTERM)):
+    """Hold these signals during the block and deliver them after it (main thread only).
+
+    Python runs signal handlers in the main thread between bytecodes; swapping the handlers (rather
+    than masking the signal, which other threads might still receive) holds them whichever thread
+    the kernel picks.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {signum: signal.signal(signum, lambda signum, frame: caught.append(signum)) for signum in signums}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        for signum in caught:
+            signal.raise_signal(signum)
+
+
+def _swap_in(new_dir: Path, target: Path) -> None:
+    """Rename ``new_dir`` to ``target``; the old ``target``, if any, is renamed aside, then deleted.
+
+    Both renames happen or neither (signals are held between them). If the deletion is cut short,
+    the aside ``.<name>.<random>.old.tmp`` is a stale temporary for :func:`remove_stale_temporaries`.
+    """
+    aside = new_dir.with_name(new_dir.name.removesuffix(".tmp") + ".old.tmp")
+    with signals_deferred():
+        had_old = target.exists() or target.is_symlink()
+        if had_old:
+            os.rename(target, aside)
+        os.rename(new_dir, target)
+    if had_old:
+        remove_tree(aside)
+
+
+@contextlib.contextmanager
+def atomic_dir(target) -> Iterator[Path]:
+    """Yield a new empty directory beside ``target``; when the block succeeds, swap it in for ``target``.
+
+    The directory analogue of :func:`atomic_path`. Afterwards no temporary directory is left, and
+    ``target`` is either untouched (the block raised, including KeyboardInterrupt and SystemExit) or
+    the complete new directory; SIGINT and SIGTERM are held during the two renames of the swap.
+    """
+    target = Path(target)
+    new_dir = _new_temp_dir(target)
+    try:
+        yield new_dir
+        _swap_in(new_dir, target)
+    finally:
+        remove_tree(new_dir)  # already gone after a swap; a partial directory otherwise
 
 
 class OutputSet:

@@ -24,11 +24,6 @@ def _ratio(numerator, denominator) -> np.ndarray:
     return np.divide(numerator, denominator, out=np.zeros(numerator.shape), where=denominator > 0)
 
 
-def per_class_accuracy(confusion: np.ndarray) -> np.ndarray:
-    """Recall of each class: diagonal / row sums (0 for a class with no samples). (K,) float64."""
-    return _ratio(np.diag(confusion), confusion.sum(axis=1))
-
-
 def precision_recall_f1(confusion: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-class precision (diagonal / column sums), recall (diagonal / row sums) and F1, each (K,) float64.
 

@@ -22,7 +22,7 @@ from nnlib.mnist.config.params import load_section, load_top_level
 from nnlib.mnist.config.schema import EVALUATE
 from nnlib.training import make_loss
 
-from nnlib.mnist.paths import METRICS, MODEL, PLOTS, SHARDS
+from nnlib.mnist.paths import EVAL_DETAILS, EVAL_METRICS, METRICS, MODEL, PLOTS, PREDICTIONS, SHARDS, TRAIN_LOG
 
 
 def read_log(path: Path, meta: dict) -> list[dict]:
@@ -72,7 +72,7 @@ def main() -> None:
     model, meta = load_model(MODEL)
     model_sha256 = file_sha256(MODEL)
     loss_cfg = training_loss(meta, MODEL)
-    log = read_log(METRICS / "train_log.tsv", meta)
+    log = read_log(TRAIN_LOG, meta)
     manifest = read_manifest(SHARDS)
     x, y = load_shard(SHARDS / manifest["test"]["file"])
 
@@ -82,9 +82,9 @@ def main() -> None:
     scores = evaluation.scalars(result, loss_cfg["name"], model_sha256)
     title = f"preset {preset} · seed {meta.get('seed')} · test accuracy {100 * result.accuracy:.2f}%"
     with OutputSet() as out:  # every output renamed into place together, only when all are written
-        write_json(out.path(METRICS / "eval.json"), scores)
-        write_json(out.path(METRICS / "eval_details.json"), evaluation.details(result))
-        write_text(out.path(METRICS / "predictions.csv"), predictions_csv(result))
+        write_json(out.path(EVAL_METRICS), scores)
+        write_json(out.path(EVAL_DETAILS), evaluation.details(result))
+        write_text(out.path(PREDICTIONS), predictions_csv(result))
         for name, figure in figures(result, model, x, log, title, cfg["misclassified"]):
             plots.save_figure(figure, out.path(PLOTS / name), atomic=False)
     print(f"evaluate: test accuracy {scores['accuracy']:.4f} ({scores['errors']} errors), {scores['loss_fn']} loss "

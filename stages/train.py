@@ -21,11 +21,11 @@ from nnlib import backend, checkpoints
 from nnlib.mnist import seeding
 from nnlib.mnist.data.stream import NUM_CLASSES, ShardStream, check_shards, load_shard, read_manifest
 from nnlib.errors import Diverged, InputError, ParamsError, run_stage
-from nnlib.files import OutputSet, check_writable, file_sha256, remove_stale_temporaries, text_sha256, write_json, write_text
+from nnlib.files import OutputSet, check_writable, data_sha256, file_sha256, remove_stale_temporaries, write_json, write_text
 from nnlib.model import Sequential
 from nnlib.modelfile import load_weights, save_model
 from nnlib.mnist.config.params import load_section
-from nnlib.mnist.paths import CHECKPOINTS, INIT, LIVE_LOG, METRICS, MODEL, SHARDS
+from nnlib.mnist.paths import CHECKPOINTS, INIT, LIVE_LOG, METRICS, MODEL, SHARDS, TIMING, TRAIN_LOG, TRAIN_METRICS
 from nnlib.mnist.config.schema import TRAIN
 from nnlib.training import History, fit, make_loss, make_optimizer, make_schedule, steps_per_epoch
 
@@ -135,14 +135,14 @@ def main() -> None:
         save_model(out.path(MODEL), model, {
             "seed": seed, "train": run_params, "epoch": kept["epoch"], "val_accuracy": kept["val_acc"],
             "manifest_sha256": manifest_sha256, "nnlib_version": nnlib.__version__, "init_from": init,
-            "train_log_sha256": text_sha256(log),
+            "train_log_sha256": data_sha256(log),
         })
-        write_json(out.path(METRICS / "train.json"), {
+        write_json(out.path(TRAIN_METRICS), {
             "best_val_accuracy": best["val_acc"], "best_val_loss": best["val_loss"], "best_epoch": best["epoch"],
             "epochs": len(history.rows), "selected_epoch": kept["epoch"], "selected_val_accuracy": kept["val_acc"],
         })
-        write_text(out.path(METRICS / "train_log.tsv"), log)
-        write_json(out.path(METRICS / "timing.json"), {
+        write_text(out.path(TRAIN_LOG), log)
+        write_json(out.path(TIMING), {
             "train_seconds": round(seconds, 2), "images_per_second": round(cfg["epochs"] * images_per_epoch / seconds, 1),
             "seconds_per_epoch": round(seconds / cfg["epochs"], 2),
             "epoch_seconds": [round(row["seconds"], 2) for row in history.rows]})

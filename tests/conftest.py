@@ -23,6 +23,12 @@ from nnlib.mnist.data import fetch
 from nnlib.mnist.data.stream import minibatches, read_idx
 from nnlib.model import Sequential
 from nnlib.modelfile import save_model
+from nnlib.mnist.paths import RAW_FILES
+
+TRAIN_IMAGES = RAW_FILES["train_images"]
+TRAIN_LABELS = RAW_FILES["train_labels"]
+TEST_IMAGES = RAW_FILES["test_images"]
+TEST_LABELS = RAW_FILES["test_labels"]
 
 SHARED_MNIST = (Path(__file__).resolve().parents[1] / ".." / "shared" / "mnist").resolve()
 
@@ -80,8 +86,8 @@ def mnist(mnist_raw_dir) -> dict:
     """MNIST as uint8 arrays: train_x (60000, 28, 28), train_y (60000,), test_x (10000, 28, 28), test_y."""
     def read(name):
         return read_idx(mnist_raw_dir / name)
-    return {"train_x": read("train-images-idx3-ubyte"), "train_y": read("train-labels-idx1-ubyte"),
-            "test_x": read("t10k-images-idx3-ubyte"), "test_y": read("t10k-labels-idx1-ubyte")}
+    return {"train_x": read(TRAIN_IMAGES), "train_y": read(TRAIN_LABELS),
+            "test_x": read(TEST_IMAGES), "test_y": read(TEST_LABELS)}
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import gzip
-import hashlib
 import http.server
 import io
 import pickle
@@ -16,16 +15,18 @@ import numpy as np
 import pytest
 
 from nnlib.mnist.data import fetch
-from nnlib.files import file_sha256
+from nnlib.files import data_sha256, file_sha256
 from nnlib.mnist.data.stream import read_idx
 from nnlib.mnist.data.fetch import Mirror, PipWheel, SourceError, fetch_mnist, idx_bytes, mnist_idx_from_splits
 from nnlib.errors import InputError
+from nnlib.mnist.paths import RAW_FILES
+
+TRAIN_IMAGES = RAW_FILES["train_images"]
+TRAIN_LABELS = RAW_FILES["train_labels"]
+TEST_IMAGES = RAW_FILES["test_images"]
+TEST_LABELS = RAW_FILES["test_labels"]
 
 SHARED_MNIST = Path(__file__).parents[1] / "../shared/mnist"
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +49,7 @@ def files(splits) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def expected(files) -> dict[str, str]:
     """The hash table of the synthetic files (the real one would reject them)."""
-    return {name: sha(data) for name, data in files.items()}
+    return {name: data_sha256(data) for name, data in files.items()}
 
 
 def write_mirror(folder: Path, files: dict[str, bytes], compress: bool) -> Path:
@@ -82,8 +83,8 @@ def test_real_shared_mnist_folder(tmp_path):
     out = tmp_path / "raw"
     fetch_mnist(out, [Mirror(str(SHARED_MNIST))], log=lambda line: None)
     assert {name: file_sha256(out / name) for name in fetch.SHA256} == fetch.SHA256
-    assert read_idx(out / "train-images-idx3-ubyte").shape == (60000, 28, 28)
-    assert np.bincount(read_idx(out / "t10k-labels-idx1-ubyte")).tolist() == [
+    assert read_idx(out / TRAIN_IMAGES).shape == (60000, 28, 28)
+    assert np.bincount(read_idx(out / TEST_LABELS)).tolist() == [
         980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 
@@ -124,29 +125,29 @@ def test_http_mirror(tmp_path, files, expected, http_server, compress):
 
 
 def test_wrong_hash_is_rejected_and_leaves_nothing(tmp_path, files, expected):
-    corrupt = dict(files, **{"t10k-labels-idx1-ubyte": files["t10k-labels-idx1-ubyte"][:-1] + b"\x07"})
-    mirror = write_mirror(tmp_path / "mirror", {"t10k-labels-idx1-ubyte": corrupt["t10k-labels-idx1-ubyte"]}, True)
-    wanted = {"t10k-labels-idx1-ubyte": expected["t10k-labels-idx1-ubyte"]}
-    with pytest.raises(InputError, match="t10k-labels-idx1-ubyte has SHA-256"):
+    corrupt = dict(files, **{TEST_LABELS: files[TEST_LABELS][:-1] + b"\x07"})
+    mirror = write_mirror(tmp_path / "mirror", {TEST_LABELS: corrupt[TEST_LABELS]}, True)
+    wanted = {TEST_LABELS: expected[TEST_LABELS]}
+    with pytest.raises(InputError, match=f"{TEST_LABELS} has SHA-256"):
         fetch_mnist(tmp_path / "out", [Mirror(str(mirror))], wanted, log=lambda line: None)
     assert list((tmp_path / "out").iterdir()) == []
 
 
 def test_truncated_gzip_is_rejected_and_leaves_nothing(tmp_path, files, expected):
     mirror = write_mirror(tmp_path / "mirror", files, compress=True)
-    gz = mirror / "train-images-idx3-ubyte.gz"
+    gz = mirror / f"{TRAIN_IMAGES}.gz"
     gz.write_bytes(gz.read_bytes()[:40])
     with pytest.raises(InputError, match="mirror"):
         fetch_mnist(tmp_path / "out", [Mirror(str(mirror))], expected, log=lambda line: None)
-    assert not (tmp_path / "out" / "train-images-idx3-ubyte").exists()
+    assert not (tmp_path / "out" / TRAIN_IMAGES).exists()
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.endswith(".tmp")]
 
 
 def test_good_files_are_kept_and_bad_ones_replaced(tmp_path, files, expected):
     out = tmp_path / "out"
     write_mirror(out, files, compress=False)
-    (out / "train-labels-idx1-ubyte").write_bytes(b"stale")
-    mirror = write_mirror(tmp_path / "mirror", {"train-labels-idx1-ubyte": files["train-labels-idx1-ubyte"]}, True)
+    (out / TRAIN_LABELS).write_bytes(b"stale")
+    mirror = write_mirror(tmp_path / "mirror", {TRAIN_LABELS: files[TRAIN_LABELS]}, True)
     lines = []
     fetch_mnist(out, [Mirror(str(mirror))], expected, lines.append)
     assert_fetched(out, files)
@@ -184,7 +185,7 @@ def test_all_sources_failing_names_every_source(tmp_path, expected):
     for source in sources:
         assert str(source) in message
     assert f"MNIST_MIRROR {tmp_path / 'nowhere'}" in message
-    assert "MNIST_MIRROR=" in message and "train-images-idx3-ubyte.gz" in message
+    assert "MNIST_MIRROR=" in message and f"{TRAIN_IMAGES}.gz" in message
     assert len(lines) == 3 and all(" failed: " in line for line in lines)
     assert lines[-1].endswith("no index")  # no "trying next source" after the last one
 
@@ -204,16 +205,16 @@ def test_default_sources_order():
 
 def test_idx_bytes_header_and_round_trip(tmp_path, splits, files):
     (train_x, train_y), (val_x, val_y), (test_x, test_y) = splits
-    images = files["train-images-idx3-ubyte"]
+    images = files[TRAIN_IMAGES]
     assert images[:4] == bytes.fromhex("00000803") and images[4:16] == bytes.fromhex("00000005 0000001c 0000001c")
-    assert files["t10k-labels-idx1-ubyte"][:8] == bytes.fromhex("00000801 00000002")
+    assert files[TEST_LABELS][:8] == bytes.fromhex("00000801 00000002")
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
     pixels = np.concatenate([train_x, val_x]) * 256
-    assert np.array_equal(read_idx(tmp_path / "train-images-idx3-ubyte"), pixels.reshape(5, 28, 28))
-    assert np.array_equal(read_idx(tmp_path / "train-labels-idx1-ubyte"), np.concatenate([train_y, val_y]))
-    assert np.array_equal(read_idx(tmp_path / "t10k-images-idx3-ubyte"), (test_x * 256).reshape(2, 28, 28))
-    assert np.array_equal(read_idx(tmp_path / "t10k-labels-idx1-ubyte"), test_y)
+    assert np.array_equal(read_idx(tmp_path / TRAIN_IMAGES), pixels.reshape(5, 28, 28))
+    assert np.array_equal(read_idx(tmp_path / TRAIN_LABELS), np.concatenate([train_y, val_y]))
+    assert np.array_equal(read_idx(tmp_path / TEST_IMAGES), (test_x * 256).reshape(2, 28, 28))
+    assert np.array_equal(read_idx(tmp_path / TEST_LABELS), test_y)
     assert idx_bytes(np.arange(3, dtype=np.uint8)) == bytes.fromhex("00000801 00000003 000102")
 
 
@@ -238,7 +239,7 @@ def wheel_source(wheel: bytes, **pins) -> PipWheel:
         return path
 
     member = zipfile.ZipFile(io.BytesIO(wheel)).read(fetch.PICKLE_MEMBER)
-    pins = {"wheel_sha256": sha(wheel), "member_sha256": sha(member), **pins}
+    pins = {"wheel_sha256": data_sha256(wheel), "member_sha256": data_sha256(member), **pins}
     return PipWheel(download=download, **pins)
 
 

@@ -7,7 +7,6 @@ the stage runs with ``MNIST_FETCH_SOURCES=mirror``."""
 from __future__ import annotations
 
 import gzip
-import hashlib
 import http.server
 import os
 import signal
@@ -22,7 +21,14 @@ import pytest
 
 from nnlib.mnist.data import fetch
 from nnlib.errors import InputError, ParamsError
+from nnlib.files import data_sha256
 from nnlib.mnist.data.fetch import Limits, Mirror, Pace, SourceError, fetch_mnist, idx_bytes
+from nnlib.mnist.paths import RAW_FILES
+
+TRAIN_IMAGES = RAW_FILES["train_images"]
+TRAIN_LABELS = RAW_FILES["train_labels"]
+TEST_IMAGES = RAW_FILES["test_images"]
+TEST_LABELS = RAW_FILES["test_labels"]
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGE = ROOT / "stages" / "fetch.py"
@@ -32,23 +38,19 @@ LOW = Limits(deadline=5, min_rate=1000, window=0.5)  # a stall or a trickle fail
 DEADLINE_ONLY = Limits(deadline=1, min_rate=0, window=0.5)  # no rate rule: only the 1 s deadline stops it
 
 
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def synthetic_files() -> dict[str, bytes]:
     """Small IDX files under the real names (so the real size caps apply, and they are far above these)."""
     rng = np.random.default_rng(1)
     return {
-        "train-images-idx3-ubyte": idx_bytes(rng.integers(0, 256, (6, 28, 28), dtype=np.uint8)),
-        "train-labels-idx1-ubyte": idx_bytes(rng.integers(0, 10, 6, dtype=np.uint8)),
-        "t10k-images-idx3-ubyte": idx_bytes(rng.integers(0, 256, (2, 28, 28), dtype=np.uint8)),
-        "t10k-labels-idx1-ubyte": idx_bytes(rng.integers(0, 10, 2, dtype=np.uint8)),
+        TRAIN_IMAGES: idx_bytes(rng.integers(0, 256, (6, 28, 28), dtype=np.uint8)),
+        TRAIN_LABELS: idx_bytes(rng.integers(0, 10, 6, dtype=np.uint8)),
+        TEST_IMAGES: idx_bytes(rng.integers(0, 256, (2, 28, 28), dtype=np.uint8)),
+        TEST_LABELS: idx_bytes(rng.integers(0, 10, 2, dtype=np.uint8)),
     }
 
 
 FILES = synthetic_files()
-EXPECTED = {name: sha(data) for name, data in FILES.items()}
+EXPECTED = {name: data_sha256(data) for name, data in FILES.items()}
 
 
 # --- the misbehaving server ----------------------------------------------------------------------
@@ -138,10 +140,6 @@ def gz(name: str) -> bytes:
 
 def flip_byte(data: bytes, at: int) -> bytes:
     return data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1:]
-
-
-TRAIN_IMAGES = "train-images-idx3-ubyte"
-TRAIN_LABELS = "train-labels-idx1-ubyte"
 
 
 def fault(server: FaultServer, case: str) -> tuple[str, Limits, str]:
@@ -376,7 +374,7 @@ def test_stage_fails_in_one_line_against_a_bad_mirror(repo, server, case):
     assert result.returncode == 1, result.stderr
     line = error_line(result)
     assert line.startswith(f"error: could not fetch MNIST into data/raw: tried MNIST_MIRROR {server.url} (")
-    assert ("train-images-idx3-ubyte has SHA-256" if case == "corrupt" else "below the minimum") in line
+    assert (f"{TRAIN_IMAGES} has SHA-256" if case == "corrupt" else "below the minimum") in line
     assert leftovers(repo) == []
 
 

@@ -1,8 +1,10 @@
-"""Atomic outputs: OutputSet renames a stage's files together, check_writable finds a bad folder early."""
+"""Atomic outputs: OutputSet renames a stage's files together, atomic_dir swaps a directory, check_writable
+finds a bad folder early, remove_stale_temporaries cleans up after a killed run."""
 from __future__ import annotations
 
 import errno
 import os
+import signal
 
 import pytest
 
@@ -60,3 +62,40 @@ def test_stale_temporaries_of_a_killed_run_are_removed(tmp_path):
     (tmp_path / "model.npz").write_bytes(b"whole")
     assert files.remove_stale_temporaries([tmp_path, tmp_path / "absent"]) == [tmp_path / ".model.npz.abc123.tmp"]
     assert [p.name for p in tmp_path.iterdir()] == ["model.npz"]
+
+
+def test_stale_temporaries_are_found_by_name_files_and_directories_alike(tmp_path):
+    (tmp_path / ".shards.1a2b.tmp").mkdir()
+    (tmp_path / ".shards.1a2b.tmp" / "train-00000.npz").write_bytes(b"half")
+    (tmp_path / ".shards.3c4d.old.tmp").mkdir()
+    (tmp_path / ".raw.5e6f.tmp").write_bytes(b"another output's")
+    (tmp_path / ".hidden.tmp").write_bytes(b"not ours: no random part")
+    removed = files.remove_stale_temporaries([tmp_path], ["shards"])
+    assert [p.name for p in removed] == [".shards.1a2b.tmp", ".shards.3c4d.old.tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".hidden.tmp", ".raw.5e6f.tmp"]
+
+
+def test_atomic_dir_swaps_the_new_directory_in_only_when_the_block_succeeds(tmp_path):
+    target = tmp_path / "shards"
+    target.mkdir()
+    (target / "old.npz").write_bytes(b"old")
+    with pytest.raises(RuntimeError), files.atomic_dir(target) as new:
+        (new / "new.npz").write_bytes(b"new")
+        raise RuntimeError("interrupted half-way")
+    assert [p.name for p in target.iterdir()] == ["old.npz"] and files.temporaries([tmp_path]) == []
+    with files.atomic_dir(target) as new:
+        (new / "new.npz").write_bytes(b"new")
+        assert [p.name for p in target.iterdir()] == ["old.npz"]  # nothing moves before the block ends
+    assert [p.name for p in target.iterdir()] == ["new.npz"] and files.temporaries([tmp_path]) == []
+
+
+def test_signals_arriving_during_a_swap_are_delivered_after_it(tmp_path):
+    seen = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append("handled"))
+    try:
+        with files.signals_deferred():
+            signal.raise_signal(signal.SIGTERM)
+            seen.append("block done")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert seen == ["block done", "handled"]

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from nnlib.mnist import paths
+
 from model_faults import FAULTS, LOADS_BUT_CANNOT_BE_EVALUATED, make_bad_copy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,10 +91,10 @@ def repo(tmp_path_factory) -> Path:
 
 
 def test_repro_writes_metrics(repo):
-    train = json.loads((repo / "metrics/train.json").read_text())
+    train = json.loads((repo / paths.TRAIN_METRICS).read_text())
     assert train["epochs"] == 2 and train["best_epoch"] in (1, 2)
     assert 0.0 <= train["best_val_accuracy"] <= 1.0
-    evaluation = strict_json(repo / "metrics/eval.json")
+    evaluation = strict_json(repo / paths.EVAL_METRICS)
     assert list(evaluation) == EVAL_KEYS, "scalars only: every key is a column of dvc exp show"
     assert evaluation["images"] == 10_000
     assert 0.5 < evaluation["accuracy"] <= 1.0, "a small MLP on 300 images beats chance (0.1) by far"
@@ -100,18 +102,18 @@ def test_repro_writes_metrics(repo):
     assert evaluation["loss_fn"] == "cross_entropy" and evaluation["loss"] == pytest.approx(evaluation["nll"], rel=1e-5)
     assert 0 < evaluation["nll"] < 2.3 and 0.5 < evaluation["macro_f1"] <= 1 and 0 <= evaluation["ece"] < 0.5
     assert len(evaluation["model_sha256"]) == 64
-    details = strict_json(repo / "metrics/eval_details.json")
+    details = strict_json(repo / paths.EVAL_DETAILS)
     assert sorted(details["per_class"], key=int) == [str(d) for d in range(10)]
     assert all(0 <= c[k] <= 1 for c in details["per_class"].values() for k in ("precision", "recall", "f1"))
     confusions = [(c["true"], c["predicted"], c["count"]) for c in details["top_confusions"]]
     assert len(confusions) == 5 and all(t != p for t, p, _ in confusions)
     assert [c for _, _, c in confusions] == sorted((c for _, _, c in confusions), reverse=True)
-    log = (repo / "metrics/train_log.tsv").read_text().splitlines()
+    log = (repo / paths.TRAIN_LOG).read_text().splitlines()
     assert log[0].split("\t") == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr"]
     assert len(log) == 3
-    timing = json.loads((repo / "metrics/timing.json").read_text())
+    timing = json.loads((repo / paths.TIMING).read_text())
     assert len(timing["epoch_seconds"]) == 2 and timing["train_seconds"] > 0
-    predictions = (repo / "metrics/predictions.csv").read_text().splitlines()
+    predictions = (repo / paths.PREDICTIONS).read_text().splitlines()
     assert predictions[0] == "actual,predicted" and len(predictions) == 10_001
     for png in PNGS:
         data = (repo / f"metrics/plots/{png}.png").read_bytes()
@@ -161,7 +163,7 @@ def test_editing_a_layer_reruns_train_and_evaluate_only(repo):
 
 def test_training_again_gives_the_same_bytes_except_timing(repo):
     """Same params and data -> same model bytes and metrics; only metrics/timing.json may differ."""
-    outputs = ["models/model.npz", "metrics/train.json", "metrics/train_log.tsv"]
+    outputs = [paths.MODEL, paths.TRAIN_METRICS, paths.TRAIN_LOG]
     before = {name: (repo / name).read_bytes() for name in outputs}
     run([sys.executable, "stages/train.py"], repo)
     changed = [name for name in outputs if (repo / name).read_bytes() != before[name]]
@@ -170,9 +172,16 @@ def test_training_again_gives_the_same_bytes_except_timing(repo):
     assert "evaluate" not in status, status  # its inputs (model, train log) are unchanged
 
 
-def test_metrics_show(repo):
-    shown = run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], repo)
-    assert "accuracy" in shown.stdout
+def test_metrics_show_reads_both_metrics_files(repo):
+    """`dvc metrics show` finds train.json and eval.json, each with the numbers the stage wrote.
+
+    (Looking for "accuracy" in its output would not do: train.json alone has best_val_accuracy.)
+    """
+    shown = json.loads(run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], repo).stdout)
+    files = shown[""]["data"]
+    for path in (paths.TRAIN_METRICS, paths.EVAL_METRICS):
+        assert files[path.as_posix()] == {"data": strict_json(repo / path)}, path
+    assert 0.5 < files[paths.EVAL_METRICS.as_posix()]["data"]["accuracy"] <= 1.0
 
 
 def test_bad_param_exits_2_with_one_line(repo, tmp_path):
@@ -225,7 +234,7 @@ def test_missing_model_names_the_file_and_its_stage(repo):
 
 
 def last_val_loss(repo: Path) -> float:
-    header, *rows = (repo / "metrics/train_log.tsv").read_text().splitlines()
+    header, *rows = (repo / paths.TRAIN_LOG).read_text().splitlines()
     return float(rows[-1].split("\t")[header.split("\t").index("val_loss")])
 
 
@@ -238,7 +247,7 @@ def one_error_line(result: subprocess.CompletedProcess) -> str:
 @pytest.mark.parametrize("name", sorted({**FAULTS, **LOADS_BUT_CANNOT_BE_EVALUATED}))
 def test_evaluate_refuses_a_bad_model_file_in_one_line(repo, name, tmp_path):
     model = repo / "models/model.npz"
-    kept, metrics = model.read_bytes(), (repo / "metrics/eval.json").read_bytes()
+    kept, metrics = model.read_bytes(), (repo / paths.EVAL_METRICS).read_bytes()
     bad = make_bad_copy(name, model, tmp_path)
     model.unlink()
     if bad.is_dir():
@@ -252,11 +261,11 @@ def test_evaluate_refuses_a_bad_model_file_in_one_line(repo, name, tmp_path):
         model.write_bytes(kept)
     assert result.returncode == 1
     assert "models/model.npz" in one_error_line(result)
-    assert (repo / "metrics/eval.json").read_bytes() == metrics
+    assert (repo / paths.EVAL_METRICS).read_bytes() == metrics
 
 
 def test_evaluate_refuses_a_train_log_of_another_run(repo):
-    log = repo / "metrics/train_log.tsv"
+    log = repo / paths.TRAIN_LOG
     kept = log.read_bytes()
     log.write_bytes(kept.replace(b"\n2\t", b"\n2\t0"))  # another run's numbers
     try:
@@ -427,7 +436,7 @@ def test_corrupt_shards_are_found_before_training(repo, name, tmp_path):
     assert after == before
 
 
-OUTPUTS = ["models/model.npz", "metrics/train.json", "metrics/train_log.tsv"]
+OUTPUTS = [paths.MODEL, paths.TRAIN_METRICS, paths.TRAIN_LOG]
 RESUMABLE = {"train": {"epochs": 4, "images_per_epoch": 3000,
                        "model": [{"type": "flatten"}, {"type": "dense", "out": 256}, {"type": "relu"},
                                  {"type": "dropout", "p": 0.2}, {"type": "dense", "out": 10}]}}
@@ -464,7 +473,7 @@ def uninterrupted(repo):
 
 def test_a_killed_run_resumes_to_the_same_bytes_by_hand(repo, uninterrupted):
     kill_after_epoch([sys.executable, "stages/train.py"], repo)
-    live = (repo / "metrics/live/train_log.tsv").read_text().splitlines()
+    live = (repo / paths.LIVE_LOG).read_text().splitlines()
     assert len(live) >= 3, "the live log keeps the epochs finished before the kill"
     result = run([sys.executable, "stages/train.py"], repo)
     assert "train: resuming from models/checkpoints/checkpoint-000" in result.stderr
@@ -559,7 +568,7 @@ def test_exp_run_uses_a_hand_edit_and_a_preset_switch_keeps_it(repo):
     run([sys.executable, "-m", "dvc", "exp", "run", "-S", "preset=mlp-momentum", *[a for o in tiny for a in ("-S", o)]], repo)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     assert params["preset"] == "mlp-momentum" and params["train"]["epochs"] == 1
-    assert json.loads((repo / "metrics/train.json").read_text())["epochs"] == 1  # the edit was used
+    assert json.loads((repo / paths.TRAIN_METRICS).read_text())["epochs"] == 1  # the edit was used
     info = json.loads(run([sys.executable, "-m", "nnlib", "info", "--json"], repo).stdout)
     assert info["train"]["optimizer"]["momentum"] == 0.9 and info["train"]["optimizer"]["name"] == "sgd"  # the preset's values
     shown = run([sys.executable, "-m", "dvc", "exp", "show", "--json"], repo)

@@ -7,7 +7,6 @@ synthetic IDX files (200 train images) stand in for MNIST.
 """
 from __future__ import annotations
 
-import hashlib
 import shutil
 import signal
 import subprocess
@@ -22,7 +21,14 @@ import yaml
 
 from nnlib.mnist.data import shards
 from nnlib.errors import ParamsError
-from test_shards import files_bytes, write_idx
+from nnlib.files import file_sha256
+from test_shards import files_bytes, temp_dirs, write_idx
+from nnlib.mnist.paths import RAW_FILES
+
+TRAIN_IMAGES = RAW_FILES["train_images"]
+TRAIN_LABELS = RAW_FILES["train_labels"]
+TEST_IMAGES = RAW_FILES["test_images"]
+TEST_LABELS = RAW_FILES["test_labels"]
 
 ROOT = Path(__file__).resolve().parents[1]
 N_TRAIN, N_TEST = 200, 50
@@ -43,7 +49,7 @@ def raw_arrays(seed: int = 0) -> dict:
 
 def write_raw(raw_dir: Path, arrays: dict) -> None:
     raw_dir.mkdir(parents=True, exist_ok=True)
-    for key, name in shards.RAW_FILES.items():
+    for key, name in RAW_FILES.items():
         write_idx(raw_dir / name, arrays[key])
 
 
@@ -80,11 +86,11 @@ class Repo:
     def snapshot(self) -> dict:
         """SHA-256 of every file of the shard set, and of the preview."""
         files = [*sorted(p for p in self.out.rglob("*") if p.is_file()), self.preview]
-        return {str(p.relative_to(self.root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+        return {str(p.relative_to(self.root)): file_sha256(p) for p in files}
 
     def assert_untouched(self) -> None:
         assert self.snapshot() == self.before
-        assert shards.temp_dirs(self.out) == []
+        assert temp_dirs(self.out) == []
         assert sorted(p.name for p in (self.root / "data").iterdir()) == ["raw", "shards"]
 
     def run_stage(self, **popen) -> subprocess.CompletedProcess:
@@ -117,12 +123,12 @@ def assert_one_error_line(result: subprocess.CompletedProcess, code: int, words:
 
 
 def rewrite_raw(key: str, array: np.ndarray):
-    return lambda repo: write_idx(repo.raw / shards.RAW_FILES[key], array)
+    return lambda repo: write_idx(repo.raw / RAW_FILES[key], array)
 
 
 def truncate_raw(key: str, size: int = 100):
     def fault(repo):
-        path = repo.raw / shards.RAW_FILES[key]
+        path = repo.raw / RAW_FILES[key]
         path.write_bytes(path.read_bytes()[:size])
     return fault
 
@@ -137,15 +143,15 @@ FAULTS = {
     "val_size too large": (lambda repo: write_params(repo.root, val_size=N_TRAIN), 2, ["prepare.val_size", "200"]),
     "max_train too large": (lambda repo: write_params(repo.root, max_train=N_TRAIN - 50 + 1), 2,
                             ["prepare.max_train (151)", "prepare.val_size (50)", "200 training images"]),
-    "truncated label file": (truncate_raw("train_labels"), 1, ["train-labels-idx1-ubyte", "truncated"]),
-    "truncated image file": (truncate_raw("test_images", 5000), 1, ["t10k-images-idx3-ubyte", "truncated"]),
-    "labels out of range": (bad_labels, 1, ["train-labels-idx1-ubyte", "label 10", "0..9"]),
+    "truncated label file": (truncate_raw("train_labels"), 1, [TRAIN_LABELS, "truncated"]),
+    "truncated image file": (truncate_raw("test_images", 5000), 1, [TEST_IMAGES, "truncated"]),
+    "labels out of range": (bad_labels, 1, [TRAIN_LABELS, "label 10", "0..9"]),
     "mismatched counts": (rewrite_raw("test_labels", np.zeros(N_TEST - 1, np.uint8)), 1,
-                          ["t10k-images-idx3-ubyte holds 50 images", "t10k-labels-idx1-ubyte holds 49 labels"]),
+                          [f"{TEST_IMAGES} holds 50 images", f"{TEST_LABELS} holds 49 labels"]),
     "images not 28x28": (rewrite_raw("train_images", np.zeros((N_TRAIN, 28, 27), np.uint8)), 1,
-                         ["train-images-idx3-ubyte", "(200, 28, 27)", "(n, 28, 28)"]),
-    "missing raw file": (lambda repo: (repo.raw / shards.RAW_FILES["test_labels"]).unlink(), 1,
-                         ["t10k-labels-idx1-ubyte is missing", "the fetch stage"]),
+                         [TRAIN_IMAGES, "(200, 28, 27)", "(n, 28, 28)"]),
+    "missing raw file": (lambda repo: (repo.raw / RAW_FILES["test_labels"]).unlink(), 1,
+                         [f"{TEST_LABELS} is missing", "the fetch stage"]),
 }
 
 
@@ -191,7 +197,7 @@ def test_a_keyboard_interrupt_while_writing_shards_leaves_the_old_set(repo, monk
 
     def interrupted_at_shard_3(job, index):
         if index == 3:
-            assert len(shards.temp_dirs(repo.out)) == 1  # shards 0..2 went to the new set's directory
+            assert len(temp_dirs(repo.out)) == 1  # shards 0..2 went to the new set's directory
             raise KeyboardInterrupt
         written.append(index)
         return write(job, index)
@@ -209,7 +215,7 @@ def test_sigterm_mid_run_exits_143_and_leaves_the_old_set(repo, workers):
     proc = subprocess.Popen([sys.executable, str(ROOT / "stages" / "prepare.py")], cwd=repo.root,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
-    while (not any((d / "train-00003.npz").exists() for d in shards.temp_dirs(repo.out))
+    while (not any((d / "train-00003.npz").exists() for d in temp_dirs(repo.out))
            and proc.poll() is None and time.monotonic() < deadline):
         time.sleep(0.01)
     proc.send_signal(signal.SIGTERM)
@@ -243,7 +249,7 @@ def test_a_successful_run_replaces_the_whole_directory(repo):
     assert sorted(p.name for p in repo.out.iterdir()) == sorted(
         ["manifest.json", "val.npz", "test.npz"] + [e["file"] for e in manifest["train_shards"]]
     )
-    assert shards.temp_dirs(repo.out) == []
+    assert temp_dirs(repo.out) == []
 
 
 # --- bounded memory: shards in flight ----------------------------------------------------------

@@ -14,8 +14,12 @@ import yaml
 from nnlib.mnist import seeding
 from nnlib.mnist.data import shards
 from nnlib.mnist.data.augment import AugmentConfig, distort
-from nnlib.files import load_npz
+from nnlib.files import load_npz, temporaries
 from nnlib.errors import InputError, ParamsError
+from nnlib.mnist.paths import RAW_FILES
+
+TRAIN_IMAGES = RAW_FILES["train_images"]
+TEST_LABELS = RAW_FILES["test_labels"]
 
 ROOT = Path(__file__).resolve().parents[1]
 N_TRAIN, N_TEST = 1000, 150
@@ -23,6 +27,11 @@ N_TRAIN, N_TEST = 1000, 150
 # 1000 images, val 200 -> train split 800; copies 2 -> 2400 stream images -> shards of 300: 8 shards
 SMALL = {"val_size": 200, "shard_size": 300, "workers": 1,
          "augment": {"copies": 2, "rotate": 10, "shift": 2, "scale": 0.1, "elastic_alpha": 8, "elastic_sigma": 3}}
+
+
+def temp_dirs(out: Path) -> list[Path]:
+    """The temporary directories of runs building ``out`` (``.<name>.*.tmp`` beside it)."""
+    return temporaries([out.parent], [out.name])
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -40,7 +49,7 @@ def make_raw(raw_dir: Path, seed: int = 0) -> dict:
         "test_labels": rng.integers(0, 10, N_TEST, dtype=np.uint8),
     }
     raw_dir.mkdir(parents=True, exist_ok=True)
-    for key, name in shards.RAW_FILES.items():
+    for key, name in RAW_FILES.items():
         write_idx(raw_dir / name, arrays[key])
     return arrays
 
@@ -196,7 +205,7 @@ def test_a_crash_leaves_the_old_set_untouched_and_the_next_run_replaces_it(tmp_p
     with pytest.raises(RuntimeError, match="simulated crash"):
         run_prepare(tmp_path)
     assert files_bytes(out) == before  # the new set was being built elsewhere
-    assert shards.temp_dirs(out) == []
+    assert temp_dirs(out) == []
     assert not (tmp_path / "shards.png").exists()  # the preview comes only after the shards
 
     monkeypatch.setattr(shards, "distort", distort)
@@ -204,7 +213,7 @@ def test_a_crash_leaves_the_old_set_untouched_and_the_next_run_replaces_it(tmp_p
     assert sorted(p.name for p in out.iterdir()) == sorted(  # nothing of the old directory is left
         ["manifest.json", "val.npz", "test.npz"] + [e["file"] for e in manifest["train_shards"]]
     )
-    assert shards.temp_dirs(out) == []
+    assert temp_dirs(out) == []
 
 
 # --- params and input errors -------------------------------------------------------------------
@@ -253,8 +262,8 @@ def test_val_size_must_leave_training_images(tmp_path, raw):
 
 
 def test_missing_raw_file_names_the_file_and_the_fetch_stage(tmp_path, raw):
-    (tmp_path / "raw" / "t10k-labels-idx1-ubyte").unlink()
-    with pytest.raises(InputError, match="t10k-labels-idx1-ubyte.*the fetch stage"):
+    (tmp_path / "raw" / TEST_LABELS).unlink()
+    with pytest.raises(InputError, match=f"{TEST_LABELS}.*the fetch stage"):
         run_prepare(tmp_path)
 
 
@@ -302,7 +311,7 @@ def test_stage_missing_raw_exits_1(tmp_path):
     (repo / "params.yaml").write_text(yaml.safe_dump({"seed": 0, "prepare": SMALL}))
     result = run_stage_script(repo)
     assert result.returncode == 1
-    assert "train-images-idx3-ubyte" in result.stderr and "the fetch stage" in result.stderr
+    assert TRAIN_IMAGES in result.stderr and "the fetch stage" in result.stderr
 
 
 def test_kill_9_mid_run_leaves_the_old_set_and_the_next_run_clears_the_temp_dir(tmp_path):
@@ -316,7 +325,7 @@ def test_kill_9_mid_run_leaves_the_old_set_and_the_next_run_clears_the_temp_dir(
     proc = subprocess.Popen([sys.executable, str(ROOT / "stages" / "prepare.py")], cwd=repo,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
-    while (not any((d / "train-00010.npz").exists() for d in shards.temp_dirs(out))
+    while (not any((d / "train-00010.npz").exists() for d in temp_dirs(out))
            and proc.poll() is None and time.monotonic() < deadline):
         time.sleep(0.01)
     workers = subprocess.run(["ps", "-o", "pid=", "--ppid", str(proc.pid)], capture_output=True, text=True).stdout.split()
@@ -330,10 +339,10 @@ def test_kill_9_mid_run_leaves_the_old_set_and_the_next_run_clears_the_temp_dir(
             pass
     if len(list(out.glob("train-*.npz"))) != 549:  # unless the run won the race, the old set is intact
         assert files_bytes(out) == before
-        assert shards.temp_dirs(out)  # and the killed run's half-built set is still beside it
+        assert temp_dirs(out)  # and the killed run's half-built set is still beside it
     # a later run removes the temporary directory the killed one left, and completes
     result = run_stage_script(repo)
     assert result.returncode == 0, result.stderr
-    assert shards.temp_dirs(out) == []
+    assert temp_dirs(out) == []
     assert not list(out.glob(".*.tmp"))
     assert len(list(out.glob("train-*.npz"))) == 549

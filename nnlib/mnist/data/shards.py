@@ -33,13 +33,9 @@ only once the new shards are in place. Only the ``prepare`` section of params.ya
 """
 from __future__ import annotations
 
-import contextlib
 import os
-import secrets
 import shutil
 import signal
-import threading
-import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,18 +47,12 @@ from tqdm import tqdm
 from nnlib.mnist import paths, seeding
 from nnlib.mnist.data.augment import AugmentConfig, distort
 from nnlib.mnist.data.stream import NUM_CLASSES, read_idx
-from nnlib.files import save_npz, write_json
-from nnlib.errors import InputError, ParamsError
+from nnlib.files import atomic_dir, remove_stale_temporaries, save_npz, write_json
+from nnlib.errors import InputError, ParamsError, exit_with_parent
 from nnlib.mnist.config.params import PARAMS_FILE, load_section, validate
 from nnlib.mnist.config.schema import PREPARE
 
 RAW_DIR, SHARDS_DIR, PREVIEW_PATH = paths.RAW, paths.SHARDS, paths.PREVIEW
-RAW_FILES = {
-    "train_images": "train-images-idx3-ubyte",
-    "train_labels": "train-labels-idx1-ubyte",
-    "test_images": "t10k-images-idx3-ubyte",
-    "test_labels": "t10k-labels-idx1-ubyte",
-}
 MANIFEST = "manifest.json"
 SHARD_NAME = "train-{:05d}.npz"
 IMAGE_SHAPE = (28, 28)
@@ -94,10 +84,10 @@ def load_mnist(raw_dir=RAW_DIR) -> dict:
     (see :func:`check_raw_pair`).
     """
     raw_dir = Path(raw_dir)
-    arrays = {key: read_idx(raw_dir / name) for key, name in RAW_FILES.items()}
+    arrays = {key: read_idx(raw_dir / name) for key, name in paths.RAW_FILES.items()}
     for part in ("train", "test"):
-        check_raw_pair(raw_dir / RAW_FILES[f"{part}_images"], arrays[f"{part}_images"],
-                       raw_dir / RAW_FILES[f"{part}_labels"], arrays[f"{part}_labels"])
+        check_raw_pair(raw_dir / paths.RAW_FILES[f"{part}_images"], arrays[f"{part}_images"],
+                       raw_dir / paths.RAW_FILES[f"{part}_labels"], arrays[f"{part}_labels"])
     return arrays
 
 
@@ -199,17 +189,9 @@ def _init_worker(job: _ShardWriter, parent_pid: int) -> None:
     # shards and waits for the running ones), so a worker ignores it rather than dying mid-task.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the stage's handler, inherited through fork
-    threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
-
-
-def _exit_with_parent(parent_pid: int) -> None:
-    """End this worker soon after the stage process dies (e.g. kill -9), instead of idling forever.
-
-    What it wrote lies in the run's temporary directory, which the next run deletes.
-    """
-    while os.getppid() == parent_pid:
-        time.sleep(0.2)
-    os._exit(1)
+    # A worker ends once the stage process dies (e.g. kill -9), instead of idling forever; what it wrote
+    # lies in the run's temporary directory, which the next run deletes.
+    exit_with_parent(parent_pid)
 
 
 def _run_in_worker(index: int) -> dict:
@@ -334,94 +316,6 @@ def check_disk_space(out_dir: Path, plan: ShardPlan) -> None:
         )
 
 
-# --- building beside the old set, then swapping ------------------------------------------------
-
-
-def temp_dirs(out_dir) -> list[Path]:
-    """The temporary directories of runs building ``out_dir``: ``.<name>.*.tmp`` beside it."""
-    out_dir = Path(out_dir)
-    return sorted(out_dir.parent.glob(f".{out_dir.name}.*.tmp"))
-
-
-def _remove(path: Path) -> None:
-    """Delete a directory tree, a file or a link, if it exists."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
-
-
-def remove_stale_temp_dirs(out_dir) -> None:
-    """Delete what runs killed with ``kill -9`` left beside ``out_dir`` (partial new sets, old sets set aside)."""
-    for path in temp_dirs(out_dir):
-        _remove(path)
-
-
-def _new_temp_dir(out_dir: Path) -> Path:
-    """Create an empty ``.<name>.<random>.tmp`` beside ``out_dir`` (its mode from the umask, as for mkdir)."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        path = out_dir.parent / f".{out_dir.name}.{secrets.token_hex(4)}.tmp"
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            continue
-
-
-@contextlib.contextmanager
-def _signals_deferred(signums=(signal.SIGINT, signal.SIGTERM)):
-    """Hold these signals during the block and deliver them after it (main thread only).
-
-    Python runs signal handlers in the main thread between bytecodes; swapping the handlers (rather
-    than masking the signal, which other threads might still receive) holds them whichever thread
-    the kernel picks.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught: list[int] = []
-    previous = {signum: signal.signal(signum, lambda signum, frame: caught.append(signum)) for signum in signums}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
-        for signum in caught:
-            signal.raise_signal(signum)
-
-
-def _swap_in(new_dir: Path, out_dir: Path) -> None:
-    """Rename ``new_dir`` to ``out_dir``; the old ``out_dir``, if any, is renamed aside, then deleted.
-
-    Both renames happen or neither (signals are held between them). If the deletion is cut short,
-    the aside ``.<name>.<random>.old.tmp`` is a stale temporary directory for the next run to remove.
-    """
-    aside = new_dir.with_name(new_dir.name.removesuffix(".tmp") + ".old.tmp")
-    with _signals_deferred():
-        had_old = out_dir.exists() or out_dir.is_symlink()
-        if had_old:
-            os.rename(out_dir, aside)
-        os.rename(new_dir, out_dir)
-    if had_old:
-        _remove(aside)
-
-
-@contextlib.contextmanager
-def _replacing(out_dir: Path) -> Iterator[Path]:
-    """Yield a new empty directory beside ``out_dir``; when the block succeeds, swap it in for ``out_dir``.
-
-    Afterwards no temporary directory is left, and ``out_dir`` is either untouched (the block raised,
-    including KeyboardInterrupt and SystemExit) or the complete new directory.
-    """
-    new_dir = _new_temp_dir(out_dir)
-    try:
-        yield new_dir
-        _swap_in(new_dir, out_dir)
-    finally:
-        _remove(new_dir)  # already gone after a swap; a partial set otherwise
-
-
 def write_preview(path, images: np.ndarray, cfg: AugmentConfig, seed: int, rows: int = 6, copies: int = 8) -> None:
     """PNG grid: ``rows`` train digits (first column) next to ``copies`` distorted copies each.
 
@@ -463,11 +357,11 @@ def prepare(
     out_dir = Path(out_dir)
     raw = load_mnist(raw_dir)
     plan = plan_shards(params, len(raw["train_images"]), len(raw["test_images"]))
-    remove_stale_temp_dirs(out_dir)  # garbage of killed runs, never data: their space counts as free
+    remove_stale_temporaries([out_dir.parent], [out_dir.name])  # garbage of killed runs: their space counts as free
     check_disk_space(out_dir, plan)
 
     train_idx, val_idx = split_indices(len(raw["train_images"]), params["val_size"], params["max_train"], seed)
-    with _replacing(out_dir) as new_dir:
+    with atomic_dir(out_dir) as new_dir:
         manifest = _build(new_dir, seed, params, raw, train_idx, val_idx, plan.count, progress)
     if preview_path is not None:
         train_x = raw["train_images"][train_idx]
