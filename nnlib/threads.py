@@ -17,7 +17,11 @@ process may use). The count is fixed for the whole run: results are byte-identic
 and may differ between counts (BLAS sums in another order), so a run under ``auto`` is reproduced
 exactly by pinning the count it recorded (see docs/threads.md).
 
-For a long-running user such as a server: ``with threads.limit("auto", kind="serve"): ...``.
+A server or a one-shot prediction shares the cores without announcing itself (a run that is mostly
+idle, or over in a second, should not halve the trainings that start meanwhile)::
+
+    with threads.limit("auto", register=False) as choice:   # choice.threads, choice.describe()
+        ...
 """
 from __future__ import annotations
 

@@ -202,3 +202,22 @@ def test_bad_threads_is_one_line_naming_the_key(value):
         message = str(err.value)
         assert f"{name}.threads must be 'auto' or an integer >= 0 (0 = every core), got {value!r}" in message
         assert "\n" not in message
+
+
+# --- nnlib predict --threads ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, value", [(None, "auto"), ("auto", "auto"), ("0", 0), ("1", 1), ("3", 3)])
+def test_predict_threads_flag(text, value):
+    from nnlib.mnist.cli import build_parser
+
+    argv = ["predict", "digit.png"] + (["--threads", text] if text else [])
+    assert build_parser().parse_args(argv).threads == value
+
+
+@pytest.mark.parametrize("text", ["two", "-1", "1.5", ""])
+def test_predict_bad_threads_flag_is_one_line(text):
+    from nnlib.mnist.cli import build_parser
+
+    with pytest.raises(ParamsError) as err:
+        build_parser().parse_args(["predict", "digit.png", "--threads", text])
+    assert "--threads" in str(err.value) and "\n" not in str(err.value)
