@@ -46,7 +46,9 @@ process that sets up, warms up, waits for the others, then trains for ``--thread
 (median over ``--thread-rounds`` repetitions, the order alternating): every framework at 1 and at 2
 threads alone; at 2 threads (and nnlib at ``auto``) next to a one-core busy loop; two identical
 trainings at once, each at a fixed 2 threads, each at 1, and nnlib's under ``auto``, both as two runs
-started by hand (the registry of nnlib/threads.py) and as a queue of two (``NNLIB_JOBS=2``). Each row
+started by hand (the registry of nnlib/threads.py) and as a queue of two (``NNLIB_JOBS=2``); and nnlib
+at 2 threads with ``OPENBLAS_THREAD_TIMEOUT=4`` (idle BLAS threads sleep at once instead of spinning)
+alone, next to the busy loop and two at once. Each row
 gives the img/s of each training and, against the same framework alone at 2 threads, "x alone" (per
 training) and "together" (their sum). The children register in a private registry
 (``$NNLIB_REGISTRY`` in a temp folder) so that other nnlib runs on the machine do not change ``auto``.
@@ -594,6 +596,14 @@ def thread_row_plan(frameworks: list[str]) -> list[dict]:
             plan += [{"row": "nnlib, two at once, auto (started by hand: the registry)", "fw": fw, "runs": ["auto", "auto"]},
                      {"row": "nnlib, two at once, auto (a queue of two: NNLIB_JOBS=2)", "fw": fw, "runs": ["auto", "auto"],
                       "env": {"NNLIB_JOBS": "2"}}]
+            # OpenBLAS's idle threads spin for ~2^28 cycles after each call; at 2^4 they sleep at once: the cost
+            # alone (a wake-up per call) against the gain next to a neighbour. Not a default: unmeasured.
+            sleep = {"OPENBLAS_THREAD_TIMEOUT": "4"}
+            plan += [{"row": "nnlib, 2 threads, OPENBLAS_THREAD_TIMEOUT=4", "fw": fw, "runs": [2], "env": sleep},
+                     {"row": "nnlib, 2 threads, next to a one-core busy loop, OPENBLAS_THREAD_TIMEOUT=4", "fw": fw,
+                      "runs": [2], "busy": True, "env": sleep},
+                     {"row": "nnlib, two at once, 2 threads each, OPENBLAS_THREAD_TIMEOUT=4", "fw": fw, "runs": [2, 2],
+                      "env": sleep}]
     return plan
 
 
@@ -606,7 +616,7 @@ def thread_rows(frameworks: list[str], args) -> dict:
             for row in plan if r % 2 == 0 else plan[::-1]:
                 specs = [{"framework": row["fw"], "config": args.thread_config, "threads": t, "seconds": args.thread_seconds,
                           "warmup": args.warmup} for t in row["runs"]]
-                env = {"NNLIB_REGISTRY": registry, "NNLIB_JOBS": "", **row.get("env", {})}
+                env = {"NNLIB_REGISTRY": registry, "NNLIB_JOBS": "", "OPENBLAS_THREAD_TIMEOUT": "", **row.get("env", {})}
                 results[row["row"]].append(together(specs, args, busy=row.get("busy", False), env=env))
                 print(f"  {row['row']}: " + ", ".join(f"{c['img_s']:,.0f} img/s ({c['threads']} threads)"
                                                       for c in results[row["row"]][-1]), flush=True)
