@@ -178,9 +178,13 @@ class Registry:
         return found
 
     def register(self, threads: int, kind: str = "train") -> Entry | None:
-        """Add this process's run; returns the entry to close at its end (None when the folder is unusable)."""
+        """Add this process's run; returns the entry to close at its end (None when the folder is unusable).
+
+        Stale entries are swept first, so that a run with a fixed count cleans up after killed runs too.
+        """
         if not self.usable:
             return None
+        self.running()
         name = f"{os.getpid()}-{secrets.token_hex(4)}"
         temporary = self.folder / f"{name}.tmp"
         fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
@@ -256,10 +260,10 @@ class Choice:
     peers: int = 0  # other runs known from the queue or $NNLIB_JOBS
 
     def describe(self) -> str:
+        count = f"{self.threads} BLAS thread{'' if self.threads == 1 else 's'}"
         if self.setting == AUTO:
-            return (f"{self.threads} BLAS threads (auto: {self.cores} cores, {self.running} other nnlib runs registered, "
-                    f"{self.peers} parallel peers)")
-        return f"{self.threads} BLAS threads (set to {self.setting})"
+            return f"{count} (auto: {self.cores} cores, {self.running} other nnlib runs registered, {self.peers} parallel peers)"
+        return f"{count} (set to {self.setting})"
 
 
 def resolve(setting, registry: Registry | None = None, cores: int | None = None) -> Choice:

@@ -108,6 +108,7 @@ def main() -> None:
     setting = cfg["threads"]
     if setting == threads.AUTO and resumed and resumed.threads:
         setting = resumed.threads  # the count the run started with: the resumed run stays byte-identical
+        print(f"train: threads: auto keeps the {setting} BLAS thread(s) the run started with", file=sys.stderr)
     print(f"train: {model.num_parameters():,} parameters, {cfg['epochs']} epochs of {images_per_epoch:,} images "
           f"from {len(files)} shards, batch {cfg['batch_size']}", file=sys.stderr)
 

@@ -87,6 +87,15 @@ def test_an_entry_left_without_a_lock_is_stale_and_removed(tmp_path):
     assert not stale.exists()
 
 
+def test_registering_sweeps_stale_entries(tmp_path):
+    registry = threads.Registry(tmp_path)
+    stale = tmp_path / "1-dead.run"
+    stale.write_text(json.dumps({"pid": 1, "threads": 2}))
+    with registry.register(1) as entry:
+        assert not stale.exists() and entry.path.exists()
+    assert not entry.path.exists()
+
+
 CHILD = """
 import sys, time
 from nnlib import threads
