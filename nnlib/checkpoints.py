@@ -10,9 +10,9 @@ deletes the older one. The archive (no pickle, like model files) holds arrays
 and a JSON ``__meta__``: the epoch, the schedule step, the optimizer's step count, the shard
 stream's position (images taken; the stream is rebuilt from the seed and fast-forwarded), the state
 of every dropout layer's Generator, the log rows so far, the BLAS thread count (a run resumed under
-``threads: auto`` keeps it, so that it ends byte-identical to an uninterrupted run), and the run's **digest**: a SHA-256 of the
-seed and train params, the shard manifest, the ``init_from`` model and the sources of nnlib and the
-train stage. A checkpoint whose digest differs (other params, other data, other code) is never resumed.
+``threads: auto`` keeps it, so that it ends byte-identical to an uninterrupted run), and the run's
+**digest**: a SHA-256 of the seed and train params, the shard manifest, the ``init_from`` model and
+the sources of nnlib and the train stage. A checkpoint whose digest differs (other params, other data, other code) is never resumed.
 
 A run that completes deletes its checkpoints, so resuming only ever continues an unfinished run and
 ``dvc repro -f`` always trains from scratch.

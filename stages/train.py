@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
 import nnlib
 from nnlib import backend, checkpoints, threads
 from nnlib.mnist import seeding
