@@ -437,7 +437,8 @@ def child_steps(spec: dict, args) -> dict:
         cpu = time.process_time() - cpu_start
     return {"framework": spec["framework"], "threads": choice.threads, "setting": spec["threads"], "steps": count,
             "seconds": elapsed, "seconds_per_step": elapsed / count, "img_s": count * cfg["batch_size"] / elapsed,
-            "cpu_per_wall": cpu / elapsed, "window": [wall_start, time.time()]}
+            "cpu_per_wall": cpu / elapsed, "window": [wall_start, time.time()],
+            "openblas_thread_timeout": os.environ.get("OPENBLAS_THREAD_TIMEOUT") or None}
 
 
 @contextlib.contextmanager

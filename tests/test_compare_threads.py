@@ -37,4 +37,7 @@ def test_compare_runs_each_round_and_each_thread_row_in_its_own_process(tmp_path
         if len(windows) == 2:  # the two trainings were timed at the same time
             assert max(w[0] for w in windows) < min(w[1] for w in windows), label
     assert rows["nnlib, 2 threads"]["x_alone"] == [1.0]
+    sleepy = rows["nnlib, two at once, 2 threads each, OPENBLAS_THREAD_TIMEOUT=4"]["rounds"][0]
+    assert [c["openblas_thread_timeout"] for c in sleepy] == ["4", "4"]
+    assert [c["openblas_thread_timeout"] for c in rows["nnlib, two at once, 2 threads each"]["rounds"][0]] == [None, None]
     assert "| nnlib, two at once, 1 thread each | 1+1 |" in run.stdout
