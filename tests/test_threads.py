@@ -19,6 +19,12 @@ from nnlib.mnist.config.params import validate
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def no_jobs_from_outside(monkeypatch):
+    """A test run inside a study or a queue would otherwise see its NNLIB_JOBS."""
+    monkeypatch.delenv(threads.JOBS_ENV, raising=False)
+
+
 @pytest.mark.parametrize("cores, claims, peers, expected", [
     (2, [], 0, 2),  # alone: every core
     (2, [2], 0, 1),  # a run holds both: take one, never zero
