@@ -30,6 +30,7 @@ import fcntl
 import json
 import os
 import secrets
+import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -135,15 +136,26 @@ class Registry:
     @contextmanager
     def exclusive(self) -> Iterator[None]:
         """Hold the folder-wide lock (choose, then register, without another run in between)."""
-        if not self.usable:
-            yield
-            return
-        fd = os.open(self.folder / "registry.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fd = -1
+        if self.usable:
+            try:
+                fd = os.open(self.folder / "registry.lock", os.O_RDWR | os.O_CREAT, 0o600)
+                deadline = time.monotonic() + 5  # held for milliseconds; a holder stopped (Ctrl-Z) must not block us
+                while True:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() > deadline:
+                            break  # go on unlocked: at worst two runs starting together miss each other
+                        time.sleep(0.005)
+            except OSError:  # best effort: never stop a run for the registry's sake
+                pass
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:
-            os.close(fd)  # closing drops the lock
+            if fd >= 0:
+                os.close(fd)  # closing drops the lock
 
     def running(self, exclude: Entry | None = None) -> list[dict]:
         """The live entries (JSON of each), stale ones removed on the way."""
@@ -175,7 +187,25 @@ class Registry:
                     pass
             finally:
                 os.close(fd)
+        self._sweep_temporaries()
         return found
+
+    def _sweep_temporaries(self, age: float = 60.0) -> None:
+        """Remove ``.tmp`` files of runs that died between creating and renaming their entry (older than ``age`` s)."""
+        for path in self.folder.glob("*.tmp"):
+            try:
+                if time.time() - path.stat().st_mtime < age:
+                    continue
+                fd = os.open(path, os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                path.unlink()
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
 
     def register(self, threads: int, kind: str = "train") -> Entry | None:
         """Add this process's run; returns the entry to close at its end (None when the folder is unusable).
@@ -291,7 +321,11 @@ def limit(setting, *, kind: str = "train", register: bool = True, registry: Regi
     with registry.exclusive():
         choice = resolve(setting, registry)
         if register:
-            entry = registry.register(choice.threads, kind)
+            try:
+                entry = registry.register(choice.threads, kind)
+            except OSError as err:  # a full disk or a vanished folder: run unannounced rather than not at all
+                print(f"nnlib: could not register this run in {registry.folder} ({err}); other runs will not see it",
+                      file=sys.stderr)
     try:
         with threadpool_limits(limits=choice.threads, user_api="blas"):
             yield choice

@@ -236,3 +236,42 @@ def test_predict_bad_threads_flag_is_one_line(text):
     with pytest.raises(ParamsError) as err:
         build_parser().parse_args(["predict", "digit.png", "--threads", text])
     assert "--threads" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_registry_that_fails_never_stops_the_run(tmp_path, monkeypatch, capsys):
+    registry = threads.Registry(tmp_path)
+
+    def refuse(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(registry, "register", refuse)
+    monkeypatch.setattr(threads, "queue_workers", lambda: (0, False))
+    with threads.limit(1, registry=registry) as choice:
+        assert choice.threads == 1
+    assert "could not register this run" in capsys.readouterr().err
+
+
+def test_old_temporaries_of_dead_runs_are_swept(tmp_path):
+    registry = threads.Registry(tmp_path)
+    old, fresh = tmp_path / "1-old.tmp", tmp_path / "2-fresh.tmp"
+    old.write_text("")
+    fresh.write_text("")  # may be a run between creating and locking it: left alone
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    registry.running()
+    assert not old.exists() and fresh.exists()
+
+
+def test_choosing_waits_for_the_registry_lock_but_not_forever(tmp_path, monkeypatch):
+    import fcntl
+
+    registry = threads.Registry(tmp_path)
+    holder = os.open(tmp_path / "registry.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(holder, fcntl.LOCK_EX)  # through another open file: a lock this process's next flock conflicts with
+    clock = iter([0.0, 0.0, 10.0, 10.0, 10.0])
+    monkeypatch.setattr(threads.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(threads.time, "sleep", lambda s: None)
+    try:
+        with registry.exclusive():
+            pass  # got here after the (faked) 5 s, unlocked
+    finally:
+        os.close(holder)
