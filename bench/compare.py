@@ -4,15 +4,18 @@
     python bench/compare.py --configs cnn,cnn-small --rounds 7 --json /tmp/compare.json
     python bench/compare.py --no-torch --breakdown cnn       # nnlib only, with a per-layer breakdown
     python bench/compare.py --nnlib-root /path/to/other/checkout   # time another nnlib (A/B)
+    python bench/compare.py --configs cnn --thread-rows      # + 1 vs 2 threads, busy neighbour, two at once
 
 For each configuration (a preset's network, batch size, loss and optimizer; read through
 bench_presets.load_preset) the same network is built in nnlib and, when PyTorch is installed, in
 PyTorch (bench/torch_nets.py; eager mode, default settings, CPU) with nnlib's initial weights. Both
 train on the same batches of real MNIST (data/raw, else ../shared/mnist; random images when neither
 exists), converted to float32 once before timing. One step = forward, loss, backward, optimizer step.
-After ``--warmup`` steps each, the ``--steps`` timed steps are split into ``--rounds`` rounds that
-alternate nnlib / PyTorch (the order flips every round), so noise from other processes hits both;
-img/s comes from the median round, the ratio is the median of the per-round ratios.
+The ``--steps`` timed steps are split into ``--rounds`` rounds that alternate nnlib / PyTorch (the
+order flips every round), so noise from other processes hits both; img/s comes from the median round,
+the ratio is the median of the per-round ratios. Each round runs in a child process of its own (after
+``--warmup`` untimed steps): in one process each library's idle threads slow the other down
+(OpenBLAS's spin, PyTorch's OpenMP pool). ``--in-process`` times both in this process, as before.
 
 Columns: GFLOP/s counts the GEMM work of the conv and dense layers (2 FLOPs per multiply-add: forward,
 weight gradient and, except for the first layer, input gradient) per image times img/s, counting every
@@ -38,8 +41,21 @@ Extra rows:
                      --stage-images images (default 2,816), each validating 1/11 as many images (the
                      stage's 5,000 per 55,000), alternate with pure compute. Floor <= 1.10x.
 
+Thread rows (``--thread-rows``, for ``--thread-config``, default cnn): each measurement is a child
+process that sets up, warms up, waits for the others, then trains for ``--thread-seconds`` seconds
+(median over ``--thread-rounds`` repetitions, the order alternating): every framework at 1 and at 2
+threads alone; at 2 threads (and nnlib at ``auto``) next to a one-core busy loop; two identical
+trainings at once, each at a fixed 2 threads, each at 1, and nnlib's under ``auto``, both as two runs
+started by hand (the registry of nnlib/threads.py) and as a queue of two (``NNLIB_JOBS=2``); and nnlib
+at 2 threads with ``OPENBLAS_THREAD_TIMEOUT=4`` (idle BLAS threads sleep at once instead of spinning)
+alone, next to the busy loop and two at once. Each row
+gives the img/s of each training and, against the same framework alone at 2 threads, "x alone" (per
+training) and "together" (their sum). The children register in a private registry
+(``$NNLIB_REGISTRY`` in a temp folder) so that other nnlib runs on the machine do not change ``auto``.
+
 Threads: numpy's BLAS is pinned with threadpoolctl (the ``bench`` extra), PyTorch with
-torch.set_num_threads. Times on a shared machine are noisy: compare ratios from one run.
+torch.set_num_threads. Times on a shared machine are noisy: compare ratios from one run, and note the
+load (``uptime``, printed at the start and the end).
 """
 from __future__ import annotations
 
@@ -101,7 +117,14 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--nnlib-root", default=str(ROOT),
                    help="directory holding the nnlib package to time (default: this checkout), for A/B runs")
-    p.add_argument("--child", choices=["rss", "stage"], help=argparse.SUPPRESS)  # internal: the child processes
+    p.add_argument("--in-process", action="store_true",
+                   help="time nnlib and PyTorch in this one process, rounds interleaved (the old method)")
+    p.add_argument("--thread-rows", action="store_true",
+                   help="add the thread rows: 1 vs 2 threads, next to a busy loop, two trainings at once")
+    p.add_argument("--thread-config", default="cnn", help="preset of the thread rows (default cnn)")
+    p.add_argument("--thread-seconds", type=float, default=12.0, help="timed seconds per thread-row training (default 12)")
+    p.add_argument("--thread-rounds", type=int, default=3, help="repetitions of each thread row (default 3, median)")
+    p.add_argument("--child", choices=["rss", "stage", "steps"], help=argparse.SUPPRESS)  # internal: the child processes
     p.add_argument("--child-arg", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -346,6 +369,8 @@ def child(args) -> None:
     """Internal: run one measurement without torch in this process, print its JSON on stdout."""
     if args.child == "rss":
         print(json.dumps(child_rss(args.child_arg, args.seed)))
+    elif args.child == "steps":
+        print(json.dumps(child_steps(json.loads(args.child_arg), args)), flush=True)
     else:
         print(json.dumps(child_stage(json.loads(args.child_arg), args)))
 
@@ -364,6 +389,67 @@ def child_rss(name: str, seed: int) -> dict:
     train_mib = vm_hwm_mib()
     evaluate(model, loss_fn, images[:1000], labels[:1000])
     return {"config": name, "peak_rss_mib": vm_hwm_mib(), "peak_rss_train_steps_mib": train_mib}
+
+
+def child_steps(spec: dict, args) -> dict:
+    """One framework training one preset in this process: ``steps`` timed steps, or as many as fit in ``seconds``.
+
+    spec: framework ('nnlib' or 'torch'), config, threads (a count or 'auto'), warmup, steps or seconds,
+    and wait: print "ready" once warm and wait for a line on stdin before timing (children timed together).
+    The process registers in nnlib's registry of runs for its whole life, as a training stage does.
+    """
+    from nnlib import backend  # noqa: PLC0415
+
+    try:
+        from nnlib.threads import limit  # noqa: PLC0415
+    except ImportError:  # an nnlib from before threads: auto (--nnlib-root A/B runs): pin, register nothing
+        limit = legacy_limit
+    xp = backend.use(args.backend)
+    sync = device_sync(xp)
+    cfg = load_preset(spec["config"])
+    data = mnist_train()
+    images, labels = data if data is not None else (np.random.default_rng(0).integers(0, 256, (10000, 28, 28), np.uint8),
+                                                     np.random.default_rng(1).integers(0, 10, 10000).astype(np.uint8))
+    with limit(spec["threads"], kind="bench") as choice:
+        model, _, _, step = nnlib_setup(cfg, args.seed)
+        xs, ys = batch_pool(images, labels, cfg["batch_size"], np.random.default_rng(args.seed))
+        if spec["framework"] == "torch":
+            import torch  # noqa: PLC0415
+
+            torch.set_num_threads(choice.threads)
+            device = "cuda" if args.backend == "cupy" else "cpu"
+            step = torch_setup(cfg, model, device)
+            xs = [torch.from_numpy(backend.to_numpy(x)).to(device) for x in xs]
+            ys = [torch.from_numpy(backend.to_numpy(y)).to(device) for y in ys]
+            sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+        run_steps(step, xs, ys, 0, spec["warmup"], sync)
+        if spec.get("wait"):
+            print("ready", flush=True)
+            sys.stdin.readline()
+        cpu_start, wall_start = time.process_time(), time.time()
+        if spec.get("seconds"):
+            count, elapsed = 0, 0.0
+            while elapsed < spec["seconds"]:
+                elapsed += run_steps(step, xs, ys, count, 1, sync)
+                count += 1
+        else:
+            count = spec["steps"]
+            elapsed = run_steps(step, xs, ys, 0, count, sync)
+        cpu = time.process_time() - cpu_start
+    return {"framework": spec["framework"], "threads": choice.threads, "setting": spec["threads"], "steps": count,
+            "seconds": elapsed, "seconds_per_step": elapsed / count, "img_s": count * cfg["batch_size"] / elapsed,
+            "cpu_per_wall": cpu / elapsed, "window": [wall_start, time.time()],
+            "openblas_thread_timeout": os.environ.get("OPENBLAS_THREAD_TIMEOUT") or None}
+
+
+@contextlib.contextmanager
+def legacy_limit(setting, kind=None):
+    """nnlib.threads.limit for an nnlib without it: 'auto' and 0 mean every core."""
+    from threadpoolctl import threadpool_limits  # noqa: PLC0415
+
+    count = setting if isinstance(setting, int) and setting > 0 else len(os.sched_getaffinity(0))
+    with threadpool_limits(limits=count, user_api="blas"):
+        yield argparse.Namespace(threads=count)
 
 
 def child_stage(spec: dict, args) -> dict:
@@ -439,13 +525,123 @@ def child_stage(spec: dict, args) -> dict:
             "first_epoch_val_acc": first_acc}
 
 
+def child_cmd(kind: str, arg: str, args) -> list[str]:
+    return [sys.executable, str(Path(__file__).resolve()), "--child", kind, "--child-arg", arg, "--threads", str(args.threads),
+            "--seed", str(args.seed), "--nnlib-root", args.nnlib_root, "--backend", args.backend]
+
+
 def run_child(kind: str, arg: str, args) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind, "--child-arg", arg,
-           "--threads", str(args.threads), "--seed", str(args.seed), "--nnlib-root", args.nnlib_root]
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run(child_cmd(kind, arg, args), cwd=ROOT, capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"compare.py: the {kind} child failed ({out.returncode}):\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def separate_rounds(name: str, frameworks: list[str], steps: int, args) -> dict:
+    """Seconds per step of each framework, per round; every round a fresh child process, the order alternating."""
+    per_round = max(1, steps // args.rounds)
+    times = {fw: [] for fw in frameworks}
+    for r in range(args.rounds):
+        for fw in frameworks if r % 2 == 0 else frameworks[::-1]:
+            spec = {"framework": fw, "config": name, "threads": args.threads, "steps": per_round, "warmup": args.warmup}
+            times[fw].append(run_child("steps", json.dumps(spec), args)["seconds_per_step"])
+    return times
+
+
+# ----------------------------------------------------------------------------- thread rows
+def together(specs: list[dict], args, busy: bool = False, env: dict | None = None) -> list[dict]:
+    """Run one child per spec at the same time (each warms up, then all start at once); their results.
+
+    ``busy``: a one-core busy loop (a Python ``while True``) runs beside them while they are timed.
+    """
+    env = {**os.environ, **(env or {})}
+    procs = [subprocess.Popen(child_cmd("steps", json.dumps({**spec, "wait": True}), args), cwd=ROOT, env=env, text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for spec in specs]
+    loop = None
+    try:
+        for proc in procs:
+            line = proc.stdout.readline().strip()
+            if line != "ready":
+                raise SystemExit(f"compare.py: a thread-row child failed:\n{line}\n{proc.stderr.read()[-3000:]}")
+        if busy:
+            loop = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        for proc in procs:
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        outs = [proc.communicate(timeout=600) for proc in procs]
+    finally:
+        if loop is not None:
+            loop.kill()
+            loop.wait()
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    for proc, (out, err) in zip(procs, outs):
+        if proc.returncode != 0:
+            raise SystemExit(f"compare.py: a thread-row child failed ({proc.returncode}):\n{err[-3000:]}")
+    return [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+
+
+def thread_row_plan(frameworks: list[str]) -> list[dict]:
+    """The thread rows: label, framework, the thread setting of each training, busy loop, extra env."""
+    plan = []
+    for fw in frameworks:
+        plan += [{"row": f"{fw}, 1 thread", "fw": fw, "runs": [1]},
+                 {"row": f"{fw}, 2 threads", "fw": fw, "runs": [2]},
+                 {"row": f"{fw}, 2 threads, next to a one-core busy loop", "fw": fw, "runs": [2], "busy": True}]
+        if fw == "nnlib":
+            plan += [{"row": "nnlib, auto, next to a one-core busy loop", "fw": fw, "runs": ["auto"], "busy": True}]
+        plan += [{"row": f"{fw}, two at once, 2 threads each", "fw": fw, "runs": [2, 2]},
+                 {"row": f"{fw}, two at once, 1 thread each", "fw": fw, "runs": [1, 1]}]
+        if fw == "nnlib":
+            plan += [{"row": "nnlib, two at once, auto (started by hand: the registry)", "fw": fw, "runs": ["auto", "auto"]},
+                     {"row": "nnlib, two at once, auto (a queue of two: NNLIB_JOBS=2)", "fw": fw, "runs": ["auto", "auto"],
+                      "env": {"NNLIB_JOBS": "2"}}]
+            # OpenBLAS's idle threads spin for ~2^28 cycles after each call; at 2^4 they sleep at once: the cost
+            # alone (a wake-up per call) against the gain next to a neighbour. Not a default: unmeasured.
+            sleep = {"OPENBLAS_THREAD_TIMEOUT": "4"}
+            plan += [{"row": "nnlib, 2 threads, OPENBLAS_THREAD_TIMEOUT=4", "fw": fw, "runs": [2], "env": sleep},
+                     {"row": "nnlib, 2 threads, next to a one-core busy loop, OPENBLAS_THREAD_TIMEOUT=4", "fw": fw,
+                      "runs": [2], "busy": True, "env": sleep},
+                     {"row": "nnlib, two at once, 2 threads each, OPENBLAS_THREAD_TIMEOUT=4", "fw": fw, "runs": [2, 2],
+                      "env": sleep}]
+    return plan
+
+
+def thread_rows(frameworks: list[str], args) -> dict:
+    """Every row of :func:`thread_row_plan`, ``--thread-rounds`` times, the rows' order alternating per round."""
+    plan = thread_row_plan(frameworks)
+    results = {row["row"]: [] for row in plan}
+    with tempfile.TemporaryDirectory(prefix="compare_registry_") as registry:
+        for r in range(args.thread_rounds):
+            for row in plan if r % 2 == 0 else plan[::-1]:
+                specs = [{"framework": row["fw"], "config": args.thread_config, "threads": t, "seconds": args.thread_seconds,
+                          "warmup": args.warmup} for t in row["runs"]]
+                env = {"NNLIB_REGISTRY": registry, "NNLIB_JOBS": "", "OPENBLAS_THREAD_TIMEOUT": "", **row.get("env", {})}
+                results[row["row"]].append(together(specs, args, busy=row.get("busy", False), env=env))
+                print(f"  {row['row']}: " + ", ".join(f"{c['img_s']:,.0f} img/s ({c['threads']} threads)"
+                                                      for c in results[row["row"]][-1]), flush=True)
+    out = {}
+    for row in plan:
+        rounds = results[row["row"]]
+        per_run = [statistics.median(rnd[i]["img_s"] for rnd in rounds) for i in range(len(row["runs"]))]
+        out[row["row"]] = {"framework": row["fw"], "settings": row["runs"], "busy": row.get("busy", False),
+                           "threads_used": [[c["threads"] for c in rnd] for rnd in rounds], "img_s": per_run,
+                           "total_img_s": statistics.median(sum(c["img_s"] for c in rnd) for rnd in rounds),
+                           "cpu_per_wall": [[round(c["cpu_per_wall"], 2) for c in rnd] for rnd in rounds], "rounds": rounds}
+    for row in out.values():  # against the same framework alone at 2 threads
+        alone = out[f"{row['framework']}, 2 threads"]["total_img_s"]
+        row["x_alone"] = [v / alone for v in row["img_s"]]
+        row["together_x_alone"] = row["total_img_s"] / alone
+    return out
+
+
+def load_note() -> str:
+    try:
+        return "load average " + " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "load average unknown"
 
 
 def stage_row(args) -> dict | None:
@@ -548,7 +744,10 @@ def main(argv=None) -> int:
 
     print(f"nnlib from {Path(nnlib.__file__).parent}; numpy {np.__version__}; BLAS: {blas}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads" if torch else "torch: not used")
-    print(f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cores; threads {args.threads}")
+    print(f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cores; threads {args.threads}; "
+          f"{load_note()} at the start", flush=True)
+    print("nnlib and PyTorch in one process, rounds interleaved" if args.in_process else
+          "nnlib and PyTorch each in child processes of their own, one per round, alternating")
     if on_gpu:
         gpu = xp.cuda.runtime.getDeviceProperties(xp.cuda.Device().id)["name"]
         gpu = gpu.decode() if isinstance(gpu, bytes) else gpu
@@ -567,7 +766,7 @@ def main(argv=None) -> int:
         data = rng.integers(0, 256, (10000, 28, 28), np.uint8), rng.integers(0, 10, 10000).astype(np.uint8)
     images, labels = data
 
-    results = {"machine": {"cores": os.cpu_count(), "threads": args.threads, "blas": blas,
+    results = {"machine": {"cores": os.cpu_count(), "threads": args.threads, "blas": blas, "load_start": load_note(),
                            "numpy": np.__version__, "torch": torch.__version__ if torch else None,
                            "sgemm_peak_gflops": peak, "nnlib": str(Path(nnlib.__file__).parent),
                            "backend": args.backend, "gpu": gpu},
@@ -580,16 +779,19 @@ def main(argv=None) -> int:
         batch = cfg["batch_size"]
         model, loss_fn, optimizer, step = nnlib_setup(cfg, args.seed)
         xs, ys = batch_pool(images, labels, batch, np.random.default_rng(args.seed))
-        runners = {"nnlib": (step, xs, ys, sync)}
-        if torch is not None:
-            runners["torch"] = (torch_setup(cfg, model, torch_device),
-                                [torch.from_numpy(backend.to_numpy(x)).to(torch_device) for x in xs],
-                                [torch.from_numpy(backend.to_numpy(y)).to(torch_device) for y in ys],
-                                torch.cuda.synchronize if on_gpu else (lambda: None))
-        times = interleaved(runners, steps, args.rounds, args.warmup)
+        if args.in_process:
+            runners = {"nnlib": (step, xs, ys, sync)}
+            if torch is not None:
+                runners["torch"] = (torch_setup(cfg, model, torch_device),
+                                    [torch.from_numpy(backend.to_numpy(x)).to(torch_device) for x in xs],
+                                    [torch.from_numpy(backend.to_numpy(y)).to(torch_device) for y in ys],
+                                    torch.cuda.synchronize if on_gpu else (lambda: None))
+            times = interleaved(runners, steps, args.rounds, args.warmup)
+        else:
+            times = separate_rounds(name, ["nnlib", "torch"] if torch is not None else ["nnlib"], steps, args)
         flops = gemm_flops_per_image(cfg["model"], (1, 28, 28))
         row = {"batch_size": batch, "steps": steps, "rounds": args.rounds, "gemm_mflop_per_image": flops / 1e6,
-               "seconds_per_step": times}
+               "seconds_per_step": times, "processes": "one" if args.in_process else "separate"}
         for fw, t in times.items():
             row[f"{fw}_img_s"] = batch / statistics.median(t)
             row[f"{fw}_gflops"] = flops * row[f"{fw}_img_s"] / 1e9
@@ -623,6 +825,11 @@ def main(argv=None) -> int:
         if stage is not None:
             stage.update(floor=STAGE_FLOOR, rss_floor_mib=RSS_FLOOR_MIB)
             results["stage"] = stage
+    if args.thread_rows:
+        print(f"thread rows, {args.thread_config}: {args.thread_seconds:g} s per training, {args.thread_rounds} rounds", flush=True)
+        results["thread_rows"] = thread_rows(["nnlib", "torch"] if torch is not None else ["nnlib"], args)
+    results["machine"]["load_end"] = load_note()
+    print(f"{load_note()} at the end")
     print_table(results, breakdowns)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
@@ -663,6 +870,18 @@ def print_table(results: dict, breakdowns: dict) -> None:
               f"{stage['val_images']:,} images; peak RSS after a first epoch of {stage['first_epoch_images']:,} images + "
               f"validation of {stage['first_epoch_val_images']:,}; {stage['shards']} shards of {stage['shard_size']:,}; "
               f"pairs {', '.join(f'{s:.2f}/{p:.2f}' for s, p in zip(stage['stage_seconds'], stage['pure_seconds']))} s)")
+    rows = results.get("thread_rows")
+    if rows:
+        print(f"\n| thread row ({results['args']['thread_config']}) | threads used | img/s of each | x alone (2 threads) each "
+              "| together x alone |")
+        print("|---|---|---:|---:|---:|")
+        for label, row in rows.items():
+            used = "; ".join("+".join(map(str, r)) for r in row["threads_used"])
+            print(f"| {label} | {used} | {' + '.join(f'{v:,.0f}' for v in row['img_s'])} | "
+                  f"{' / '.join(f'{v:.2f}x' for v in row['x_alone'])} | {row['together_x_alone']:.2f}x |")
+        print(f"(median of {results['args']['thread_rounds']} rounds of {results['args']['thread_seconds']:g} s per training, "
+              f"each training a process of its own; {results['machine']['load_start']} at the start, "
+              f"{results['machine']['load_end']} at the end)")
     for name, rows in breakdowns.items():
         total = sum(f + b for _, f, b in rows)
         print(f"\nnnlib per-layer breakdown, {name} (median of the steps, ms)")

@@ -22,7 +22,8 @@ delete their entries from the JSON and pass ``--rerun``: the experiments of the 
 earlier commits are then removed (``dvc exp remove``) and the runs queued on HEAD; without it they
 would be collected again. It then writes the Markdown table
 of the mean and the range (min-max) of test accuracy per level, and of train seconds per epoch when
-every run was made with ``-j 1`` (times of parallel runs share the CPU and are left out).
+every run was made with ``-j 1`` (times of parallel runs share the CPU and are left out). With
+``-j N`` each run's ``train.threads: auto`` takes its share of the cores (docs/threads.md).
 """
 from __future__ import annotations
 
@@ -183,6 +184,9 @@ def main(argv=None) -> int:
         dvc("exp", "run", "--queue", "-n", run["name"], *[a for o in run["overrides"] for a in ("-S", o)], cwd=args.repo)
     if queued or pending:
         print(f"study {study['name']}: running {len(queued) + len(pending)} experiments, {args.jobs} at a time", file=sys.stderr)
+        # Each run's threads: auto then takes its share of the cores (nnlib/threads.py: NNLIB_JOBS, and the
+        # queue's workers it counts); a study that sets train.threads keeps its own count.
+        os.environ["NNLIB_JOBS"] = str(args.jobs)
         dvc("queue", "start", "-j", str(args.jobs), cwd=args.repo)
         wait_for_queue(args.repo, args.timeout)
         done, _ = experiments(args.repo, [commit, *baselines])

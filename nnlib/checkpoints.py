@@ -9,9 +9,10 @@ deletes the older one. The archive (no pickle, like model files) holds arrays
 
 and a JSON ``__meta__``: the epoch, the schedule step, the optimizer's step count, the shard
 stream's position (images taken; the stream is rebuilt from the seed and fast-forwarded), the state
-of every dropout layer's Generator, the log rows so far, and the run's **digest**: a SHA-256 of the
-seed and train params, the shard manifest, the ``init_from`` model and the sources of nnlib and the
-train stage. A checkpoint whose digest differs (other params, other data, other code) is never resumed.
+of every dropout layer's Generator, the log rows so far, the BLAS thread count (a run resumed under
+``threads: auto`` keeps it, so that it ends byte-identical to an uninterrupted run), and the run's
+**digest**: a SHA-256 of the seed and train params, the shard manifest, the ``init_from`` model and
+the sources of nnlib and the train stage. A checkpoint whose digest differs (other params, other data, other code) is never resumed.
 
 A run that completes deletes its checkpoints, so resuming only ever continues an unfinished run and
 ``dvc repro -f`` always trains from scratch.
@@ -59,6 +60,11 @@ class Checkpoint:
     def stream_position(self) -> int:
         return self.meta["stream_position"]
 
+    @property
+    def threads(self) -> int | None:
+        """The BLAS thread count the run used (None in checkpoints written before it was recorded)."""
+        return self.meta.get("threads")
+
     def restore(self, model, optimizer, history) -> None:
         """Copy weights, optimizer state, generator states and the log so far into the run's objects."""
         def part(prefix):
@@ -74,13 +80,14 @@ class Checkpoint:
         history.best_state = best or None
 
 
-def save(folder, digest: str, *, model, optimizer, history, step: int, stream_position: int) -> Path:
+def save(folder, digest: str, *, model, optimizer, history, step: int, stream_position: int,
+         threads: int | None = None) -> Path:
     """Write the checkpoint of the epoch just finished (atomically), then delete older ones."""
     folder = Path(folder)
     epoch = len(history.rows)
     steps, optim_arrays = optimizer.state()
     meta = {"format": FORMAT, "digest": digest, "epoch": epoch, "step": step, "optimizer_steps": steps,
-            "stream_position": stream_position, "rows": history.rows, "best_epoch": history.best_epoch,
+            "stream_position": stream_position, "rows": history.rows, "best_epoch": history.best_epoch, "threads": threads,
             "rngs": {index: layer.rng.bit_generator.state for index, layer in _rng_layers(model).items()}}
     arrays = {f"model/{k}": v for k, v in model.state().items()}
     arrays.update({f"optim/{k}": v for k, v in optim_arrays.items()})

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nnlib import backend, evaluation, metrics
+from nnlib import backend, evaluation, metrics, threads
 from nnlib.mnist import plots
 from nnlib.mnist.data.stream import load_shard, read_manifest
 from nnlib.errors import InputError, run_stage
@@ -76,17 +76,18 @@ def main() -> None:
     manifest = read_manifest(SHARDS)
     x, y = load_shard(SHARDS / manifest["test"]["file"])
 
-    result = evaluation.run(model, make_loss(loss_cfg), x, y, cfg["batch_size"])
-    if not np.isfinite(result.logits).all():
-        raise InputError(f"{MODEL} gives non-finite outputs on the test set: re-train it (dvc repro -s train)")
-    scores = evaluation.scalars(result, loss_cfg["name"], model_sha256)
-    title = f"preset {preset} · seed {meta.get('seed')} · test accuracy {100 * result.accuracy:.2f}%"
-    with OutputSet() as out:  # every output renamed into place together, only when all are written
-        write_json(out.path(EVAL_METRICS), scores)
-        write_json(out.path(EVAL_DETAILS), evaluation.details(result))
-        write_text(out.path(PREDICTIONS), predictions_csv(result))
-        for name, figure in figures(result, model, x, log, title, cfg["misclassified"]):
-            plots.save_figure(figure, out.path(PLOTS / name), atomic=False)
+    with threads.limit(cfg["threads"], kind="evaluate") as choice:  # the figures' PCA uses BLAS too
+        result = evaluation.run(model, make_loss(loss_cfg), x, y, cfg["batch_size"])
+        if not np.isfinite(result.logits).all():
+            raise InputError(f"{MODEL} gives non-finite outputs on the test set: re-train it (dvc repro -s train)")
+        scores = evaluation.scalars(result, loss_cfg["name"], model_sha256)
+        title = f"preset {preset} · seed {meta.get('seed')} · test accuracy {100 * result.accuracy:.2f}%"
+        with OutputSet() as out:  # every output renamed into place together, only when all are written
+            write_json(out.path(EVAL_METRICS), scores)
+            write_json(out.path(EVAL_DETAILS), {**evaluation.details(result), "blas_threads": choice.threads})
+            write_text(out.path(PREDICTIONS), predictions_csv(result))
+            for name, figure in figures(result, model, x, log, title, cfg["misclassified"]):
+                plots.save_figure(figure, out.path(PLOTS / name), atomic=False)
     print(f"evaluate: test accuracy {scores['accuracy']:.4f} ({scores['errors']} errors), {scores['loss_fn']} loss "
           f"{scores['loss']:.4f}, nll {scores['nll']:.4f}, macro F1 {scores['macro_f1']:.4f}, ECE {scores['ece']:.4f}")
 

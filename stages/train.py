@@ -14,10 +14,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 import nnlib
-from nnlib import backend, checkpoints
+from nnlib import backend, checkpoints, threads
 from nnlib.mnist import seeding
 from nnlib.mnist.data.stream import NUM_CLASSES, ShardStream, check_shards, load_shard, read_manifest
 from nnlib.errors import Diverged, InputError, ParamsError, run_stage
@@ -107,17 +106,22 @@ def main() -> None:
             raise InputError(f"{resumed.path} does not fit this run ({err}): delete it, or set train.resume: false") from None
     if note:
         print(note, file=sys.stderr)
+    setting = cfg["threads"]
+    if setting == threads.AUTO and resumed and resumed.threads:
+        setting = resumed.threads  # the count the run started with: the resumed run stays byte-identical
+        print(f"train: threads: auto keeps the {setting} BLAS thread(s) the run started with", file=sys.stderr)
     print(f"train: {model.num_parameters():,} parameters, {cfg['epochs']} epochs of {images_per_epoch:,} images "
           f"from {len(files)} shards, batch {cfg['batch_size']}", file=sys.stderr)
 
     def after_epoch(history: History, step: int) -> None:
         write_text(LIVE_LOG, log_tsv(history.rows))
         checkpoints.save(CHECKPOINTS, digest, model=model, optimizer=optimizer, history=history,
-                         step=step, stream_position=stream.position)
+                         step=step, stream_position=stream.position, threads=choice.threads)
 
     try:
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"), \
-                threadpool_limits(limits=cfg["threads"] or None, user_api="blas"):  # divergence is reported in one line
+                threads.limit(setting, kind="train") as choice:  # divergence is reported in one line
+            print(f"train: {choice.describe()}", file=sys.stderr)
             fit(model, loss_fn, optimizer, schedule, stream, epochs=cfg["epochs"], images_per_epoch=images_per_epoch,
                 batch_size=cfg["batch_size"], val=val, interval=interval, keep_best=cfg["select"] == "best_val",
                 history=history, on_epoch_end=after_epoch)
@@ -145,6 +149,7 @@ def main() -> None:
         write_json(out.path(TIMING), {
             "train_seconds": round(seconds, 2), "images_per_second": round(cfg["epochs"] * images_per_epoch / seconds, 1),
             "seconds_per_epoch": round(seconds / cfg["epochs"], 2),
+            "blas_threads": choice.threads, "threads_setting": cfg["threads"],  # the count decides the bytes
             "epoch_seconds": [round(row["seconds"], 2) for row in history.rows]})
     checkpoints.clear(CHECKPOINTS)
 

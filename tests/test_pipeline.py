@@ -29,7 +29,9 @@ PNGS = ["curves", "confusion", "misclassified", "first_layer", "reliability", "f
 
 TINY = {
     "prepare": {"val_size": 200, "max_train": 300, "shard_size": 200, "workers": 2, "augment": {"copies": 1}},
-    "train": {"epochs": 2, "batch_size": 32, "images_per_epoch": 600,
+    # threads pinned: the byte comparisons between runs need one count, and auto's depends on the nnlib
+    # runs going elsewhere on the machine (test_a_run_resumed_under_auto_keeps_its_thread_count covers auto)
+    "train": {"epochs": 2, "batch_size": 32, "images_per_epoch": 600, "threads": 2,
               "model": [{"type": "flatten"}, {"type": "dense", "out": 32}, {"type": "relu"}, {"type": "dense", "out": 10}]},
     "evaluate": {"misclassified": 8},
 }
@@ -486,6 +488,34 @@ def test_a_killed_dvc_repro_resumes_to_the_same_bytes(repo, uninterrupted):
     result = run([sys.executable, "-m", "dvc", "repro", "-s", "train"], repo)
     assert "resuming from" in result.stderr + result.stdout
     assert {name: (repo / name).read_bytes() for name in OUTPUTS} == uninterrupted
+
+
+def test_a_run_resumed_under_auto_keeps_its_thread_count(repo, tmp_path, monkeypatch):
+    """Killed while another run held the cores (auto: 1 thread), resumed alone: it keeps 1 thread, and
+    ends as a run pinned to 1 thread from the start."""
+    from nnlib import threads
+
+    registry = tmp_path / "registry"
+    monkeypatch.setenv(threads.REGISTRY_ENV, str(registry))  # private: other runs on the machine do not count
+    monkeypatch.setenv(threads.JOBS_ENV, "")
+    shutil.rmtree(repo / "models/checkpoints", ignore_errors=True)
+    try:
+        write_params(repo, merge(RESUMABLE, {"train": {"threads": "auto"}}))
+        with threads.Registry(registry).register(10**6):  # a run holding more than every core
+            kill_after_epoch([sys.executable, "stages/train.py"], repo)
+        result = run([sys.executable, "stages/train.py"], repo)  # alone now: auto alone would take every core
+        assert "resuming from" in result.stderr and "auto keeps the 1 BLAS thread(s) the run started with" in result.stderr
+        timing = json.loads((repo / "metrics/timing.json").read_text())
+        assert (timing["blas_threads"], timing["threads_setting"]) == (1, "auto")
+        resumed = {name: (repo / name).read_bytes() for name in ["metrics/train.json", "metrics/train_log.tsv"]}
+        write_params(repo, merge(RESUMABLE, {"train": {"threads": 1}}))
+        run([sys.executable, "stages/train.py"], repo)
+        assert {name: (repo / name).read_bytes() for name in resumed} == resumed
+        assert not list(registry.glob("*.run")), "every run's entry is gone (the killed one's as stale)"
+    finally:
+        write_params(repo, {})
+        shutil.rmtree(repo / "models/checkpoints", ignore_errors=True)
+        run([sys.executable, "-m", "dvc", "repro"], repo)
 
 
 @pytest.mark.parametrize("spoil, message", [

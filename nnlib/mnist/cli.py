@@ -35,14 +35,29 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _threads(text: str):
+    """``--threads``: 'auto' or an integer >= 0 (0 = every core), as train.threads."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or an integer >= 0, got {text!r}")
+    return value
+
+
 def cmd_predict(args) -> int:
+    from nnlib import threads  # noqa: PLC0415
     from nnlib.modelfile import load_model  # noqa: PLC0415 - each subcommand imports only what it needs
     from nnlib.mnist.predict import Failure, format_line, predict_paths, save_grid, to_json  # noqa: PLC0415
 
     if args.top > 10:
         raise ParamsError(f"--top must be between 1 and 10 (there are 10 digits), got {args.top}")
     model, _ = load_model(args.model)
-    results = predict_paths(model, args.paths, preprocess=not args.no_preprocess, batch_size=args.batch_size)
+    with threads.limit(args.threads, kind="predict", register=False):  # shares the cores, announces nothing
+        results = predict_paths(model, args.paths, preprocess=not args.no_preprocess, batch_size=args.batch_size)
     failed = 0
     for result in results:
         if isinstance(result, Failure):
@@ -102,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=_positive_int, default=1, metavar="K", help="show the K most likely digits (default: 1)")
     p.add_argument("--json", action="store_true", help="print JSON Lines: file, index, digit, probability, probabilities")
     p.add_argument("--batch-size", type=_positive_int, default=256, metavar="N", help="images per forward pass (default: 256)")
+    p.add_argument("--threads", type=_threads, default="auto", metavar="N",
+                   help="BLAS threads: auto (default) shares the cores with running nnlib trainings; 0 = every core")
     p.add_argument("--show", metavar="FILE.png", help="write a grid of what the network saw, with its predictions")
     p.add_argument("--no-preprocess", action="store_true",
                    help="take images as they are: already 28x28, white digit on black, like MNIST")

@@ -54,6 +54,11 @@ PREPARE = {
 positive = lambda v: v > 0  # noqa: E731
 non_negative = lambda v: v >= 0  # noqa: E731
 
+# 'auto': a share of the cores this process may use, given the nnlib runs already going (nnlib/threads.py).
+THREADS = Field((int, str), "auto", "'auto' or an integer >= 0 (0 = every core)",
+                lambda v: v == "auto" if isinstance(v, str) else v >= 0,
+                "BLAS threads; auto shares the cores with running nnlib jobs; bytes are identical only at a fixed count")
+
 BACKEND = Field(str, "numpy", "'numpy' or 'cupy'", lambda v: v in ("numpy", "cupy"), "array backend; cupy needs a GPU and the gpu extra")
 
 TRAIN = {
@@ -63,8 +68,7 @@ TRAIN = {
     "images_per_epoch": Field(int, 0, "an integer >= 0 (0 = the size of the train split)", non_negative, "images drawn from the shard stream per epoch"),
     "init_from": Field(str, "", "'' (fresh) or the path of a model file under models/init/", None,
                        "start from this model's weights instead of a fresh initialisation (see README, continue training)"),
-    "threads": Field(int, 0, "an integer >= 0 (0 = every core)", lambda v: v >= 0,
-                     "BLAS threads; results are byte-identical only at a fixed thread count"),
+    "threads": THREADS,
     "resume": Field(bool, True, "true or false", None, "continue a killed run from its last checkpoint (models/checkpoints/)"),
     "select": Field(str, "last", "'last' or 'best_val'", lambda v: v in ("last", "best_val"), "which epoch's weights are kept"),
     "model": Field(list, None, "a non-empty list of layer specs like {type: dense, out: 10}", lambda v: len(v) > 0, "the network, layer by layer", required=True),
@@ -100,6 +104,7 @@ EVALUATE = {
     "backend": BACKEND,
     # nnlib.model.EVAL_BATCH_SIZE, the batch of validation during training (a test checks they agree).
     "batch_size": Field(int, 128, "an integer >= 1", positive, "images per forward pass"),
+    "threads": THREADS,
     "misclassified": Field(int, 36, "an integer in [0, 200]", lambda v: 0 <= v <= 200, "most confident mistakes shown in misclassified.png"),
 }
 
