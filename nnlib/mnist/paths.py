@@ -11,6 +11,7 @@ MODEL = Path("models/model.npz")  # train
 INIT = Path("models/init")  # train.init_from files (a dependency of train)
 CHECKPOINTS = Path("models/checkpoints")  # train: per-epoch checkpoints of an unfinished run
 METRICS = Path("metrics")  # train.json, train_log.tsv, timing.json, eval.json, eval_details.json, predictions.csv
+RUN_PARAMS = METRICS / "run_params.yaml"  # train: the effective values that ran, for `dvc exp show` / `dvc params diff`
 LIVE_LOG = METRICS / "live" / "train_log.tsv"  # train: rewritten after every epoch
 PLOTS = METRICS / "plots"  # evaluate's PNGs, and prepare's augmentation preview
 PREVIEW = PLOTS / "augment_preview.png"
