@@ -98,22 +98,31 @@ def dvc_restore_hint(environ=os.environ) -> str:
     return f" [dvc deleted this stage's outputs before it ran; to get them back: {git}dvc checkout {stage}]"
 
 
+def _tree(folder: Path) -> dict:
+    """{relative path: bytes} of a package folder, compiled files left out."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"}
+
+
 def check_own_nnlib(script: str | Path, package: str | Path | None = None) -> None:
     """Refuse a stage script (``<repo>/stages/*.py``) that imported another repository's nnlib.
 
     With one virtual environment and two clones, ``python stages/train.py`` imports the nnlib the
     environment was installed from, while DVC tracks the clone's own files: the run would silently
-    use code that no dvc.lock records. ``package`` is the imported nnlib folder (default: this one).
+    use code that no dvc.lock records. An identical copy is accepted (``dvc exp run --temp`` and
+    ``--queue`` run a copy of the workspace with the environment's nnlib). ``package`` is the
+    imported nnlib folder (default: this one).
     """
     script = Path(script).resolve()
-    own = script.parent.parent / "nnlib"
+    root = script.parent.parent
+    own = root / "nnlib"
     if script.parent.name != "stages" or not (own / "__init__.py").is_file():
         return  # not a stage script of a repository (e.g. the nnlib command)
     package = Path(package or Path(__file__).parent).resolve()
-    if package != own.resolve():
-        root = script.parent.parent
-        raise ParamsError(f"{script.parent.name}/{script.name} belongs to {root} but imported nnlib from {package}, another "
-                          f"copy: run it with PYTHONPATH={root}, or pip install -e {root} in this environment")
+    if package == own.resolve() or _tree(package) == _tree(own):
+        return
+    raise ParamsError(f"stages/{script.name} belongs to {root} but imported nnlib from {package}, a different copy: "
+                      f"run it with PYTHONPATH={root}, or pip install -e {root} in this environment")
 
 
 EXIT_INTERRUPTED = 130

@@ -79,8 +79,19 @@ def test_a_stage_refuses_another_clones_nnlib(tmp_path):
 def test_the_own_nnlib_is_accepted():
     check_own_nnlib(ROOT / "stages" / "train.py")  # PYTHONPATH=<the repository> is this case
     check_own_nnlib(ROOT / "nnlib" / "mnist" / "cli.py")  # not a stage script: never refused
-    with pytest.raises(ParamsError, match="another copy"):
+    with pytest.raises(ParamsError, match="a different copy"):
         check_own_nnlib(ROOT / "stages" / "train.py", package=ROOT / "tests")
+
+
+def test_an_identical_copy_of_nnlib_is_accepted(tmp_path):
+    """`dvc exp run --temp` runs a copy of the workspace whose stages import the environment's nnlib."""
+    shutil.copytree(ROOT / "nnlib", tmp_path / "nnlib", ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "stages").mkdir()
+    check_own_nnlib(tmp_path / "stages" / "train.py", package=ROOT / "nnlib")
+    with (tmp_path / "nnlib" / "layers.py").open("a") as f:
+        f.write("# an edit\n")
+    with pytest.raises(ParamsError, match="a different copy"):
+        check_own_nnlib(tmp_path / "stages" / "train.py", package=ROOT / "nnlib")
 
 
 @pytest.mark.parametrize("argv", [["predict", "x.png"], ["info"]])

@@ -49,8 +49,16 @@ def merge(base: dict, override: dict) -> dict:
     return out
 
 
-def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+def repo_env(cwd: Path) -> dict:
+    """The environment of a command in ``cwd``: a copied repository imports its own nnlib (its stages refuse another)."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}  # bytecode must not dirty DVC
+    if (Path(cwd) / "nnlib" / "__init__.py").is_file():
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(cwd), env.get("PYTHONPATH")]))
+    return env
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = repo_env(cwd)
     env["DVC_NO_ANALYTICS"] = "1"
     if SHARED_MNIST.is_dir():
         env["MNIST_MIRROR"] = str(SHARED_MNIST)
@@ -439,7 +447,7 @@ def kill_after_epoch(cmd: list[str], repo: Path, epoch: int = 2) -> None:
     import signal
     import time
     checkpoint = repo / f"models/checkpoints/checkpoint-{epoch:04d}.npz"
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env = repo_env(repo)
     process = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 300
     while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
