@@ -75,27 +75,28 @@ def did_you_mean(word, choices: Iterable[str]) -> str:
 
 def dvc_restore_hint(environ=os.environ) -> str:
     """When DVC runs this stage (``DVC_STAGE`` is set), the command that brings back the outputs DVC
-    deleted before the stage ran: its uncached outputs from git, the cached ones from DVC's cache.
+    deleted before the stage ran, as the last commit has them: ``dvc.lock`` and the folders of the
+    uncached outputs (kept in git) from git, then every cached output from DVC's cache.
 
-    Only ``dvc.lock`` is trusted, so the outputs come back as the last successful run left them.
+    ``params.yaml`` is left as it is: it holds the change to fix.
     """
-    stage = environ.get("DVC_STAGE")
-    if not stage:
+    if not environ.get("DVC_STAGE"):
         return ""
-    uncached = []
+    folders = set()
     try:
         import yaml  # noqa: PLC0415 - only on this error path
 
-        spec = yaml.safe_load((Path(environ.get("DVC_ROOT", ".")) / "dvc.yaml").read_text())["stages"][stage.split(":")[-1]]
-        for entry in [*spec.get("outs", []), *spec.get("metrics", []), *spec.get("plots", [])]:
-            if isinstance(entry, dict):
-                (path, options), = entry.items()
-                if isinstance(options, dict) and options.get("cache") is False:
-                    uncached.append(path)
+        stages = yaml.safe_load((Path(environ.get("DVC_ROOT", ".")) / "dvc.yaml").read_text())["stages"]
+        for spec in stages.values():
+            for entry in [*spec.get("outs", []), *spec.get("metrics", []), *spec.get("plots", [])]:
+                if isinstance(entry, dict):
+                    (path, options), = entry.items()
+                    if isinstance(options, dict) and options.get("cache") is False:
+                        folders.add(Path(path).parts[0])
     except Exception:  # noqa: BLE001 - a hint must never hide the error itself
-        uncached = []
-    git = f"git checkout HEAD -- {' '.join(uncached)} && " if uncached else ""
-    return f" [dvc deleted this stage's outputs before it ran; to get them back: {git}dvc checkout {stage}]"
+        folders = set()
+    return (" [dvc deleted this stage's outputs before it ran; back to the last commit's outputs: "
+            f"git checkout HEAD -- {' '.join(['dvc.lock', *sorted(folders)])} && dvc checkout]")
 
 
 def _tree(folder: Path) -> dict:

@@ -52,14 +52,14 @@ def test_no_suggestion_for_a_word_unlike_any_choice():
     assert did_you_mean("xyzzy", ["epochs", "batch_size"]) == "" and did_you_mean(3, ["epochs"]) == ""
 
 
-def test_the_restore_hint_names_the_stage_and_its_uncached_outputs():
+def test_the_restore_hint_names_the_lock_and_the_folders_of_uncached_outputs(tmp_path):
     assert dvc_restore_hint({}) == ""  # by hand, nothing was deleted
     hint = dvc_restore_hint({"DVC_STAGE": "train", "DVC_ROOT": str(ROOT)})
-    spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train"]
-    uncached = [p for e in [*spec["outs"], *spec["metrics"]] if isinstance(e, dict) for p, o in e.items() if o.get("cache") is False]
-    assert "metrics/train.json" in uncached and "metrics/run_params.yaml" in uncached
-    assert hint.endswith(f"git checkout HEAD -- {' '.join(uncached)} && dvc checkout train]"), hint
-    assert dvc_restore_hint({"DVC_STAGE": "fetch", "DVC_ROOT": str(ROOT)}).endswith("to get them back: dvc checkout fetch]")
+    assert hint.endswith("back to the last commit's outputs: git checkout HEAD -- dvc.lock metrics && dvc checkout]"), hint
+    (tmp_path / "dvc.yaml").write_text("stages: {a: {outs: [x/y.npz, {r/m.json: {cache: false}}], plots: [{p/q.png: {cache: false}}]}}\n")
+    assert dvc_restore_hint({"DVC_STAGE": "a", "DVC_ROOT": str(tmp_path)}).endswith("-- dvc.lock p r && dvc checkout]")
+    (tmp_path / "dvc.yaml").write_text("stages: [")
+    assert dvc_restore_hint({"DVC_STAGE": "a", "DVC_ROOT": str(tmp_path)}).endswith("-- dvc.lock && dvc checkout]")
 
 
 def test_a_stage_refuses_another_clones_nnlib(tmp_path):
