@@ -115,3 +115,26 @@ def test_run_params_are_the_effective_values_under_one_key():
     assert run["preset"] == "mlp" and run["seed"] == 3 and run["images_per_epoch"] == 5000
     assert (run["epochs"], run["batch"], run["lr"]) == (cfg["epochs"], cfg["batch_size"], cfg["optimizer"]["lr"])
     assert all(not isinstance(v, (dict, list)) for v in run.values()), "each value is one column of dvc exp show"
+
+
+def test_the_augmentation_preview_caption_gives_the_params():
+    from nnlib.mnist.data.augment import AugmentConfig  # noqa: PLC0415
+    from nnlib.mnist.data.shards import preview_caption  # noqa: PLC0415
+
+    caption = preview_caption(AugmentConfig(rotate=10, shift=2, scale=0.1, elastic_alpha=8, elastic_sigma=3), 4, copies=20)
+    for fragment in ("20 distorted copies", "rotate ±10°", "shift ±2 px", "scale 1±0.1", "shear ±0°",
+                     "elastic alpha 8 sigma 3", "flip off", "seed 4"):
+        assert fragment in caption, (fragment, caption)
+
+
+def test_the_reliability_diagram_labels_every_bin_with_its_count():
+    import numpy as np  # noqa: PLC0415
+
+    from nnlib.mnist import plots  # noqa: PLC0415
+
+    count = np.array([0, 0, 3, 40, 957])
+    accuracy = np.array([0, 0, 0.3, 0.7, 0.99])
+    figure = plots.reliability(count, np.array([0, 0, 0.5, 0.7, 0.95]), accuracy, 0.02, "t")
+    labels = {t.get_text() for t in figure.axes[1].texts}
+    plots.plt.close(figure)
+    assert {"3", "40", "957"} <= labels and "0" not in labels

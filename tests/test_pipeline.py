@@ -20,7 +20,7 @@ from model_faults import FAULTS, LOADS_BUT_CANNOT_BE_EVALUATED, make_bad_copy
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_MNIST = (ROOT / ".." / "shared" / "mnist").resolve()
 PIPELINE_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "stages", "nnlib", ".dvc/config",
-                  "models/init/README.md"]
+                  "models/init/README.md", "vendor/vega"]
 
 pytestmark = pytest.mark.slow
 EVAL_KEYS = ["accuracy", "errors", "images", "nll", "loss_fn", "loss", "macro_f1", "ece"]
