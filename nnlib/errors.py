@@ -16,12 +16,14 @@ code   meaning
 """
 from __future__ import annotations
 
+import difflib
 import os
 import signal
 import sys
 import threading
 import time
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Iterable
 
 
 class ParamsError(ValueError):
@@ -63,6 +65,67 @@ class Terminated(BaseException):
     """
 
 
+def did_you_mean(word, choices: Iterable[str]) -> str:
+    """``"; did you mean `epochs`?"`` for the choice closest to a mistyped ``word`` (difflib), or ``""``."""
+    if not isinstance(word, str):
+        return ""
+    close = difflib.get_close_matches(word, [str(c) for c in choices], n=1, cutoff=0.6)
+    return f"; did you mean `{close[0]}`?" if close else ""
+
+
+def dvc_restore_hint(environ=os.environ) -> str:
+    """When DVC runs this stage (``DVC_STAGE`` is set), the command that brings back the outputs DVC
+    deleted before the stage ran, as the last commit has them: ``dvc.lock`` and the folders of the
+    uncached outputs (kept in git) from git, then every cached output from DVC's cache.
+
+    ``params.yaml`` is left as it is: it holds the change to fix.
+    """
+    if not environ.get("DVC_STAGE"):
+        return ""
+    folders = set()
+    try:
+        import yaml  # noqa: PLC0415 - only on this error path
+
+        stages = yaml.safe_load((Path(environ.get("DVC_ROOT", ".")) / "dvc.yaml").read_text())["stages"]
+        for spec in stages.values():
+            for entry in [*spec.get("outs", []), *spec.get("metrics", []), *spec.get("plots", [])]:
+                if isinstance(entry, dict):
+                    (path, options), = entry.items()
+                    if isinstance(options, dict) and options.get("cache") is False:
+                        folders.add(Path(path).parts[0])
+    except Exception:  # noqa: BLE001 - a hint must never hide the error itself
+        folders = set()
+    return (" [dvc deleted this stage's outputs before it ran; back to the last commit's outputs: "
+            f"git checkout HEAD -- {' '.join(['dvc.lock', *sorted(folders)])} && dvc checkout]")
+
+
+def _tree(folder: Path) -> dict:
+    """{relative path: bytes} of a package folder, compiled files left out."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"}
+
+
+def check_own_nnlib(script: str | Path, package: str | Path | None = None) -> None:
+    """Refuse a stage script (``<repo>/stages/*.py``) that imported another repository's nnlib.
+
+    With one virtual environment and two clones, ``python stages/train.py`` imports the nnlib the
+    environment was installed from, while DVC tracks the clone's own files: the run would silently
+    use code that no dvc.lock records. An identical copy is accepted (``dvc exp run --temp`` and
+    ``--queue`` run a copy of the workspace with the environment's nnlib). ``package`` is the
+    imported nnlib folder (default: this one).
+    """
+    script = Path(script).resolve()
+    root = script.parent.parent
+    own = root / "nnlib"
+    if script.parent.name != "stages" or not (own / "__init__.py").is_file():
+        return  # not a stage script of a repository (e.g. the nnlib command)
+    package = Path(package or Path(__file__).parent).resolve()
+    if package == own.resolve() or _tree(package) == _tree(own):
+        return
+    raise ParamsError(f"stages/{script.name} belongs to {root} but imported nnlib from {package}, a different copy: "
+                      f"run it with PYTHONPATH={root}, or pip install -e {root} in this environment")
+
+
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 ERRORS = (ParamsError, InputError, OutputError, Diverged)
@@ -94,16 +157,20 @@ def exit_with_parent(parent: int, interval: float = PARENT_POLL_S) -> None:
 def run_stage(main: Callable[[], int | None], prefix: str = "error") -> None:
     """Run ``main`` and exit with its return value (0 if None), or with the code of the error it raised.
 
-    An error becomes one line on stderr (``error: <message>``), never a traceback. SIGTERM unwinds the
+    An error becomes one line on stderr (``error: <message>``), never a traceback; under DVC the line
+    ends with the command that restores the outputs DVC deleted before the stage ran. SIGTERM unwinds the
     run like Ctrl-C (so temporary files are cleaned up on the way out; exit 143), and so does the death
     of the parent process: a stage never runs on as an orphan after `dvc repro` itself was killed.
+    A stage script whose ``nnlib`` is not its own repository's is refused (:func:`check_own_nnlib`).
     """
     signal.signal(signal.SIGTERM, _terminate)
     exit_with_parent(os.getppid())
     try:
+        if hasattr(main, "__code__"):
+            check_own_nnlib(main.__code__.co_filename)
         code = main()
     except ERRORS as err:
-        print(f"{prefix}: {err}", file=sys.stderr)
+        print(f"{prefix}: {err}{dvc_restore_hint()}", file=sys.stderr)
         sys.exit(err.exit_code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -111,8 +111,10 @@ def evaluate(model, loss_fn, x, y, batch_size: int = EVAL_BATCH_SIZE):
     return result.loss, result.accuracy, result.predictions
 
 
-def scalars(result: Evaluation, loss_name: str, model_sha256: str) -> dict:
-    """``metrics/eval.json``: numbers and two strings, no nesting (each key is a ``dvc exp show`` column).
+def scalars(result: Evaluation, loss_name: str) -> dict:
+    """``metrics/eval.json``: numbers and one string, no nesting (each key is a ``dvc exp show`` column).
+
+    No hash: the model's SHA-256 goes to ``eval_details.json``, so `dvc metrics show` stays narrow.
 
     ``nll`` is the cross-entropy of the softmax of the final outputs, comparable across runs whatever
     they trained with; ``loss`` is the training loss (``loss_fn``) on this set.
@@ -122,7 +124,6 @@ def scalars(result: Evaluation, loss_name: str, model_sha256: str) -> dict:
         "nll": metrics.log_loss(result.logits, result.y), "loss_fn": loss_name, "loss": float(result.loss),
         "macro_f1": metrics.macro_f1(result.confusion),
         "ece": metrics.expected_calibration_error(result.confidence, result.correct),
-        "model_sha256": model_sha256,
     }
 
 

@@ -23,6 +23,7 @@ import numbers
 import numpy as np
 
 from . import backend, winograd
+from .errors import did_you_mean
 from . import init as initializers
 from .backend import DEFAULT_DTYPE, get_array_module, to_device
 from .functional import (
@@ -723,14 +724,15 @@ def from_spec(spec: dict) -> Layer:
         raise ValueError(f"layer spec must be a mapping with a 'type' key, got {spec!r}")
     kind = spec["type"]
     if not isinstance(kind, str) or kind not in LAYERS:
-        raise ValueError(f"unknown layer type {kind!r}: expected one of {sorted(LAYERS)}")
+        raise ValueError(f"unknown layer type {kind!r}: expected one of {sorted(LAYERS)}{did_you_mean(kind, LAYERS)}")
     cls = LAYERS[kind]
     options = list(inspect.signature(cls.__init__).parameters.values())[1:]
     allowed = [option.name for option in options]
     args = {k: v for k, v in spec.items() if k != "type"}
     unknown = sorted(set(args) - set(allowed))
     if unknown:
-        raise ValueError(f"layer {kind!r} has no option {unknown[0]!r}: allowed options are {allowed}")
+        raise ValueError(f"layer {kind!r} has no option {unknown[0]!r}: allowed options are {allowed}"
+                         f"{did_you_mean(unknown[0], allowed)}")
     required = [option.name for option in options if option.default is inspect.Parameter.empty]
     missing = [name for name in required if name not in args]
     if missing:

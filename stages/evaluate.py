@@ -1,6 +1,9 @@
 """Stage evaluate: model + test shard -> metrics/eval.json, metrics/eval_details.json, metrics/predictions.csv,
 metrics/plots/*.png.
 
+``eval_details.json`` records the SHA-256 of the model it scored (``nnlib info`` checks it); ``eval.json``
+holds scalars only, no hash, so ``dvc metrics show`` stays narrow.
+
 Run from the repository root: ``python stages/evaluate.py`` (the same command ``dvc repro -s evaluate`` runs).
 The test set is used here, once, after the model has been chosen. Every output is written to a temporary
 file and all are renamed into place together at the end (``OutputSet``), so they always belong to one run.
@@ -80,11 +83,12 @@ def main() -> None:
         result = evaluation.run(model, make_loss(loss_cfg), x, y, cfg["batch_size"])
         if not np.isfinite(result.logits).all():
             raise InputError(f"{MODEL} gives non-finite outputs on the test set: re-train it (dvc repro -s train)")
-        scores = evaluation.scalars(result, loss_cfg["name"], model_sha256)
+        scores = evaluation.scalars(result, loss_cfg["name"])
         title = f"preset {preset} · seed {meta.get('seed')} · test accuracy {100 * result.accuracy:.2f}%"
         with OutputSet() as out:  # every output renamed into place together, only when all are written
             write_json(out.path(EVAL_METRICS), scores)
-            write_json(out.path(EVAL_DETAILS), {**evaluation.details(result), "blas_threads": choice.threads})
+            write_json(out.path(EVAL_DETAILS), {"model_sha256": model_sha256, **evaluation.details(result),
+                                                 "blas_threads": choice.threads})
             write_text(out.path(PREDICTIONS), predictions_csv(result))
             for name, figure in figures(result, model, x, log, title, cfg["misclassified"]):
                 plots.save_figure(figure, out.path(PLOTS / name), atomic=False)

@@ -1,4 +1,5 @@
-"""Stage train: shards -> models/model.npz, metrics/train.json, metrics/train_log.tsv, metrics/timing.json.
+"""Stage train: shards -> models/model.npz, metrics/train.json, metrics/train_log.tsv, metrics/timing.json,
+metrics/run_params.yaml.
 
 Run from the repository root: ``python stages/train.py`` (the same command ``dvc repro -s train`` runs).
 
@@ -7,6 +8,10 @@ and labels, the ``init_from`` model, and that every output folder is writable. A
 checkpoint goes to ``models/checkpoints/`` and the live log to ``metrics/live/train_log.tsv``; a
 killed run started again resumes from its checkpoint (``train.resume``). The outputs are written to
 temporary files and renamed into place together at the end, so they always belong to one run.
+
+``metrics/run_params.yaml`` records the effective values of the params people compare (params.yaml
+leaves most keys null, meaning "the preset's value"). dvc.yaml declares it as a params file of the
+evaluate stage, so ``dvc exp show`` and ``dvc params diff`` show what ran (``run.epochs``, ``run.lr``, ...).
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 import nnlib
 from nnlib import backend, checkpoints, threads
@@ -23,8 +29,8 @@ from nnlib.errors import Diverged, InputError, ParamsError, run_stage
 from nnlib.files import OutputSet, check_writable, data_sha256, file_sha256, remove_stale_temporaries, write_json, write_text
 from nnlib.model import Sequential
 from nnlib.modelfile import load_weights, save_model
-from nnlib.mnist.config.params import load_section
-from nnlib.mnist.paths import CHECKPOINTS, INIT, LIVE_LOG, METRICS, MODEL, SHARDS, TIMING, TRAIN_LOG, TRAIN_METRICS
+from nnlib.mnist.config.params import load_section, load_top_level
+from nnlib.mnist.paths import CHECKPOINTS, INIT, LIVE_LOG, METRICS, MODEL, RUN_PARAMS, SHARDS, TIMING, TRAIN_LOG, TRAIN_METRICS
 from nnlib.mnist.config.schema import TRAIN
 from nnlib.training import History, fit, make_loss, make_optimizer, make_schedule, steps_per_epoch
 
@@ -61,6 +67,18 @@ def log_tsv(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def run_params_yaml(preset: str, seed: int, cfg: dict, images_per_epoch: int) -> str:
+    """``metrics/run_params.yaml``: the effective values of the compared params, under one key ``run``
+    (so no column of `dvc exp show` clashes with params.yaml's ``seed`` or train.json's ``epochs``)."""
+    optimizer, schedule = cfg["optimizer"], cfg["schedule"]
+    run = {"preset": preset, "seed": seed, "epochs": cfg["epochs"], "batch": cfg["batch_size"], "lr": optimizer["lr"],
+           "optimizer": optimizer["name"], "schedule": schedule["name"], "weight_decay": optimizer["weight_decay"],
+           "images_per_epoch": images_per_epoch, "loss": cfg["loss"]["name"], "init_from": cfg["init_from"] or ""}
+    header = ("# Written by the train stage: the values this run used (params.yaml over the preset over the defaults).\n"
+              "# Not an input: edit params.yaml, or use dvc exp run -S train.epochs=5 and the like.\n")
+    return header + yaml.safe_dump({"run": run}, sort_keys=False)
+
+
 def check_size(cfg: dict, images_per_epoch: int) -> None:
     total = cfg["epochs"] * images_per_epoch
     if total > MAX_IMAGES:
@@ -69,6 +87,7 @@ def check_size(cfg: dict, images_per_epoch: int) -> None:
 
 
 def main() -> None:
+    _, _, preset = load_top_level()
     seed, cfg = load_section("train", TRAIN)
     backend.use(cfg["backend"])
     outputs = [MODEL.parent, METRICS, LIVE_LOG.parent, CHECKPOINTS]
@@ -135,7 +154,7 @@ def main() -> None:
     best = history.best()
     log = log_tsv(history.rows)
     seconds = sum(row["seconds"] for row in history.rows)
-    with OutputSet() as out:  # all four are renamed into place together, only when all are written
+    with OutputSet() as out:  # all five are renamed into place together, only when all are written
         save_model(out.path(MODEL), model, {
             "seed": seed, "train": run_params, "epoch": kept["epoch"], "val_accuracy": kept["val_acc"],
             "manifest_sha256": manifest_sha256, "nnlib_version": nnlib.__version__, "init_from": init,
@@ -146,6 +165,7 @@ def main() -> None:
             "epochs": len(history.rows), "selected_epoch": kept["epoch"], "selected_val_accuracy": kept["val_acc"],
         })
         write_text(out.path(TRAIN_LOG), log)
+        write_text(out.path(RUN_PARAMS), run_params_yaml(preset, seed, cfg, images_per_epoch))
         write_json(out.path(TIMING), {
             "train_seconds": round(seconds, 2), "images_per_second": round(cfg["epochs"] * images_per_epoch / seconds, 1),
             "seconds_per_epoch": round(seconds / cfg["epochs"], 2),

@@ -57,12 +57,18 @@ def test_info_shows_layers_and_metadata(trained_model_path, tmp_path):
 
 
 def test_info_shows_test_accuracy_only_for_the_file_eval_json_scored(trained_model_path, tmp_path):
-    eval_json = tmp_path / "eval.json"
-    eval_json.write_text(json.dumps({"accuracy": 0.987, "model_sha256": describe(trained_model_path, tmp_path / "x")["sha256"]}))
+    eval_json, details = tmp_path / "eval.json", tmp_path / "eval_details.json"
+    sha256 = describe(trained_model_path, tmp_path / "x")["sha256"]
+    eval_json.write_text(json.dumps({"accuracy": 0.987}))  # the hash is no metric: it lies in eval_details.json
+    details.write_text(json.dumps({"model_sha256": sha256, "per_class": {}}))
     assert describe(trained_model_path, eval_json)["test_accuracy"] == 0.987
-    eval_json.write_text(json.dumps({"accuracy": 0.987, "model_sha256": "0" * 64}))
+    details.write_text(json.dumps({"model_sha256": "0" * 64}))
     described = describe(trained_model_path, eval_json)
     assert described["test_accuracy"] is None and "another model file" in described["test_accuracy_source"]
+    details.unlink()
+    assert "records which model" in describe(trained_model_path, eval_json)["test_accuracy_source"]
+    eval_json.write_text(json.dumps({"accuracy": 0.987, "model_sha256": sha256}))  # a record of an older run
+    assert describe(trained_model_path, eval_json)["test_accuracy"] == 0.987
 
 
 def test_info_cli_text_and_json(trained_model_path, tmp_path):

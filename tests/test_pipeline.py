@@ -4,6 +4,7 @@ MNIST comes from ../shared/mnist (through MNIST_MIRROR) when that folder exists,
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -21,10 +22,10 @@ from model_faults import FAULTS, LOADS_BUT_CANNOT_BE_EVALUATED, make_bad_copy
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_MNIST = (ROOT / ".." / "shared" / "mnist").resolve()
 PIPELINE_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "stages", "nnlib", ".dvc/config",
-                  "models/init/README.md"]
+                  "models/init/README.md", "vendor/vega"]
 
 pytestmark = pytest.mark.slow
-EVAL_KEYS = ["accuracy", "errors", "images", "nll", "loss_fn", "loss", "macro_f1", "ece", "model_sha256"]
+EVAL_KEYS = ["accuracy", "errors", "images", "nll", "loss_fn", "loss", "macro_f1", "ece"]
 PNGS = ["curves", "confusion", "misclassified", "first_layer", "reliability", "features", "augment_preview"]
 
 TINY = {
@@ -52,8 +53,16 @@ def merge(base: dict, override: dict) -> dict:
     return out
 
 
-def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+def repo_env(cwd: Path) -> dict:
+    """The environment of a command in ``cwd``: a copied repository imports its own nnlib (its stages refuse another)."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}  # bytecode must not dirty DVC
+    if (Path(cwd) / "nnlib" / "__init__.py").is_file():
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(cwd), env.get("PYTHONPATH")]))
+    return env
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = repo_env(cwd)
     env["DVC_NO_ANALYTICS"] = "1"
     if SHARED_MNIST.is_dir():
         env["MNIST_MIRROR"] = str(SHARED_MNIST)
@@ -103,8 +112,8 @@ def test_repro_writes_metrics(repo):
     assert evaluation["errors"] == round(10_000 * (1 - evaluation["accuracy"]))
     assert evaluation["loss_fn"] == "cross_entropy" and evaluation["loss"] == pytest.approx(evaluation["nll"], rel=1e-5)
     assert 0 < evaluation["nll"] < 2.3 and 0.5 < evaluation["macro_f1"] <= 1 and 0 <= evaluation["ece"] < 0.5
-    assert len(evaluation["model_sha256"]) == 64
     details = strict_json(repo / paths.EVAL_DETAILS)
+    assert details["model_sha256"] == hashlib.sha256((repo / "models/model.npz").read_bytes()).hexdigest()
     assert sorted(details["per_class"], key=int) == [str(d) for d in range(10)]
     assert all(0 <= c[k] <= 1 for c in details["per_class"].values() for k in ("precision", "recall", "f1"))
     confusions = [(c["true"], c["predicted"], c["count"]) for c in details["top_confusions"]]
@@ -449,7 +458,7 @@ def kill_after_epoch(cmd: list[str], repo: Path, epoch: int = 2) -> None:
     import signal
     import time
     checkpoint = repo / f"models/checkpoints/checkpoint-{epoch:04d}.npz"
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env = repo_env(repo)
     process = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 300
     while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
@@ -603,3 +612,52 @@ def test_exp_run_uses_a_hand_edit_and_a_preset_switch_keeps_it(repo):
     assert info["train"]["optimizer"]["momentum"] == 0.9 and info["train"]["optimizer"]["name"] == "sgd"  # the preset's values
     shown = run([sys.executable, "-m", "dvc", "exp", "show", "--json"], repo)
     assert "mlp-momentum" in shown.stdout
+
+
+def exp_show_recipe() -> list[str]:
+    """The `dvc exp show` line of docs/dvc-workflow.md, as argv."""
+    import shlex
+    (line,) = [x for x in (ROOT / "docs/dvc-workflow.md").read_text().splitlines() if x.startswith("dvc exp show --drop")]
+    return shlex.split(line)[1:]
+
+
+def test_exp_show_recipe_shows_the_effective_values_in_160_columns(repo):
+    """After the experiment above: the documented table has every compared column, the values that ran, and fits."""
+    run_params = yaml.safe_load((repo / "metrics/run_params.yaml").read_text())["run"]
+    assert (run_params["preset"], run_params["epochs"], run_params["optimizer"]) == ("mlp-momentum", 1, "sgd")
+    env_columns = {"COLUMNS": "1000"}  # so that DVC collapses nothing: the table's own width is measured
+    table = subprocess.run([sys.executable, "-m", "dvc", *exp_show_recipe(), "--no-pager"], cwd=repo, capture_output=True,
+                           text=True, timeout=300, env={**repo_env(repo), "DVC_NO_ANALYTICS": "1", **env_columns})
+    assert table.returncode == 0, table.stderr
+    lines = [line.rstrip() for line in table.stdout.splitlines() if line.strip()]
+    header = lines[1].split()
+    assert header[0] == "Experiment" and "…" not in table.stdout
+    assert {"accuracy", "best_val_accuracy", "run.preset", "run.seed", "run.epochs", "run.lr", "run.batch"} <= set(header)
+    rows = [line.split() for line in lines if "mlp-momentum" in line]
+    assert rows and all(row[header.index("run.epochs") + len(row) - len(header)] == "1" for row in rows), table.stdout
+    width = max(len(line) for line in lines)
+    room = 0 if "robust_accuracy" in header else len("   robust_accuracy")
+    assert width + room <= 160, f"{width} columns (+{room} for robust_accuracy):\n{table.stdout}"
+    metrics = run([sys.executable, "-m", "dvc", "metrics", "diff", "HEAD"], repo).stdout
+    assert "model_sha256" not in metrics and max(map(len, metrics.splitlines())) <= 100
+    diff = run([sys.executable, "-m", "dvc", "params", "diff"], repo).stdout
+    assert "run.preset" in diff and "mlp-momentum" in diff, diff
+
+
+@pytest.mark.parametrize("bad, lost", [("+train.epoch=5", "models/model.npz"), ("preset=cnn_small", "data/shards")])
+def test_a_failed_exp_run_prints_the_command_that_restores_its_outputs(repo, bad, lost):
+    """DVC deletes a stage's outputs before it runs; the error line ends with the one command that restores them."""
+    params = (repo / "params.yaml").read_text()
+    run(["git", "add", "-A"], repo)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "--allow-empty", "-qm", "the experiment"], repo)
+    before = {p: (repo / p).read_bytes() for p in ["models/model.npz", "metrics/train.json", "metrics/run_params.yaml"]}
+    failed = run([sys.executable, "-m", "dvc", "exp", "run", "-S", bad], repo, check=False)
+    assert failed.returncode != 0
+    (line,) = [x for x in failed.stderr.splitlines() if x.startswith("error: ")]
+    assert "did you mean" in line and not (repo / lost).exists()
+    command = line.split("back to the last commit's outputs: ")[1].rstrip("]")
+    assert command == "git checkout HEAD -- dvc.lock metrics && dvc checkout"
+    run(["bash", "-c", command.replace("dvc checkout", f"{sys.executable} -m dvc checkout")], repo)
+    (repo / "params.yaml").write_text(params)
+    assert {p: (repo / p).read_bytes() for p in before} == before
+    assert dvc_status(repo) == {}

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
 
 from nnlib import __version__
-from nnlib.errors import ParamsError, run_stage
+from nnlib.errors import InputError, ParamsError, run_stage
 from nnlib.mnist.paths import EVAL_METRICS, MODEL, RAW, RAW_FILES
 
 DEFAULT_MODEL = MODEL.as_posix()
@@ -48,6 +50,23 @@ def _threads(text: str):
     return value
 
 
+def repository_root(start: Path | None = None) -> Path | None:
+    """The nearest folder at or above ``start`` (default: the working directory) holding dvc.yaml and params.yaml."""
+    start = (start or Path.cwd()).resolve()
+    return next((d for d in (start, *start.parents) if (d / "dvc.yaml").is_file() and (d / "params.yaml").is_file()), None)
+
+
+def check_default_path(path: str, default: str) -> None:
+    """A default path (models/model.npz, ...) is relative to the repository root: when it is missing
+    because the working directory is not that root, say so instead of "re-train it"."""
+    if path != default or Path(path).exists() or (Path.cwd() / "dvc.yaml").is_file():
+        return
+    root = repository_root()
+    where = (f"the repository root is {root}: cd {os.path.relpath(root)}" if root else
+             "run from the repository root (the folder with dvc.yaml), or name the file")
+    raise InputError(f"{path} not found: the working directory {Path.cwd()} is not the repository root; {where}")
+
+
 def cmd_predict(args) -> int:
     from nnlib import threads  # noqa: PLC0415
     from nnlib.modelfile import load_model  # noqa: PLC0415 - each subcommand imports only what it needs
@@ -55,6 +74,7 @@ def cmd_predict(args) -> int:
 
     if args.top > 10:
         raise ParamsError(f"--top must be between 1 and 10 (there are 10 digits), got {args.top}")
+    check_default_path(args.model, DEFAULT_MODEL)
     model, _ = load_model(args.model)
     with threads.limit(args.threads, kind="predict", register=False):  # shares the cores, announces nothing
         results = predict_paths(model, args.paths, preprocess=not args.no_preprocess, batch_size=args.batch_size)
@@ -75,6 +95,7 @@ def cmd_predict(args) -> int:
 def cmd_info(args) -> int:
     from nnlib.mnist.summary import describe, format_description  # noqa: PLC0415
 
+    check_default_path(args.model, DEFAULT_MODEL)
     description = describe(args.model, eval_json=args.eval_json)
     print(json.dumps(description, indent=2) if args.json else format_description(description))
     return 0
@@ -92,6 +113,8 @@ def cmd_params(args) -> int:
     import yaml  # noqa: PLC0415
 
     from nnlib.mnist.config.schema import effective_params  # noqa: PLC0415
+
+    check_default_path(args.file, "params.yaml")
 
     print(yaml.safe_dump(effective_params(args.file), sort_keys=False), end="")
     return 0

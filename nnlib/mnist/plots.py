@@ -153,7 +153,7 @@ def weight_images(images: np.ndarray | None, description: str, title: str, colum
 def reliability(count: np.ndarray, confidence: np.ndarray, accuracy: np.ndarray, ece: float, title: str):
     """Reliability diagram over B equal-width confidence bins: accuracy against mean confidence per bin
     (count, confidence, accuracy: (B,) each, from ``nnlib.metrics.calibration_bins``), above the
-    histogram of confidences."""
+    histogram of confidences, each bin labelled with its image count."""
     bins = len(count)
     edges = np.linspace(0, 1, bins + 1)
     centres, used = (edges[:-1] + edges[1:]) / 2, count > 0
@@ -164,8 +164,10 @@ def reliability(count: np.ndarray, confidence: np.ndarray, accuracy: np.ndarray,
     top.set(ylim=(0, 1), ylabel="accuracy", title=f"reliability: ECE {100 * ece:.2f}% over {bins} bins")
     top.legend(loc="upper left")
     top.grid(alpha=0.25)
-    bottom.bar(centres, count, width=1 / bins, edgecolor="black", color="tab:gray")
+    bars = bottom.bar(centres, count, width=1 / bins, edgecolor="black", color="tab:gray")
+    bottom.bar_label(bars, labels=[f"{n:,}" if n else "" for n in count], fontsize=6.5, padding=1)  # per-bin counts
     bottom.set_yscale("log")
+    bottom.set_ylim(top=max(1, count.max()) * 4)  # room for the labels above the tallest bar
     bottom.set(xlim=(0, 1), xlabel="confidence (softmax probability of the predicted class)", ylabel="images (log)")
     bottom.grid(alpha=0.25)
     fig.suptitle(title)

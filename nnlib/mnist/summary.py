@@ -1,7 +1,8 @@
 """What a model file holds: a Keras-style layer table and the metadata saved with the model (``nnlib info``).
 
 :func:`describe` returns a JSON-ready dict; :func:`format_description` renders it as text. The test
-accuracy is shown only when ``metrics/eval.json`` records the SHA-256 of this very file, so a
+accuracy is shown only when ``metrics/eval_details.json`` (written with ``metrics/eval.json``) records the
+SHA-256 of this very file, so a
 number measured on another model is never attributed to this one.
 """
 from __future__ import annotations
@@ -32,18 +33,33 @@ def layer_table(model) -> list[dict]:
     return rows
 
 
+def _read_record(path: Path) -> dict:
+    try:
+        record = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(f"{path} is not a valid evaluation record ({err}): re-run dvc repro -s evaluate") from None
+    if not isinstance(record, dict):
+        raise InputError(f"{path} is not a valid evaluation record (not a JSON object): re-run dvc repro -s evaluate")
+    return record
+
+
 def scored_accuracy(eval_json: Path, model_sha256: str) -> tuple[float | None, str]:
-    """(accuracy, why) from ``eval_json`` when it scored the file with ``model_sha256``, else (None, why not)."""
+    """(accuracy, why) from ``eval_json`` when it scored the file with ``model_sha256``, else (None, why not).
+
+    The hash of the scored model is in ``eval_details.json`` beside ``eval_json`` (the evaluate stage
+    writes the two together; a hash is no metric), or in ``eval_json`` itself (records of older runs).
+    """
     if not eval_json.is_file():
         return None, f"not evaluated ({eval_json} not found: run dvc repro -s evaluate)"
-    try:
-        record = json.loads(eval_json.read_text())
-        recorded, accuracy = record.get("model_sha256"), record.get("accuracy")
-    except (json.JSONDecodeError, AttributeError, UnicodeDecodeError) as err:
-        raise InputError(f"{eval_json} is not a valid evaluation record ({err}): re-run dvc repro -s evaluate") from None
+    record = _read_record(eval_json)
+    recorded, source = record.get("model_sha256"), eval_json
+    details = eval_json.with_name("eval_details.json")
+    if recorded is None and details.is_file():
+        recorded, source = _read_record(details).get("model_sha256"), details
     if recorded != model_sha256:
-        return None, f"not evaluated ({eval_json} scored another model file)"
-    return float(accuracy), f"from {eval_json}"
+        return None, f"not evaluated ({source} records another model file)" if recorded else \
+            f"not evaluated (neither {eval_json} nor {details} records which model it scored: re-run dvc repro -s evaluate)"
+    return float(record.get("accuracy")), f"from {eval_json}"
 
 
 def describe(path, eval_json="metrics/eval.json") -> dict:

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import yaml
 
 from nnlib.mnist.config import presets
-from nnlib.errors import ParamsError
+from nnlib.errors import ParamsError, did_you_mean
 
 PARAMS_FILE = "params.yaml"
 
@@ -64,7 +64,8 @@ def validate(section: dict | None, schema: dict, path: str) -> dict:
         raise ParamsError(f"{PARAMS_FILE}: {path} must be a mapping of keys, got {section!r}")
     unknown = sorted(set(section) - set(schema))
     if unknown:
-        raise ParamsError(f"{PARAMS_FILE}: unknown key {path}.{unknown[0]}: allowed keys are {sorted(schema)}")
+        raise ParamsError(f"{PARAMS_FILE}: unknown key {path}.{unknown[0]}: allowed keys are {sorted(schema)}"
+                          f"{did_you_mean(unknown[0], schema)}")
     out = {}
     for key, spec in schema.items():
         sub = f"{path}.{key}"
@@ -137,9 +138,16 @@ def load_top_level(path: str | Path = PARAMS_FILE) -> tuple[dict, int, str]:
     data = load(path)
     unknown = sorted(set(data) - set(TOP_LEVEL_KEYS))
     if unknown:
-        raise ParamsError(f"{path}: unknown top-level key {unknown[0]!r}: allowed keys are {list(TOP_LEVEL_KEYS)}")
+        hint = did_you_mean(unknown[0], TOP_LEVEL_KEYS)
+        if unknown[0] == "run":  # a column of `dvc exp show`, from metrics/run_params.yaml: a record, not a setting
+            hint = "; run.* is what the train stage records in metrics/run_params.yaml: set train.epochs, train.optimizer.lr, ..."
+        raise ParamsError(f"{path}: unknown top-level key {unknown[0]!r}: allowed keys are {list(TOP_LEVEL_KEYS)}{hint}")
     seed = SEED.validate("seed", data.get("seed", SEED.default) if data.get("seed") is not None else SEED.default)
-    preset = PRESET.validate("preset", data.get("preset") if data.get("preset") is not None else PRESET.default)
+    preset = data.get("preset") if data.get("preset") is not None else PRESET.default
+    try:
+        preset = PRESET.validate("preset", preset)
+    except ParamsError as err:
+        raise ParamsError(f"{err}{did_you_mean(preset, presets.names())}") from None
     return data, seed, preset
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from nnlib.errors import ParamsError
+from nnlib.errors import ParamsError, did_you_mean
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 
@@ -30,7 +30,7 @@ def load(name: str) -> dict:
     """The sections a preset sets (``{"prepare": {...}, "train": {...}}``); ParamsError for an unknown name."""
     path = PRESETS_DIR / f"{name}.yaml"
     if not isinstance(name, str) or "/" in name or not path.is_file():
-        raise ParamsError(f"params.yaml: preset must be one of {names()}, got {name!r}")
+        raise ParamsError(f"params.yaml: preset must be one of {names()}, got {name!r}{did_you_mean(name, names())}")
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
         raise ParamsError(f"{path} must be a mapping of sections (prepare, train, evaluate)")

@@ -316,8 +316,18 @@ def check_disk_space(out_dir: Path, plan: ShardPlan) -> None:
         )
 
 
-def write_preview(path, images: np.ndarray, cfg: AugmentConfig, seed: int, rows: int = 6, copies: int = 8) -> None:
-    """PNG grid: ``rows`` train digits (first column) next to ``copies`` distorted copies each.
+def preview_caption(cfg: AugmentConfig, seed: int, copies: int | None = None) -> str:
+    """The augmentation preview's caption: the params that drew it (prepare.augment, seed)."""
+    ranges = (f"rotate ±{cfg.rotate:g}°, shift ±{cfg.shift:g} px, scale 1±{cfg.scale:g}, shear ±{cfg.shear:g}°, "
+              f"elastic alpha {cfg.elastic_alpha:g} sigma {cfg.elastic_sigma:g}, flip {'on' if cfg.flip else 'off'}")
+    per_image = f"{copies} distorted copies of each training image; " if copies is not None else ""
+    return f"prepare.augment: {per_image}{ranges} (seed {seed})"
+
+
+def write_preview(path, images: np.ndarray, cfg: AugmentConfig, seed: int, rows: int = 6, copies: int = 8,
+                  copies_per_image: int | None = None) -> None:
+    """PNG grid: ``rows`` train digits (first column) next to ``copies`` distorted copies each, captioned
+    with the params (``copies_per_image``: prepare.augment.copies, when known).
 
     Digits and distortions come from the PREVIEW stream, so the preview never changes the shards.
     """
@@ -336,7 +346,8 @@ def write_preview(path, images: np.ndarray, cfg: AugmentConfig, seed: int, rows:
             ax.set_yticks([])
     axes[0, 0].set_title("original", fontsize=8)
     axes[0, copies // 2 + 1].set_title("distorted copies", fontsize=8)
-    fig.tight_layout()
+    fig.text(0.5, 0.01, preview_caption(cfg, seed, copies_per_image), ha="center", va="bottom", fontsize=6.5, wrap=True)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     save_figure(fig, path)
 
 
@@ -365,7 +376,8 @@ def prepare(
         manifest = _build(new_dir, seed, params, raw, train_idx, val_idx, plan.count, progress)
     if preview_path is not None:
         train_x = raw["train_images"][train_idx]
-        write_preview(preview_path, train_x, AugmentConfig.from_params(params["augment"]), seed)
+        write_preview(preview_path, train_x, AugmentConfig.from_params(params["augment"]), seed,
+                      copies_per_image=params["augment"]["copies"])
     return manifest
 
 
