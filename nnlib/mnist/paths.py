@@ -8,6 +8,7 @@ from pathlib import Path
 RAW = Path("data/raw")  # fetch: the four MNIST IDX files
 SHARDS = Path("data/shards")  # prepare: train-*.npz, val.npz, test.npz, manifest.json
 MODEL = Path("models/model.npz")  # train
+DRAWN = Path("data/drawn")  # digits drawn on nnlib serve's page, with labels.csv (a dependency of evaluate)
 INIT = Path("models/init")  # train.init_from files (a dependency of train)
 CHECKPOINTS = Path("models/checkpoints")  # train: per-epoch checkpoints of an unfinished run
 METRICS = Path("metrics")  # train.json, train_log.tsv, timing.json, eval.json, eval_details.json, predictions.csv
