@@ -1,8 +1,9 @@
 """Your handwriting: digits drawn on ``nnlib serve``'s page, saved with their labels in ``data/drawn/``.
 
-The folder holds PNG files (the raw canvas) whose names the server makes up, a ``labels.csv`` with
-the columns ``file, label, time`` (ISO 8601, UTC) and a README kept in git, so the folder exists in a
-fresh clone. Every file is written atomically (a temporary file renamed into place): a reader, such
+The folder holds a README kept in git, so that it exists in a fresh clone, and a subfolder ``digits/``
+made by the first save: PNG files (the raw canvas) whose names the server makes up, and a
+``labels.csv`` with the columns ``file, label, time`` (ISO 8601, UTC). ``dvc add data/drawn/digits``
+(or ``git add -f``) keeps them. Every file is written atomically (a temporary file renamed into place): a reader, such
 as the evaluate stage, sees the old state or the new one, never half of it. The evaluate stage scores
 the model on these drawings (``drawn_accuracy``, ``drawn_images`` in ``metrics/eval.json``) through
 ``nnlib predict``'s preprocessing.
@@ -21,6 +22,7 @@ from nnlib.errors import InputError
 from nnlib.files import atomic_path, write_text
 from nnlib.mnist.paths import DRAWN as DEFAULT_FOLDER
 
+DIGITS = "digits"  # the drawings and labels.csv, inside the folder
 LABELS = "labels.csv"
 COLUMNS = ("file", "label", "time")
 CAP = 10_000  # drawings in one folder at most: then saving fails with a clear message
@@ -34,12 +36,12 @@ _lock = threading.Lock()  # one writer of labels.csv at a time within a process
 
 
 def read_labels(folder) -> list[dict]:
-    """Rows of ``folder/labels.csv`` as ``{"file": name, "label": int, "time": str}``; [] without the file.
+    """Rows of ``folder/digits/labels.csv`` as ``{"file": name, "label": int, "time": str}``; [] without the file.
 
     Raises InputError (one line naming the file) for a corrupt table, a label outside 0-9 or a file
     name that is not a plain name inside the folder.
     """
-    path = Path(folder) / LABELS
+    path = Path(folder) / DIGITS / LABELS
     if not path.is_file():
         return []
     rows = []
@@ -64,11 +66,11 @@ def read_labels(folder) -> list[dict]:
 
 def labelled_files(folder) -> tuple[list[Path], list[int]]:
     """The drawings listed in ``labels.csv`` that exist, and their labels (for the evaluate stage)."""
-    folder = Path(folder)
+    digits = Path(folder) / DIGITS
     files, labels = [], []
     for row in read_labels(folder):
-        if (folder / row["file"]).is_file():
-            files.append(folder / row["file"])
+        if (digits / row["file"]).is_file():
+            files.append(digits / row["file"])
             labels.append(row["label"])
     return files, labels
 
@@ -95,17 +97,17 @@ def save(folder, png: bytes, label: int, cap: int = CAP) -> dict:
     with _lock:
         rows = read_labels(folder)
         if len(rows) >= cap:
-            raise FolderFull(f"{folder} holds {len(rows)} drawings, the most it keeps: move them elsewhere "
-                             "(or track them with dvc add) and start a new folder")
+            raise FolderFull(f"{folder / DIGITS} holds {len(rows)} drawings, the most it keeps: move them "
+                             "elsewhere and start a new folder")
         now = time.time()
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now))
         name = f"{stamp}-{secrets.token_hex(4)}-{label}.png"
         row = {"file": name, "label": label,
                "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"}
-        with atomic_path(folder / name) as tmp:
+        with atomic_path(folder / DIGITS / name) as tmp:
             with open(tmp, "wb") as f:
                 f.write(png)
                 f.flush()
                 os.fsync(f.fileno())
-        write_text(folder / LABELS, _table([*rows, row]))
+        write_text(folder / DIGITS / LABELS, _table([*rows, row]))
     return row

@@ -448,7 +448,7 @@ def build_app(model, meta: dict, model_path, *, eval_json="metrics/eval.json", d
             raise BadRequest(str(err), 507) from None
         except InputError as err:  # a corrupt labels.csv: the person running the server must look at it
             raise BadRequest(f"cannot save: {err}", 500) from None
-        return JSONResponse({**row, "folder": drawn_dir.name}, status_code=201, headers=SECURITY_HEADERS)
+        return JSONResponse({**row, "folder": f"{drawn_dir.name}/{drawn.DIGITS}"}, status_code=201, headers=SECURITY_HEADERS)
 
     async def model_card(request: Request) -> Response:
         return JSONResponse(await anyio.to_thread.run_sync(card.answer), headers=SECURITY_HEADERS)
