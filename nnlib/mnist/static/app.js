@@ -93,7 +93,9 @@ function clear() {
 function changed(delay = DEBOUNCE_MS) {
   document.querySelectorAll("#label-buttons button, #undo, #clear").forEach((b) => { b.disabled = strokes.length === 0; });
   clearTimeout(timer);
-  if (strokes.length === 0) { asked++; blank(); return; }
+  asked++;  // answers to earlier requests are stale from now on
+  if (strokes.length === 0) { blank(); return; }
+  document.body.dataset.state = "waiting";
   timer = setTimeout(predictDrawing, delay);
 }
 
@@ -109,13 +111,17 @@ async function predictDrawing() {
 
 async function ask(body, headers = {}) {
   const number = ++asked;
+  document.body.dataset.state = "waiting";
   let answer;
   try {
     const response = await fetch("/api/predict", { method: "POST", body, headers });
     answer = await response.json();
     if (!response.ok) throw new Error(answer.error || response.statusText);
   } catch (err) {
-    if (number === asked) say(`cannot read it: ${err.message}`, true);
+    if (number === asked) {
+      say(`cannot read it: ${err.message}`, true);
+      document.body.dataset.state = "error";
+    }
     return;
   }
   if (number !== asked) return; // a newer drawing is on its way
@@ -131,6 +137,7 @@ function blank() {
   seen.fillRect(0, 0, 196, 196);
   document.getElementById("maps").replaceChildren();
   document.body.dataset.digit = "";
+  document.body.dataset.state = "blank";
 }
 
 function bars(probabilities, top) {
@@ -162,6 +169,7 @@ function render(answer) {
   shown++;
   document.body.dataset.digit = answer.digit;
   document.body.dataset.predictions = shown;
+  document.body.dataset.state = "shown";
 }
 
 function seen(input) {
