@@ -472,6 +472,14 @@ def build_app(model, meta: dict, model_path, *, eval_json="metrics/eval.json", d
         BadRequest: bad_request, HTTPException: http_error, Exception: server_error})
 
 
+def exposure_warning(host: str) -> str | None:
+    """The one-line warning for an address other machines can reach (None for loopback)."""
+    if host in ("127.0.0.1", "localhost", "::1"):
+        return None
+    return (f"warning: listening on {host}: the page and its API are open to every machine that can reach "
+            "this one (no login, no TLS); the default --host 127.0.0.1 keeps it to this machine")
+
+
 def serve(model_path, host: str = "127.0.0.1", port: int = 8000, *, drawn_dir=drawn.DEFAULT_FOLDER,
           eval_json="metrics/eval.json", log=print) -> None:
     """Load the model (``nnlib predict``'s loader: a bad file raises ModelFileError here), then serve
@@ -486,8 +494,9 @@ def serve(model_path, host: str = "127.0.0.1", port: int = 8000, *, drawn_dir=dr
 
     model, meta = load_model(model_path)
     app = build_app(model, meta, model_path, eval_json=eval_json, drawn_dir=drawn_dir)
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        log(f"warning: serving on {host}: the page and its API are open to every machine that reaches this one")
+    warning = exposure_warning(host)
+    if warning:
+        log(warning)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                             server_header=False, timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
