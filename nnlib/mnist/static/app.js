@@ -91,7 +91,7 @@ function clear() {
 }
 
 function changed(delay = DEBOUNCE_MS) {
-  document.querySelectorAll("#label-buttons button, #undo, #clear").forEach((b) => { b.disabled = strokes.length === 0; });
+  document.querySelectorAll("#label-buttons button, #undo").forEach((b) => { b.disabled = strokes.length === 0; });
   clearTimeout(timer);
   asked++;  // answers to earlier requests are stale from now on
   if (strokes.length === 0) { blank(); return; }
