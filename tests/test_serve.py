@@ -412,3 +412,18 @@ def test_bad_flags_exit_2(tmp_path):
     result = subprocess.run([sys.executable, "-m", "nnlib", "serve", "--port", "99999"], cwd=tmp_path, env=ENV,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "port" in result.stderr
+
+
+def test_the_evaluate_stage_scores_the_drawings(app_parts, tmp_path):
+    """stages/evaluate.py's drawn_accuracy: the model on the saved drawings through predict's preprocessing."""
+    import importlib.util  # noqa: PLC0415
+
+    spec = importlib.util.spec_from_file_location("evaluate_stage", ROOT / "stages" / "evaluate.py")
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
+    model = app_parts[0]
+    assert stage.drawn_scores(model, tmp_path) == {}  # no drawings: no keys, eval.json as before
+    for label in (7, 7, 1):
+        drawn.save(tmp_path, drawn_seven(), label)
+    (tmp_path / "digits" / drawn.read_labels(tmp_path)[0]["file"]).unlink()  # a listed file that is gone is skipped
+    assert stage.drawn_scores(model, tmp_path) == {"drawn_accuracy": 0.5, "drawn_images": 2}
