@@ -1,13 +1,15 @@
 """Load on ``nnlib serve``: 2,000 ``POST /api/predict`` at concurrency 16, on loopback only.
 
     python bench/bench_serve.py --model models/model.npz            # starts nnlib serve itself, then loads it
+    python bench/bench_serve.py --cnn-preset --out bench/serve.json  # the cnn preset's network, untrained
     python bench/bench_serve.py --url http://127.0.0.1:8000 --pid PID  # a server already running
 
 Each request is a 280x280 PNG like the page's canvas: an MNIST test digit, black on white, at one of
 several sizes and places. The client is 16 threads, each with one keep-alive connection. Recorded:
 errors (any status but 200, any connection error), requests per second, p50/p99 latency, and the
-server's resident memory (VmRSS) before and after the run (after 100 warm-up requests), plus the
-load average of the machine, which the client shares with the server. ``--out FILE.json`` keeps them.
+server's resident memory (VmRSS) before and after the run (after 100 warm-up requests), the CPU
+time the server and the client spent per request, and the load average of the machine, which the
+client shares with the server (on a busy machine the CPU time per request is the figure to trust). ``--out FILE.json`` keeps them.
 Floors on a 2-core CPU (issue 18): 0 errors, >= 300 predictions/s, p99 <= 100 ms, RSS growth <= 50 MiB.
 """
 from __future__ import annotations
@@ -63,6 +65,12 @@ def rss_mib(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for process {pid}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run(url: str, bodies: list[bytes], total: int, concurrency: int) -> tuple[list[float], list[str], float]:
     """Send ``total`` requests from ``concurrency`` threads -> (latencies in s, errors, wall seconds)."""
     parts = urllib.parse.urlsplit(url)
@@ -106,6 +114,19 @@ def run(url: str, bodies: list[bytes], total: int, concurrency: int) -> tuple[li
     return latencies, errors, time.perf_counter() - start
 
 
+def cnn_preset_model(folder: Path) -> str:
+    """A model file of the cnn preset's network with fresh weights: serving costs the same as trained."""
+    from nnlib.mnist.config import presets  # noqa: PLC0415
+    from nnlib.model import Sequential  # noqa: PLC0415
+    from nnlib.modelfile import save_model  # noqa: PLC0415
+
+    specs = presets.load("cnn")["train"]["model"]
+    model = Sequential.from_specs(specs, (1, 28, 28), np.random.default_rng(0), num_classes=10).eval()
+    path = folder / "cnn-preset-untrained.npz"
+    save_model(path, model, {"seed": 0, "train": {"model": specs}})
+    return str(path)
+
+
 def start_server(model: str) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -130,6 +151,8 @@ def start_server(model: str) -> tuple[subprocess.Popen, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="models/model.npz", help="start nnlib serve on this model (default)")
+    parser.add_argument("--cnn-preset", action="store_true",
+                        help="serve the cnn preset's network with untrained weights (no trained model needed)")
     parser.add_argument("--url", help="a running server instead (loopback only); give its --pid for the memory")
     parser.add_argument("--pid", type=int, help="the running server's process id")
     parser.add_argument("--requests", type=int, default=2000)
@@ -143,6 +166,11 @@ def main() -> None:
         if host not in ("127.0.0.1", "localhost", "::1"):
             sys.exit("bench_serve loads loopback servers only")
         url, pid = args.url, args.pid
+    elif args.cnn_preset:
+        import tempfile  # noqa: PLC0415
+
+        process, url = start_server(cnn_preset_model(Path(tempfile.mkdtemp(prefix="bench_serve_"))))
+        pid = process.pid
     else:
         process, url = start_server(args.model)
         pid = process.pid
@@ -150,9 +178,13 @@ def main() -> None:
         bodies = payloads()
         run(url, bodies, 100, args.concurrency)  # warm-up: allocator, thread pools, caches
         rss_before = rss_mib(pid) if pid else None
+        cpu_before = cpu_seconds(pid) if pid else None
+        client_before = time.process_time()
         load_before = os.getloadavg()
         latencies, errors, wall = run(url, bodies, args.requests, args.concurrency)
         load_after = os.getloadavg()
+        client_cpu = time.process_time() - client_before
+        server_cpu = cpu_seconds(pid) - cpu_before if pid else None
         rss_after = rss_mib(pid) if pid else None
         with urllib.request.urlopen(url + "/api/model", timeout=10) as r:
             card = json.load(r)
@@ -168,6 +200,10 @@ def main() -> None:
         "requests_per_second": round(args.requests / wall, 1),
         "latency_ms": {"p50": round(float(np.percentile(ms, 50)), 2), "p99": round(float(np.percentile(ms, 99)), 2),
                        "max": round(float(ms.max()), 2)},
+        # CPU time per request does not depend on how busy the machine is: 2 cores / (server + client)
+        # CPU per request is what this machine would do with nothing else running.
+        "cpu_ms_per_request": {"server": None if server_cpu is None else round(1000 * server_cpu / args.requests, 2),
+                               "client": round(1000 * client_cpu / args.requests, 2)},
         "server_rss_mib": None if rss_before is None else
         {"before": round(rss_before, 1), "after": round(rss_after, 1), "growth": round(rss_after - rss_before, 1)},
         "machine": {"cpus": os.cpu_count(), "load_average_1m_before": round(load_before[0], 2),

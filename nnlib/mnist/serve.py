@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from threadpoolctl import threadpool_limits
 
 from nnlib.backend import to_numpy
 from nnlib.errors import InputError, MissingExtra
@@ -502,4 +503,7 @@ def serve(model_path, host: str = "127.0.0.1", port: int = 8000, *, drawn_dir=dr
     server = uvicorn.Server(config)
     shown = f"[{host}]" if ":" in host else host
     log(f"serve: {model_path} on http://{shown}:{port}/ (Ctrl-C stops it)")
-    server.run()  # a port in use: uvicorn logs one line and exits 1
+    # One BLAS thread: requests run side by side in threads already, and OpenBLAS's spinning workers
+    # only burn the CPU they compete for (bench/serve.json: less than half the CPU per request).
+    with threadpool_limits(limits=1, user_api="blas"):
+        server.run()  # a port in use: uvicorn logs one line and exits 1
