@@ -427,3 +427,35 @@ def test_the_evaluate_stage_scores_the_drawings(app_parts, tmp_path):
         drawn.save(tmp_path, drawn_seven(), label)
     (tmp_path / "digits" / drawn.read_labels(tmp_path)[0]["file"]).unlink()  # a listed file that is gone is skipped
     assert stage.drawn_scores(model, tmp_path) == {"drawn_accuracy": 0.5, "drawn_images": 2}
+
+
+def test_an_mlp_shows_its_most_active_first_layer_units(tmp_path):
+    from nnlib.model import Sequential  # noqa: PLC0415
+    from nnlib.modelfile import save_model  # noqa: PLC0415
+
+    specs = [{"type": "flatten"}, {"type": "dense", "out": 40}, {"type": "relu"}, {"type": "dense", "out": 10}]
+    path = tmp_path / "mlp.npz"
+    save_model(path, Sequential.from_specs(specs, (1, 28, 28), np.random.default_rng(0)).eval(), {"seed": 3})
+    model, meta = load_model(path)
+    with TestClient(build_app(model, meta, path, drawn_dir=tmp_path)) as c:
+        maps = c.post("/api/predict", content=drawn_seven(), headers={"content-type": "image/png"}).json()["maps"]
+        assert c.get("/api/model").json()["seed"] == 3
+    assert maps["kind"] == "dense" and maps["count"] == 16 and (maps["height"], maps["width"]) == (28, 28)
+    assert len(base64.b64decode(maps["data"])) == 16 * 28 * 28
+    assert len(set(maps["units"])) == 16 and all(0 <= u < 40 for u in maps["units"])
+    assert maps["activations"] == sorted(maps["activations"], reverse=True) and min(maps["activations"]) >= 0
+
+
+def test_the_model_card_names_the_preset_a_model_was_trained_with(tmp_path):
+    """Model files record the effective train params, not the preset's name: the card finds the preset."""
+    import yaml  # noqa: PLC0415
+
+    from nnlib.mnist.config import presets  # noqa: PLC0415
+    from nnlib.mnist.config.schema import effective_params  # noqa: PLC0415
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for name in presets.names():
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump({**params, "preset": name}))
+        assert serve_module.guess_preset(effective_params(tmp_path / "params.yaml")["train"]) == name
+    assert serve_module.guess_preset({"model": [{"type": "flatten"}, {"type": "dense", "out": 10}]}) is None
+    assert serve_module.guess_preset(None) is None

@@ -206,12 +206,13 @@ class Network:
         c, h, w = self.model.input_shape
         order = np.argsort(-activations, kind="stable")[:MAX_MAPS // 2]
         weights = to_numpy(self.first.params["W"])[:, order].T  # (M, C*H*W)
-        if weights.shape[1] != c * h * w:  # not a dense layer on the pixels: show the activations only
-            return np.zeros((0, 1, 1), np.uint8), activations[order]
+        units = np.stack([order.astype(np.float64), activations[order].astype(np.float64)])  # (2, M): unit, activation
+        if weights.shape[1] != c * h * w:  # not a dense layer on the pixels: the units' activations only
+            return np.zeros((0, 1, 1), np.uint8), units
         images = weights.reshape(-1, c, h, w).mean(axis=1)
         bound = np.abs(images).max(axis=(1, 2), keepdims=True)
         images = 127.5 + 127.5 * images / np.where(bound > 0, bound, 1)
-        return np.rint(images).astype(np.uint8), np.concatenate([order[None].astype(np.float64), activations[order][None]])
+        return np.rint(images).astype(np.uint8), units
 
 
 class Batcher:
