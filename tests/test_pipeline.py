@@ -19,7 +19,7 @@ from model_faults import FAULTS, LOADS_BUT_CANNOT_BE_EVALUATED, make_bad_copy
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_MNIST = (ROOT / ".." / "shared" / "mnist").resolve()
 PIPELINE_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "stages", "nnlib", ".dvc/config",
-                  "models/init/README.md"]
+                  "models/init/README.md", "data/drawn/README.md"]
 
 pytestmark = pytest.mark.slow
 EVAL_KEYS = ["accuracy", "errors", "images", "nll", "loss_fn", "loss", "macro_f1", "ece", "model_sha256"]
@@ -564,3 +564,24 @@ def test_exp_run_uses_a_hand_edit_and_a_preset_switch_keeps_it(repo):
     assert info["train"]["optimizer"]["momentum"] == 0.9 and info["train"]["optimizer"]["name"] == "sgd"  # the preset's values
     shown = run([sys.executable, "-m", "dvc", "exp", "show", "--json"], repo)
     assert "mlp-momentum" in shown.stdout
+
+
+def test_drawings_rerun_evaluate_and_add_drawn_accuracy(repo):
+    """Digits saved by nnlib serve in data/drawn/ (a dependency of evaluate) are scored in eval.json."""
+    import io  # noqa: PLC0415
+
+    from PIL import Image, ImageDraw  # noqa: PLC0415
+
+    from nnlib.mnist import drawn  # noqa: PLC0415
+
+    assert "drawn_accuracy" not in strict_json(repo / "metrics/eval.json")  # no drawings: no keys
+    for label in (1, 7):
+        image = Image.new("RGB", (280, 280), "white")
+        ImageDraw.Draw(image).line([(140, 40), (150, 240)], fill="black", width=18)
+        png = io.BytesIO()
+        image.save(png, "PNG")
+        drawn.save(repo / "data/drawn", png.getvalue(), label)
+    assert "evaluate" in dvc_status(repo)
+    run([sys.executable, "stages/evaluate.py"], repo)
+    evaluation = strict_json(repo / "metrics/eval.json")
+    assert evaluation["drawn_images"] == 2 and evaluation["drawn_accuracy"] in (0.0, 0.5, 1.0)
