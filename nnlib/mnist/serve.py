@@ -31,6 +31,7 @@ import io
 import json
 import queue
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,6 +62,7 @@ MAX_BODY = 2 * 1024 * 1024  # bytes of a request body at most (413 beyond)
 MAX_PIXELS = 4096 * 4096  # pixels of a picture at most, checked from its header before it is decoded
 MAX_DRAWN_SIDE = 2048  # a saved drawing is at most this wide and high
 MAX_BATCH = 64  # images per forward pass of the inference thread
+GATHER_S = 0.004  # how long the inference thread waits for images being decoded to join its batch
 MAX_MAPS = 32  # feature maps returned at most
 DECODERS = 2  # pictures decoded and preprocessed at once
 FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "BMP": "BMP", "GIF": "GIF"}
@@ -216,39 +218,72 @@ class Network:
 
 
 class Batcher:
-    """One inference thread: it takes every image waiting (up to ``MAX_BATCH``) and reads them in one pass."""
+    """One inference thread: it takes every image waiting (up to ``MAX_BATCH``) and reads them in one pass.
+
+    While other images are being decoded for it (:meth:`coming`), it waits up to ``GATHER_S`` for them
+    to join the batch: under load, forward passes are shared; a lone request never waits.
+    """
 
     def __init__(self, network: Network, max_batch: int = MAX_BATCH):
         self.network, self.max_batch = network, max_batch
         self.queue: queue.Queue = queue.Queue()
+        self._coming = 0
+        self._lock = threading.Lock()
         self.thread = threading.Thread(target=self._run, name="nnlib-serve-inference", daemon=True)
         self.thread.start()
 
-    async def read(self, image: np.ndarray) -> Reading:
+    @contextlib.contextmanager
+    def coming(self):
+        """Around the decoding of an image that will be submitted (submit it inside the block)."""
+        with self._lock:
+            self._coming += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._coming -= 1
+
+    def submit(self, image: np.ndarray) -> "asyncio.Future":
+        """Queue a uint8 (28, 28) image -> a future of its Reading (on the running event loop)."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self.queue.put((image, future, loop))
-        return await future
+        return future
+
+    async def read(self, image: np.ndarray) -> Reading:
+        return await self.submit(image)
 
     def close(self) -> None:
         self.queue.put(None)
         self.thread.join(timeout=10)
 
+    def _gather(self, first) -> tuple[list, bool]:
+        """The batch that starts with ``first``: what is queued, then what arrives within GATHER_S
+        while images are still being decoded. Returns (items, whether close() was asked)."""
+        items, deadline = [first], time.monotonic() + GATHER_S
+        while len(items) < self.max_batch:
+            try:
+                nxt = self.queue.get_nowait()
+            except queue.Empty:
+                wait = deadline - time.monotonic()
+                if self._coming == 0 or wait <= 0:
+                    break
+                try:
+                    nxt = self.queue.get(timeout=wait)
+                except queue.Empty:
+                    break
+            if nxt is None:
+                return items, True
+            items.append(nxt)
+        return items, False
+
     def _run(self) -> None:
-        while True:
+        stop = False
+        while not stop:
             item = self.queue.get()
             if item is None:
                 return
-            items = [item]
-            while len(items) < self.max_batch:
-                try:
-                    nxt = self.queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    self.queue.put(None)  # finish this batch, then stop
-                    break
-                items.append(nxt)
+            items, stop = self._gather(item)
             try:
                 readings = self.network.read(np.stack([image for image, _, _ in items]))
                 answers = [(r, None) for r in readings]
@@ -402,8 +437,11 @@ def build_app(model, meta: dict, model_path, *, eval_json="metrics/eval.json", d
 
     async def predict(request: Request) -> Response:
         data = await upload_bytes(request)
-        digit_image = await anyio.to_thread.run_sync(preprocess_picture, data, limiter=decoders)
-        reading = await state["batcher"].read(digit_image)
+        batcher = state["batcher"]
+        with batcher.coming():
+            digit_image = await anyio.to_thread.run_sync(preprocess_picture, data, limiter=decoders)
+            answer_soon = batcher.submit(digit_image)
+        reading = await answer_soon
         probs = reading.probabilities
         maps = reading.maps
         answer = {
