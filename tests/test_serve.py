@@ -395,6 +395,16 @@ def test_a_bad_model_fails_before_serving(tmp_path):
         assert result.returncode == 1 and result.stderr.count("\n") == 1 and model in result.stderr, result.stderr
 
 
+def test_a_port_in_use_is_one_line_and_exit_2(trained_model_path, tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "nnlib", "serve", "--model", str(trained_model_path), "--port", str(port)],
+                                cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and f"127.0.0.1:{port}" in result.stderr, result.stderr
+
+
 def test_without_the_extra_it_names_the_extra(tmp_path):
     code = ("import sys; sys.modules['starlette'] = sys.modules['uvicorn'] = None\n"
             "from nnlib.mnist.cli import main; main(['serve', '--model', 'missing.npz'])")

@@ -30,6 +30,7 @@ import contextlib
 import io
 import json
 import queue
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ from PIL import Image, UnidentifiedImageError
 from threadpoolctl import threadpool_limits
 
 from nnlib.backend import to_numpy
-from nnlib.errors import InputError, MissingExtra
+from nnlib.errors import InputError, MissingExtra, ParamsError
 from nnlib.files import file_sha256
 from nnlib.functional import softmax
 from nnlib.mnist import drawn
@@ -512,6 +513,19 @@ def build_app(model, meta: dict, model_path, *, eval_json="metrics/eval.json", d
         BadRequest: bad_request, HTTPException: http_error, Exception: server_error})
 
 
+def check_address(host: str, port: int) -> None:
+    """ParamsError (one line, exit 2) when ``host:port`` cannot be listened on (in use, not this machine's)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+            probe.bind(address)
+    except OSError as err:
+        raise ParamsError(f"cannot listen on {host}:{port} ({err.strerror or err}): choose another --port "
+                          "or --host") from None
+
+
 def exposure_warning(host: str) -> str | None:
     """The one-line warning for an address other machines can reach (None for loopback)."""
     if host in ("127.0.0.1", "localhost", "::1"):
@@ -533,6 +547,7 @@ def serve(model_path, host: str = "127.0.0.1", port: int = 8000, *, drawn_dir=dr
     from nnlib.modelfile import load_model  # noqa: PLC0415
 
     model, meta = load_model(model_path)
+    check_address(host, port)
     app = build_app(model, meta, model_path, eval_json=eval_json, drawn_dir=drawn_dir)
     warning = exposure_warning(host)
     if warning:
@@ -545,4 +560,9 @@ def serve(model_path, host: str = "127.0.0.1", port: int = 8000, *, drawn_dir=dr
     # One BLAS thread: requests run side by side in threads already, and OpenBLAS's spinning workers
     # only burn the CPU they compete for (bench/serve.json: less than half the CPU per request).
     with threadpool_limits(limits=1, user_api="blas"):
-        server.run()  # a port in use: uvicorn logs one line and exits 1
+        try:
+            server.run()
+        except SystemExit:
+            if server.started:
+                raise
+            raise ParamsError(f"cannot listen on {host}:{port}: choose another --port or --host") from None
