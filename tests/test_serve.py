@@ -321,9 +321,10 @@ def test_bad_drawings_are_refused_and_nothing_is_written(client, app_parts, case
     (b'{"label": 3, "image": ', "application/json", "malformed JSON"),
     (b"\xff\xfe not utf-8", "application/json", "malformed JSON"),
     (b"[3]", "application/json", "JSON object"),
+    (b"[" * 200_000 + b"]" * 200_000, "application/json", "malformed JSON"),
     (b'{"label": 3}', "text/plain", "content type"),
     (b"x" * (MAX_BODY + 1), "application/json", "at most"),
-], ids=["truncated", "not utf-8", "an array", "text/plain", "too large"])
+], ids=["truncated", "not utf-8", "an array", "nested too deep", "text/plain", "too large"])
 def test_bad_drawn_bodies(client, body, kind, words):
     status = 413 if len(body) > MAX_BODY else 400
     assert words in one_line_error(client.post("/api/drawn", content=body, headers={"content-type": kind}), status)

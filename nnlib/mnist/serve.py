@@ -464,7 +464,7 @@ def build_app(model, meta: dict, model_path, *, eval_json="metrics/eval.json", d
         body = await read_body(request)
         try:
             record = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
             raise BadRequest("malformed JSON") from None
         if not isinstance(record, dict):
             raise BadRequest('expected a JSON object {"label": 0-9, "image": "<PNG as base64 or a data: URL>"}')
