@@ -1,5 +1,5 @@
-"""Stage evaluate: model + test shard -> metrics/eval.json, metrics/eval_details.json, metrics/predictions.csv,
-metrics/plots/*.png.
+"""Stage evaluate: model + test shard (+ your drawings in data/drawn/) -> metrics/eval.json,
+metrics/eval_details.json, metrics/predictions.csv, metrics/plots/*.png.
 
 ``eval_details.json`` records the SHA-256 of the model it scored (``nnlib info`` checks it); ``eval.json``
 holds scalars only, no hash, so ``dvc metrics show`` stays narrow.
@@ -7,6 +7,8 @@ holds scalars only, no hash, so ``dvc metrics show`` stays narrow.
 Run from the repository root: ``python stages/evaluate.py`` (the same command ``dvc repro -s evaluate`` runs).
 The test set is used here, once, after the model has been chosen. Every output is written to a temporary
 file and all are renamed into place together at the end (``OutputSet``), so they always belong to one run.
+When data/drawn/ holds labelled drawings (saved from ``nnlib serve``'s page), eval.json also gets
+``drawn_accuracy`` and ``drawn_images``: the model on them through ``nnlib predict``'s preprocessing.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from nnlib import backend, evaluation, metrics, threads
-from nnlib.mnist import plots
+from nnlib.mnist import drawn, plots
 from nnlib.mnist.data.stream import load_shard, read_manifest
 from nnlib.errors import InputError, run_stage
 from nnlib.files import OutputSet, file_sha256, remove_stale_temporaries, write_json, write_text
@@ -25,7 +27,8 @@ from nnlib.mnist.config.params import load_section, load_top_level
 from nnlib.mnist.config.schema import EVALUATE
 from nnlib.training import make_loss
 
-from nnlib.mnist.paths import EVAL_DETAILS, EVAL_METRICS, METRICS, MODEL, PLOTS, PREDICTIONS, SHARDS, TRAIN_LOG
+from nnlib.mnist.paths import DRAWN, EVAL_DETAILS, EVAL_METRICS, METRICS, MODEL, PLOTS, PREDICTIONS, SHARDS, TRAIN_LOG
+from nnlib.mnist.predict import Failure, predict_paths
 
 
 def read_log(path: Path, meta: dict) -> list[dict]:
@@ -49,6 +52,17 @@ def read_log(path: Path, meta: dict) -> list[dict]:
 def predictions_csv(result: evaluation.Evaluation) -> str:
     """One row per test image, for DVC's confusion template."""
     return "actual,predicted\n" + "".join(f"{a},{p}\n" for a, p in zip(result.y, result.predictions))
+
+
+def drawn_scores(model, folder: Path = DRAWN) -> dict:
+    """``{"drawn_accuracy", "drawn_images"}`` of the model on the labelled drawings in ``folder`` (read and
+    preprocessed as ``nnlib predict`` does); {} when there are none. A drawing that cannot be read counts as wrong."""
+    files, labels = drawn.labelled_files(folder)
+    if not files:
+        return {}
+    results = predict_paths(model, files)
+    right = sum(not isinstance(r, Failure) and r.digit == label for r, label in zip(results, labels))
+    return {"drawn_accuracy": right / len(files), "drawn_images": len(files)}
 
 
 def figures(result: evaluation.Evaluation, model, x: np.ndarray, log: list[dict], title: str, mistakes: int):
@@ -84,6 +98,7 @@ def main() -> None:
         if not np.isfinite(result.logits).all():
             raise InputError(f"{MODEL} gives non-finite outputs on the test set: re-train it (dvc repro -s train)")
         scores = evaluation.scalars(result, loss_cfg["name"])
+        scores.update(drawn_scores(model))
         title = f"preset {preset} · seed {meta.get('seed')} · test accuracy {100 * result.accuracy:.2f}%"
         with OutputSet() as out:  # every output renamed into place together, only when all are written
             write_json(out.path(EVAL_METRICS), scores)
@@ -93,7 +108,8 @@ def main() -> None:
             for name, figure in figures(result, model, x, log, title, cfg["misclassified"]):
                 plots.save_figure(figure, out.path(PLOTS / name), atomic=False)
     print(f"evaluate: test accuracy {scores['accuracy']:.4f} ({scores['errors']} errors), {scores['loss_fn']} loss "
-          f"{scores['loss']:.4f}, nll {scores['nll']:.4f}, macro F1 {scores['macro_f1']:.4f}, ECE {scores['ece']:.4f}")
+          f"{scores['loss']:.4f}, nll {scores['nll']:.4f}, macro F1 {scores['macro_f1']:.4f}, ECE {scores['ece']:.4f}"
+          + (f"; your {scores['drawn_images']} drawings: accuracy {scores['drawn_accuracy']:.4f}" if "drawn_images" in scores else ""))
 
 
 if __name__ == "__main__":

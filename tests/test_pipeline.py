@@ -22,7 +22,7 @@ from model_faults import FAULTS, LOADS_BUT_CANNOT_BE_EVALUATED, make_bad_copy
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_MNIST = (ROOT / ".." / "shared" / "mnist").resolve()
 PIPELINE_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "stages", "nnlib", ".dvc/config",
-                  "models/init/README.md", "vendor/vega"]
+                  "models/init/README.md", "data/drawn/README.md", "vendor/vega"]
 
 pytestmark = pytest.mark.slow
 EVAL_KEYS = ["accuracy", "errors", "images", "nll", "loss_fn", "loss", "macro_f1", "ece"]
@@ -661,3 +661,24 @@ def test_a_failed_exp_run_prints_the_command_that_restores_its_outputs(repo, bad
     (repo / "params.yaml").write_text(params)
     assert {p: (repo / p).read_bytes() for p in before} == before
     assert dvc_status(repo) == {}
+
+
+def test_drawings_rerun_evaluate_and_add_drawn_accuracy(repo):
+    """Digits saved by nnlib serve in data/drawn/ (a dependency of evaluate) are scored in eval.json."""
+    import io  # noqa: PLC0415
+
+    from PIL import Image, ImageDraw  # noqa: PLC0415
+
+    from nnlib.mnist import drawn  # noqa: PLC0415
+
+    assert "drawn_accuracy" not in strict_json(repo / "metrics/eval.json")  # no drawings: no keys
+    for label in (1, 7):
+        image = Image.new("RGB", (280, 280), "white")
+        ImageDraw.Draw(image).line([(140, 40), (150, 240)], fill="black", width=18)
+        png = io.BytesIO()
+        image.save(png, "PNG")
+        drawn.save(repo / "data/drawn", png.getvalue(), label)
+    assert "evaluate" in dvc_status(repo)
+    run([sys.executable, "stages/evaluate.py"], repo)
+    evaluation = strict_json(repo / "metrics/eval.json")
+    assert evaluation["drawn_images"] == 2 and evaluation["drawn_accuracy"] in (0.0, 0.5, 1.0)

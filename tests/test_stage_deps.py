@@ -116,10 +116,11 @@ def dvc_paths() -> set[str]:
 def test_dvc_yaml_and_nnlib_paths_name_the_same_files():
     from nnlib.mnist import paths  # noqa: PLC0415
     named = dvc_paths()
-    for constant in ("RAW", "SHARDS", "MODEL", "INIT"):
+    for constant in ("RAW", "SHARDS", "MODEL", "INIT", "DRAWN"):
         assert getattr(paths, constant).as_posix() in named, constant
     for path in named:  # every file dvc.yaml names lies where nnlib.mnist.paths says outputs go
-        assert path.startswith((paths.RAW.as_posix(), paths.SHARDS.as_posix(), "models/", paths.METRICS.as_posix() + "/")), path
+        assert path.startswith((paths.RAW.as_posix(), paths.SHARDS.as_posix(), paths.DRAWN.as_posix(), "models/",
+                                paths.METRICS.as_posix() + "/")), path
     assert paths.PREVIEW.as_posix() in named and f"{paths.METRICS.as_posix()}/train_log.tsv" in named
 
 

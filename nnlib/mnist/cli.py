@@ -1,4 +1,4 @@
-"""The ``nnlib`` command: ``predict``, ``info`` and ``export`` on a trained model file; ``params``.
+"""The ``nnlib`` command: ``predict``, ``info``, ``export`` and ``serve`` on a trained model file; ``params``.
 
 A thin argparse layer: each subcommand parses its flags and calls library functions
 (:mod:`nnlib.mnist.predict`, :mod:`nnlib.mnist.summary`, :mod:`nnlib.export`) that tests call directly.
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from nnlib import __version__
 from nnlib.errors import InputError, ParamsError, run_stage
-from nnlib.mnist.paths import EVAL_METRICS, MODEL, RAW, RAW_FILES
+from nnlib.mnist.paths import DRAWN, EVAL_METRICS, MODEL, RAW, RAW_FILES
 
 DEFAULT_MODEL = MODEL.as_posix()
 
@@ -109,6 +109,24 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from nnlib.mnist.serve import serve  # noqa: PLC0415
+
+    serve(args.model, args.host, args.port, drawn_dir=args.drawn, eval_json=args.eval_json,
+          log=lambda line: print(line, file=sys.stderr, flush=True))
+    return 0
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port 0-65535, got {text!r}")
+    return value
+
+
 def cmd_params(args) -> int:
     import yaml  # noqa: PLC0415
 
@@ -122,7 +140,7 @@ def cmd_params(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="nnlib", description="Use a model trained by the nnlib pipeline.",
-                     epilog="Exit codes: 0 ok, 1 missing or corrupt input file, 2 bad flags, 130 interrupted.")
+                     epilog="Exit codes: 0 ok, 1 missing or corrupt input file, 2 bad flags, 130 interrupted, 143 terminated.")
     parser.add_argument("--version", action="version", version=f"nnlib {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     raw = argparse.RawDescriptionHelpFormatter
@@ -168,6 +186,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL", help="model file")
     p.add_argument("out", metavar="OUT.onnx", help="where to write the ONNX graph")
     p.set_defaults(run=cmd_export)
+
+    p = commands.add_parser(
+        "serve", help="a local web page: draw a digit and watch the network read it", formatter_class=raw,
+        description="Serve a page where you draw a digit (or upload a picture) and see the prediction, the\n"
+                    "28x28 input after nnlib predict's preprocessing and the first layer's feature maps, with\n"
+                    "a JSON API behind it (docs/serve.md). Needs the serve extra: pip install -e '.[serve]'.\n"
+                    "Drawings you label on the page are saved in DRAWN (data/drawn/), which the evaluate\n"
+                    "stage scores as drawn_accuracy.",
+        epilog="examples:\n  nnlib serve\n  nnlib serve --model models/model.npz --port 8080")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"model file (default: {DEFAULT_MODEL})")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 opens it to the network)")
+    p.add_argument("--port", type=_port, default=8000, help="port (default: 8000)")
+    p.add_argument("--drawn", default=DRAWN.as_posix(), metavar="DIR",
+                   help=f"where labelled drawings are saved (default: {DRAWN.as_posix()})")
+    p.add_argument("--eval-json", default="metrics/eval.json", metavar="FILE",
+                   help="evaluation metrics for the model card's test accuracy (default: metrics/eval.json)")
+    p.set_defaults(run=cmd_serve)
 
     p = commands.add_parser(
         "params", help="the values a run will use", formatter_class=raw,

@@ -15,6 +15,7 @@ RAW_FILES = {
 }
 SHARDS = Path("data/shards")  # prepare: train-*.npz, val.npz, test.npz, manifest.json
 MODEL = Path("models/model.npz")  # train
+DRAWN = Path("data/drawn")  # digits drawn on nnlib serve's page, with labels.csv (a dependency of evaluate)
 INIT = Path("models/init")  # train.init_from files (a dependency of train)
 CHECKPOINTS = Path("models/checkpoints")  # train: per-epoch checkpoints of an unfinished run
 METRICS = Path("metrics")  # the files below

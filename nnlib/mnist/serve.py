@@ -1,0 +1,568 @@
+"""``nnlib serve``: draw a digit in a browser and watch the network read it.
+
+A Starlette app on uvicorn (the optional ``serve`` extra). The model is loaded once, by ``nnlib predict``'s
+loader; each picture goes through ``nnlib predict``'s reader and MNIST preprocessing
+(:func:`nnlib.mnist.images.read_image`, :func:`nnlib.mnist.images.preprocess_many`), so the page shows
+exactly what ``nnlib predict`` would answer for the same file.
+
+Routes (docs/serve.md):
+
+==========================  ===========================================================================
+``GET /``                   the page (``static/index.html``, its ``app.js`` and ``style.css``)
+``POST /api/predict``       a PNG/JPEG/BMP/GIF body, or a multipart upload with one file -> digit,
+                            probabilities, the 28x28 input and the first layer's maps
+``POST /api/drawn``         JSON ``{"label": 0-9, "image": PNG as base64 or a data: URL}`` -> saved
+``GET /api/model``          the model card
+``GET /healthz``            ``{"ok": true}``
+==========================  ===========================================================================
+
+Decoding and preprocessing run in worker threads (at most ``DECODERS`` at once, which bounds the
+memory that large pictures take); inference runs in one thread of its own, which takes every image
+waiting when it is free and runs them as one batch (micro-batching). The event loop only moves bytes.
+Every error reaches the client as ``{"error": "one line"}`` with a 4xx status, or a 500 without details.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import io
+import json
+import queue
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from threadpoolctl import threadpool_limits
+
+from nnlib.backend import to_numpy
+from nnlib.errors import InputError, MissingExtra, ParamsError
+from nnlib.files import file_sha256
+from nnlib.functional import softmax
+from nnlib.mnist import drawn
+from nnlib.mnist.data.stream import to_batch
+from nnlib.mnist.images import READ_ERRORS, preprocess_many, read_image
+
+try:
+    from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
+    from starlette.formparsers import MultiPartException, MultiPartParser
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+    import anyio
+except ImportError:  # the serve extra is missing: build_app says so
+    Starlette = None
+
+MAX_BODY = 2 * 1024 * 1024  # bytes of a request body at most (413 beyond)
+MAX_PIXELS = 4096 * 4096  # pixels of a picture at most, checked from its header before it is decoded
+MAX_DRAWN_SIDE = 2048  # a saved drawing is at most this wide and high
+MAX_BATCH = 64  # images per forward pass of the inference thread
+GATHER_S = 0.004  # how long the inference thread waits for images being decoded to join its batch
+MAX_MAPS = 32  # feature maps returned at most
+DECODERS = 2  # pictures decoded and preprocessed at once
+FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "BMP": "BMP", "GIF": "GIF"}
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/bmp", "image/gif")
+STATIC = Path(__file__).parent / "static"
+PAGES = {"/": ("index.html", "text/html; charset=utf-8"), "/app.js": ("app.js", "text/javascript; charset=utf-8"),
+         "/style.css": ("style.css", "text/css; charset=utf-8")}
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; object-src 'none'; base-uri 'none'; "
+                               "frame-ancestors 'none'; form-action 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+INSTALL = 'pip install -e ".[serve]"'
+
+
+class BadRequest(Exception):
+    """A client error: ``status`` and a one-line ``message`` for the JSON answer."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+# --- pictures -----------------------------------------------------------------------------------------
+
+def check_picture(data: bytes, formats=tuple(FORMATS)) -> Image.Image:
+    """Open a picture's header and refuse, before decoding it, what the server does not take.
+
+    Empty, not an image of ``formats``, more than ``MAX_PIXELS`` pixels, animated: BadRequest.
+    """
+    if not data:
+        raise BadRequest("empty body: send a PNG or JPEG image")
+    try:
+        image = Image.open(io.BytesIO(data), formats=list(formats))
+    except UnidentifiedImageError:
+        raise BadRequest(f"not an image of a format this server reads ({', '.join(formats)})") from None
+    except Image.DecompressionBombError:
+        raise BadRequest(f"image too large: at most {MAX_PIXELS:,} pixels") from None
+    except READ_ERRORS as err:
+        raise BadRequest(f"cannot read the image ({one_line(err)})") from None
+    width, height = image.size
+    if width * height > MAX_PIXELS:
+        raise BadRequest(f"image of {width}x{height} pixels: at most {MAX_PIXELS:,} pixels")
+    if width < 1 or height < 1:
+        raise BadRequest("image without pixels")
+    try:
+        frames = getattr(image, "n_frames", 1)
+    except READ_ERRORS as err:
+        raise BadRequest(f"cannot read the image ({one_line(err)})") from None
+    if frames > 1 or getattr(image, "is_animated", False):
+        raise BadRequest(f"animated image ({frames} frames): send a single picture")
+    return image
+
+
+def preprocess_picture(data: bytes) -> np.ndarray:
+    """Picture bytes -> uint8 (28, 28), white on black: ``nnlib predict``'s reader and preprocessing."""
+    check_picture(data)
+    try:
+        picture = read_image(io.BytesIO(data))  # what nnlib predict does with a file of these bytes
+    except READ_ERRORS as err:
+        raise BadRequest(f"cannot read the image ({one_line(err)})") from None
+    (digit,) = preprocess_many([picture.gray])
+    if isinstance(digit, ValueError):
+        raise BadRequest(f"{digit}: draw a digit")
+    return digit
+
+
+def check_drawing(data: bytes) -> None:
+    """A drawing to save: a PNG that decodes completely, at most MAX_DRAWN_SIDE on each side."""
+    image = check_picture(data, formats=("PNG",))
+    if max(image.size) > MAX_DRAWN_SIDE:
+        raise BadRequest(f"drawing of {image.size[0]}x{image.size[1]} pixels: at most {MAX_DRAWN_SIDE} on each side")
+    try:
+        image.load()
+    except READ_ERRORS as err:
+        raise BadRequest(f"cannot read the image ({one_line(err)})") from None
+
+
+def one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())[:200]
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+# --- the network ---------------------------------------------------------------------------------------
+
+@dataclass
+class Reading:
+    """What the network made of one image: probabilities float64 (10,), maps uint8 (M, h, w), units (M,) or None."""
+
+    probabilities: np.ndarray
+    maps: np.ndarray
+    activations: np.ndarray | None
+
+
+class Network:
+    """The model and what the page shows of its inside: the first conv layer's maps (after the batch norm
+    and activation that follow it), or for a network whose first weight layer is dense, the weights of
+    that layer's most active units as images."""
+
+    def __init__(self, model):
+        self.model = model
+        layers = model.layers
+        first = next((i for i, layer in enumerate(layers) if layer.type_name in ("conv", "dense")), None)
+        self.first = layers[first] if first is not None else None
+        self.kind = self.first.type_name if self.first is not None else None
+        after = []
+        for layer in layers[first + 1:] if first is not None else []:
+            if layer.type_name not in ("batchnorm", "relu", "sigmoid", "tanh"):
+                break
+            after.append(layer)
+        self.after = after
+        self.describe = (f"first {self.kind} layer" + "".join(f" -> {layer.type_name}" for layer in after)
+                         if self.first is not None else "no conv or dense layer")
+
+    def read(self, images: np.ndarray) -> list[Reading]:
+        """uint8 images (N, 28, 28) -> one Reading each. The forward pass is the model's own
+        (``Sequential.forward`` in eval mode), as in :func:`nnlib.mnist.predict.probabilities`."""
+        x = to_batch(images)
+        captured = None
+        for unit in self.model.layers_in_run_order:
+            x = unit.forward(x, train=False)
+            if unit is self.first:
+                captured = to_numpy(x).copy()  # later units may work in place
+        probs = softmax(to_numpy(x).astype(np.float64), axis=1)
+        if captured is None:
+            return [Reading(p, np.zeros((0, 1, 1), np.uint8), None) for p in probs]
+        for layer in self.after:
+            captured = to_numpy(layer.forward(captured, train=False))
+        if self.kind == "conv":
+            return [Reading(p, self._conv_maps(c), None) for p, c in zip(probs, captured)]
+        return [Reading(p, *self._dense_units(c)) for p, c in zip(probs, captured)]
+
+    @staticmethod
+    def _conv_maps(maps: np.ndarray) -> np.ndarray:
+        maps = maps[:MAX_MAPS].astype(np.float32)
+        low = min(float(maps.min()), 0.0)
+        scale = max(float(maps.max()) - low, 1e-12)
+        return np.rint((maps - low) * (255 / scale)).astype(np.uint8)
+
+    def _dense_units(self, activations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        c, h, w = self.model.input_shape
+        order = np.argsort(-activations, kind="stable")[:MAX_MAPS // 2]
+        weights = to_numpy(self.first.params["W"])[:, order].T  # (M, C*H*W)
+        units = np.stack([order.astype(np.float64), activations[order].astype(np.float64)])  # (2, M): unit, activation
+        if weights.shape[1] != c * h * w:  # not a dense layer on the pixels: the units' activations only
+            return np.zeros((0, 1, 1), np.uint8), units
+        images = weights.reshape(-1, c, h, w).mean(axis=1)
+        bound = np.abs(images).max(axis=(1, 2), keepdims=True)
+        images = 127.5 + 127.5 * images / np.where(bound > 0, bound, 1)
+        return np.rint(images).astype(np.uint8), units
+
+
+class Batcher:
+    """One inference thread: it takes every image waiting (up to ``MAX_BATCH``) and reads them in one pass.
+
+    While other images are being decoded for it (:meth:`coming`), it waits up to ``GATHER_S`` for them
+    to join the batch: under load, forward passes are shared; a lone request never waits.
+    """
+
+    def __init__(self, network: Network, max_batch: int = MAX_BATCH):
+        self.network, self.max_batch = network, max_batch
+        self.queue: queue.Queue = queue.Queue()
+        self._coming = 0
+        self._lock = threading.Lock()
+        self.thread = threading.Thread(target=self._run, name="nnlib-serve-inference", daemon=True)
+        self.thread.start()
+
+    @contextlib.contextmanager
+    def coming(self):
+        """Around the decoding of an image that will be submitted (submit it inside the block)."""
+        with self._lock:
+            self._coming += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._coming -= 1
+
+    def submit(self, image: np.ndarray) -> "asyncio.Future":
+        """Queue a uint8 (28, 28) image -> a future of its Reading (on the running event loop)."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self.queue.put((image, future, loop))
+        return future
+
+    async def read(self, image: np.ndarray) -> Reading:
+        return await self.submit(image)
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join(timeout=10)
+
+    def _gather(self, first) -> tuple[list, bool]:
+        """The batch that starts with ``first``: what is queued, then what arrives within GATHER_S
+        while images are still being decoded. Returns (items, whether close() was asked)."""
+        items, deadline = [first], time.monotonic() + GATHER_S
+        while len(items) < self.max_batch:
+            try:
+                nxt = self.queue.get_nowait()
+            except queue.Empty:
+                wait = deadline - time.monotonic()
+                if self._coming == 0 or wait <= 0:
+                    break
+                try:
+                    nxt = self.queue.get(timeout=wait)
+                except queue.Empty:
+                    break
+            if nxt is None:
+                return items, True
+            items.append(nxt)
+        return items, False
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            item = self.queue.get()
+            if item is None:
+                return
+            items, stop = self._gather(item)
+            try:
+                readings = self.network.read(np.stack([image for image, _, _ in items]))
+                answers = [(r, None) for r in readings]
+            except Exception as err:  # noqa: BLE001 - handed to the requests, which answer 500
+                answers = [(None, err)] * len(items)
+            for (_, future, loop), (reading, err) in zip(items, answers):
+                with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+                    loop.call_soon_threadsafe(_settle, future, reading, err)
+
+
+def _settle(future, reading, err) -> None:
+    if future.done():
+        return
+    if err is not None:
+        future.set_exception(err)
+    else:
+        future.set_result(reading)
+
+
+# --- the model card -----------------------------------------------------------------------------------
+
+def _matches(recipe, recorded) -> bool:
+    """Whether every value a preset sets is the value recorded (dicts: key by key; lists: item by item)."""
+    if isinstance(recipe, dict):
+        return isinstance(recorded, dict) and all(_matches(v, recorded.get(k)) for k, v in recipe.items())
+    if isinstance(recipe, list):
+        return isinstance(recorded, list) and len(recipe) == len(recorded) and all(map(_matches, recipe, recorded))
+    if isinstance(recipe, (int, float)) and not isinstance(recipe, bool) and isinstance(recorded, (int, float)):
+        return float(recipe) == float(recorded)
+    return recipe == recorded
+
+
+def guess_preset(train: dict | None) -> str | None:
+    """The preset whose training recipe the model's recorded ``train`` params follow (the most specific
+    when several do), or None. Model files record the effective params, not the preset's name."""
+    from nnlib.mnist.config import presets  # noqa: PLC0415
+
+    if not isinstance(train, dict):
+        return None
+    found = []
+    for name in presets.names():
+        recipe = presets.load(name).get("train") or {}
+        if recipe.get("model") is not None and _matches(recipe, train):
+            found.append((len(json.dumps(recipe)), name))
+    return max(found)[1] if found else None
+
+
+class Card:
+    """What ``GET /api/model`` answers: fixed facts of the file, and its test accuracy read from
+    ``eval_json`` at each call (``nnlib info``'s check: only when that file scored this very model)."""
+
+    def __init__(self, path: Path, model, meta: dict, eval_json: Path, network: Network):
+        from nnlib.mnist.summary import layer_table  # noqa: PLC0415
+
+        self.eval_json = eval_json
+        self.sha256 = file_sha256(path)
+        layers = layer_table(model)
+        self.fixed = {
+            "file": path.name, "sha256": self.sha256, "preset": guess_preset(meta.get("train")),
+            "seed": meta.get("seed"), "epoch": meta.get("epoch"), "val_accuracy": meta.get("val_accuracy"),
+            "parameters": sum(row["parameters"] for row in layers),
+            "layers": [row["type"] for row in layers], "maps": network.describe,
+        }
+
+    def answer(self) -> dict:
+        from nnlib.mnist.summary import scored_accuracy  # noqa: PLC0415
+
+        try:
+            accuracy, source = scored_accuracy(self.eval_json, self.sha256)
+        except InputError:
+            accuracy, source = None, f"not evaluated ({self.eval_json.name} is not a valid evaluation record)"
+        return {**self.fixed, "test_accuracy": accuracy, "test_accuracy_source": source}
+
+
+# --- the app --------------------------------------------------------------------------------------------
+
+def _error(status: int, message: str) -> "JSONResponse":
+    return JSONResponse({"error": message}, status_code=status, headers=SECURITY_HEADERS)
+
+
+async def read_body(request: "Request", limit: int = MAX_BODY) -> bytes:
+    """The request body, refused with 413 beyond ``limit`` bytes (by its Content-Length, or while it arrives)."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise BadRequest("malformed Content-Length")
+        if int(declared) > limit:
+            raise BadRequest(f"body of {int(declared):,} bytes: at most {limit:,}", 413)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BadRequest(f"body over {limit:,} bytes", 413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def media_type(request: "Request") -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+async def upload_bytes(request: "Request") -> bytes:
+    """The picture of a predict request: the body itself, or the one file of a multipart form."""
+    kind = media_type(request)
+    if kind not in (*IMAGE_TYPES, "multipart/form-data"):
+        raise BadRequest(f"content type {kind or '(none)'!r}: send {', '.join(IMAGE_TYPES)} or multipart/form-data")
+    body = await read_body(request)
+    if kind != "multipart/form-data":
+        return body
+
+    async def stream():
+        yield body
+
+    try:
+        form = await MultiPartParser(request.headers, stream(), max_files=1, max_fields=4,
+                                     max_part_size=MAX_BODY).parse()
+    except MultiPartException as err:
+        raise BadRequest(f"malformed multipart form ({one_line(err)})") from None
+    try:
+        files = [value for _, value in form.multi_items() if not isinstance(value, str)]
+        if len(files) != 1:
+            raise BadRequest(f"a multipart form must hold one file, got {len(files)}")
+        return await files[0].read()
+    finally:
+        await form.close()
+
+
+def build_app(model, meta: dict, model_path, *, eval_json="metrics/eval.json", drawn_dir=drawn.DEFAULT_FOLDER,
+              drawn_cap: int = drawn.CAP):
+    """The Starlette app around a loaded model (``nnlib serve`` runs it; tests drive it with TestClient)."""
+    if Starlette is None:
+        raise MissingExtra(f"nnlib serve needs the serve extra: {INSTALL}")
+    network = Network(model)
+    card = Card(Path(model_path), model, meta, Path(eval_json), network)
+    drawn_dir = Path(drawn_dir)
+    pages = {route: ((STATIC / name).read_bytes(), kind) for route, (name, kind) in PAGES.items()}
+    decoders = anyio.CapacityLimiter(DECODERS)
+    state = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        state["batcher"] = Batcher(network)
+        try:
+            yield
+        finally:
+            state.pop("batcher").close()
+
+    async def page(request: Request) -> Response:
+        body, kind = pages[request.url.path]
+        return Response(body, media_type=kind.split(";")[0], headers={**SECURITY_HEADERS, "Content-Type": kind})
+
+    async def predict(request: Request) -> Response:
+        data = await upload_bytes(request)
+        batcher = state["batcher"]
+        with batcher.coming():
+            digit_image = await anyio.to_thread.run_sync(preprocess_picture, data, limiter=decoders)
+            answer_soon = batcher.submit(digit_image)
+        reading = await answer_soon
+        probs = reading.probabilities
+        maps = reading.maps
+        answer = {
+            "digit": int(np.argmax(probs)), "probability": float(probs.max()),
+            "probabilities": [float(p) for p in probs],
+            "input": digit_image.tolist(),
+            "maps": {"kind": network.kind, "layers": network.describe, "count": int(maps.shape[0]),
+                     "height": int(maps.shape[1]), "width": int(maps.shape[2]),
+                     "data": base64.b64encode(maps.tobytes()).decode("ascii")},
+        }
+        if reading.activations is not None:
+            answer["maps"]["units"] = [int(u) for u in reading.activations[0]]
+            answer["maps"]["activations"] = [float(a) for a in reading.activations[1]]
+        return JSONResponse(answer, headers=SECURITY_HEADERS)
+
+    async def save_drawn(request: Request) -> Response:
+        if media_type(request) != "application/json":
+            raise BadRequest(f"content type {media_type(request) or '(none)'!r}: send application/json")
+        body = await read_body(request)
+        try:
+            record = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
+            raise BadRequest("malformed JSON") from None
+        if not isinstance(record, dict):
+            raise BadRequest('expected a JSON object {"label": 0-9, "image": "<PNG as base64 or a data: URL>"}')
+        label, image = record.get("label"), record.get("image")
+        if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label <= 9:
+            raise BadRequest(f"label must be an integer 0-9, got {json.dumps(label)[:40]}")
+        if not isinstance(image, str):
+            raise BadRequest("image must be a PNG as a base64 string or a data:image/png;base64 URL")
+        prefix = "data:image/png;base64,"
+        if image.startswith("data:"):
+            if not image.startswith(prefix):
+                raise BadRequest("image must be a data:image/png;base64 URL")
+            image = image[len(prefix):]
+        try:
+            png = base64.b64decode(image, validate=True)
+        except (binascii.Error, ValueError):
+            raise BadRequest("image is not valid base64") from None
+        await anyio.to_thread.run_sync(check_drawing, png, limiter=decoders)
+        try:
+            row = await anyio.to_thread.run_sync(drawn.save, drawn_dir, png, label, drawn_cap)
+        except drawn.FolderFull as err:
+            raise BadRequest(str(err), 507) from None
+        except InputError as err:  # a corrupt labels.csv: the person running the server must look at it
+            raise BadRequest(f"cannot save: {err}", 500) from None
+        return JSONResponse({**row, "folder": f"{drawn_dir.name}/{drawn.DIGITS}"}, status_code=201, headers=SECURITY_HEADERS)
+
+    async def model_card(request: Request) -> Response:
+        return JSONResponse(await anyio.to_thread.run_sync(card.answer), headers=SECURITY_HEADERS)
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"ok": True}, headers=SECURITY_HEADERS)
+
+    async def bad_request(request, err: BadRequest):
+        return _error(err.status, str(err))
+
+    async def http_error(request, err: HTTPException):
+        return _error(err.status_code, err.detail if isinstance(err.detail, str) else "error")
+
+    async def server_error(request, err: Exception):
+        return _error(500, "internal error (see the server's log)")
+
+    routes = [Route(path, page, methods=["GET"]) for path in PAGES]
+    routes += [Route("/api/predict", predict, methods=["POST"]), Route("/api/drawn", save_drawn, methods=["POST"]),
+               Route("/api/model", model_card, methods=["GET"]), Route("/healthz", healthz, methods=["GET"])]
+    return Starlette(routes=routes, lifespan=lifespan, exception_handlers={
+        BadRequest: bad_request, HTTPException: http_error, Exception: server_error})
+
+
+def check_address(host: str, port: int) -> None:
+    """ParamsError (one line, exit 2) when ``host:port`` cannot be listened on (in use, not this machine's)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+            probe.bind(address)
+    except OSError as err:
+        raise ParamsError(f"cannot listen on {host}:{port} ({err.strerror or err}): choose another --port "
+                          "or --host") from None
+
+
+def exposure_warning(host: str) -> str | None:
+    """The one-line warning for an address other machines can reach (None for loopback)."""
+    if host in ("127.0.0.1", "localhost", "::1"):
+        return None
+    return (f"warning: listening on {host}: the page and its API are open to every machine that can reach "
+            "this one (no login, no TLS); the default --host 127.0.0.1 keeps it to this machine")
+
+
+def serve(model_path, host: str = "127.0.0.1", port: int = 8000, *, drawn_dir=drawn.DEFAULT_FOLDER,
+          eval_json="metrics/eval.json", log=print) -> None:
+    """Load the model (``nnlib predict``'s loader: a bad file raises ModelFileError here), then serve
+    until Ctrl-C or SIGTERM, which uvicorn turns into a clean shutdown and then re-raises."""
+    try:
+        import uvicorn  # noqa: PLC0415
+    except ImportError:
+        uvicorn = None
+    if uvicorn is None or Starlette is None:
+        raise MissingExtra(f"nnlib serve needs the serve extra: {INSTALL}")
+    from nnlib.modelfile import load_model  # noqa: PLC0415
+
+    model, meta = load_model(model_path)
+    check_address(host, port)
+    app = build_app(model, meta, model_path, eval_json=eval_json, drawn_dir=drawn_dir)
+    warning = exposure_warning(host)
+    if warning:
+        log(warning)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                            server_header=False, timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    shown = f"[{host}]" if ":" in host else host
+    log(f"serve: {model_path} on http://{shown}:{port}/ (Ctrl-C stops it)")
+    # One BLAS thread: requests run side by side in threads already, and OpenBLAS's spinning workers
+    # only burn the CPU they compete for (bench/serve.json: less than half the CPU per request).
+    with threadpool_limits(limits=1, user_api="blas"):
+        try:
+            server.run()
+        except SystemExit:
+            if server.started:
+                raise
+            raise ParamsError(f"cannot listen on {host}:{port}: choose another --port or --host") from None
