@@ -84,7 +84,8 @@ def child_main(args) -> None:
     from nnlib.mnist.data import stream  # noqa: PLC0415 - imported in the child only
     from nnlib.mnist import seeding  # noqa: PLC0415 - imported in the child only
     from nnlib.model import Sequential  # noqa: PLC0415
-    from nnlib.training import fit, make_loss, make_optimizer, make_schedule  # noqa: PLC0415
+    from nnlib.losses import make_loss  # noqa: PLC0415
+    from nnlib.training import fit, make_optimizer, make_schedule  # noqa: PLC0415
 
     shard_dir = Path(args.child)
     opened: list[str] = []

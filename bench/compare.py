@@ -222,7 +222,8 @@ def nnlib_setup(cfg: dict, seed: int):
     """The nnlib model, loss and optimizer of a train section; returns (model, loss_fn, optimizer, step)."""
     from nnlib.mnist import seeding  # noqa: PLC0415
     from nnlib.model import Sequential  # noqa: PLC0415
-    from nnlib.training import make_loss, make_optimizer  # noqa: PLC0415
+    from nnlib.losses import make_loss  # noqa: PLC0415
+    from nnlib.training import make_optimizer  # noqa: PLC0415
 
     model = Sequential.from_specs(cfg["model"], (1, 28, 28), seeding.rng(seed, seeding.INIT)).train()
     loss_fn = make_loss(cfg["loss"])

@@ -64,7 +64,8 @@ from nnlib.model import EVAL_BATCH_SIZE, Sequential  # noqa: E402
 from nnlib.mnist.config.params import load_section  # noqa: E402
 from nnlib.mnist.config.schema import PREPARE, TRAIN  # noqa: E402
 from nnlib.mnist.data.shards import prepare  # noqa: E402
-from nnlib.training import fit, make_loss, make_optimizer, make_schedule, steps_per_epoch  # noqa: E402
+from nnlib.losses import make_loss  # noqa: E402
+from nnlib.training import fit, make_optimizer, make_schedule, steps_per_epoch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_MNIST = (ROOT / ".." / "shared" / "mnist").resolve()

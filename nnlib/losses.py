@@ -9,6 +9,7 @@ Labels are integer class indices ``y: (N,)``.
 from __future__ import annotations
 
 from .backend import get_array_module
+from .factory import from_section
 from .functional import log_softmax, sigmoid
 
 
@@ -86,3 +87,9 @@ class MSE(Loss):
 
 
 LOSSES = {"cross_entropy": SoftmaxCrossEntropy, "mse": MSE}
+
+
+def make_loss(cfg: dict) -> Loss:
+    """The loss of a params section such as ``{"name": "cross_entropy", "label_smoothing": 0.1, "half": True}``
+    (``train.loss``): ``name`` picks it in :data:`LOSSES`, the keys its constructor takes configure it."""
+    return from_section(LOSSES, cfg)

@@ -1,10 +1,9 @@
-"""The training loop and its configuration: loss, optimizer and schedule from params, fit.
+"""The training loop and its configuration: optimizer and schedule from params (the loss: :func:`nnlib.losses.make_loss`), fit.
 
 The ``train`` section's keys are documented and checked in :mod:`nnlib.mnist.config.schema`.
 """
 from __future__ import annotations
 
-import inspect
 import math
 import time
 from dataclasses import dataclass, field
@@ -12,26 +11,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
-from . import losses, optim, schedules
+from . import optim, schedules
 from .backend import current
 from .errors import Diverged
 from .evaluation import evaluate
-
-
-def from_section(registry: dict, section: dict, **given):
-    """``registry[section["name"]]`` built from the keys of a params section that its constructor takes.
-
-    The one rule of every factory below: a key of the section is passed when the class's constructor
-    has a parameter of that name; ``given`` supplies the rest (the parameters, the total step count).
-    """
-    cls = registry[section["name"]]
-    accepted = inspect.signature(cls).parameters
-    return cls(**given, **{k: v for k, v in section.items() if k in accepted and k not in given})
-
-
-def make_loss(cfg: dict):
-    """The loss of the ``train.loss`` section."""
-    return from_section(losses.LOSSES, cfg)
+from .factory import from_section
 
 
 def make_optimizer(model, cfg: dict):

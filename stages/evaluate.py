@@ -20,7 +20,7 @@ from nnlib.files import OutputSet, file_sha256, remove_stale_temporaries, write_
 from nnlib.modelfile import load_model, training_loss
 from nnlib.mnist.config.params import load_section, load_top_level
 from nnlib.mnist.config.schema import EVALUATE
-from nnlib.training import make_loss
+from nnlib.losses import make_loss
 
 from nnlib.mnist.paths import METRICS, MODEL, PLOTS, SHARDS
 

@@ -27,7 +27,8 @@ from nnlib.modelfile import load_weights, save_model
 from nnlib.mnist.config.params import load_section
 from nnlib.mnist.paths import CHECKPOINTS, INIT, LIVE_LOG, METRICS, MODEL, SHARDS
 from nnlib.mnist.config.schema import TRAIN
-from nnlib.training import History, fit, make_loss, make_optimizer, make_schedule, steps_per_epoch
+from nnlib.losses import make_loss
+from nnlib.training import History, fit, make_optimizer, make_schedule, steps_per_epoch
 
 
 LOG_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr"]  # deterministic: timings go to timing.json

@@ -19,7 +19,8 @@ from nnlib.errors import Diverged
 from nnlib.evaluation import evaluate
 from nnlib.files import save_npz
 from nnlib.model import Sequential
-from nnlib.training import fit, make_loss, make_optimizer
+from nnlib.losses import make_loss
+from nnlib.training import fit, make_optimizer
 
 SPECS = [
     {"type": "conv", "out": 4, "k": 5}, {"type": "batchnorm"}, {"type": "relu"}, {"type": "maxpool", "k": 2},

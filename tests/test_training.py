@@ -8,7 +8,8 @@ from nnlib import optim, schedules
 from nnlib.mnist.data.stream import ShardStream, minibatches
 from nnlib.files import save_npz
 from nnlib.model import Sequential
-from nnlib.training import History, fit, make_loss, make_optimizer, make_schedule, steps_per_epoch
+from nnlib.losses import make_loss
+from nnlib.training import History, fit, make_optimizer, make_schedule, steps_per_epoch
 
 SIZES = [7, 5, 9, 6]  # images per shard; image i of shard s has pixel value 10*s + i (unique ids)
 
