@@ -14,7 +14,7 @@ import numpy as np
 
 from nnlib import backend, evaluation, metrics
 from nnlib.mnist import plots
-from nnlib.mnist.data.stream import load_shard, read_manifest
+from nnlib.mnist.data.stream import load_shard, minibatches, read_manifest
 from nnlib.errors import InputError, run_stage
 from nnlib.files import OutputSet, file_sha256, remove_stale_temporaries, write_json, write_text
 from nnlib.modelfile import load_model, training_loss
@@ -76,7 +76,7 @@ def main() -> None:
     manifest = read_manifest(SHARDS)
     x, y = load_shard(SHARDS / manifest["test"]["file"])
 
-    result = evaluation.run(model, make_loss(loss_cfg), x, y, cfg["batch_size"])
+    result = evaluation.run(model, make_loss(loss_cfg), minibatches(x, y, cfg["batch_size"]))
     if not np.isfinite(result.logits).all():
         raise InputError(f"{MODEL} gives non-finite outputs on the test set: re-train it (dvc repro -s train)")
     scores = evaluation.scalars(result, loss_cfg["name"], model_sha256)

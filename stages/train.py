@@ -19,10 +19,10 @@ from threadpoolctl import threadpool_limits
 import nnlib
 from nnlib import backend, checkpoints
 from nnlib.mnist import seeding
-from nnlib.mnist.data.stream import NUM_CLASSES, ShardStream, check_shards, load_shard, read_manifest
+from nnlib.mnist.data.stream import NUM_CLASSES, ShardStream, check_shards, load_shard, minibatches, read_manifest
 from nnlib.errors import Diverged, InputError, ParamsError, run_stage
 from nnlib.files import OutputSet, check_writable, file_sha256, remove_stale_temporaries, text_sha256, write_json, write_text
-from nnlib.model import Sequential
+from nnlib.model import EVAL_BATCH_SIZE, Sequential
 from nnlib.modelfile import load_weights, save_model
 from nnlib.mnist.config.params import load_section
 from nnlib.mnist.paths import CHECKPOINTS, INIT, LIVE_LOG, METRICS, MODEL, SHARDS
@@ -86,7 +86,7 @@ def main() -> None:
         print(f"train: starting from the weights of {init['path']} (sha256 {init['sha256'][:12]})", file=sys.stderr)
     check_writable(outputs)
 
-    val = load_shard(SHARDS / manifest["val"]["file"])
+    val_x, val_y = load_shard(SHARDS / manifest["val"]["file"])
     files = [s["file"] for s in manifest["train_shards"]]
     loss_fn = make_loss(cfg["loss"])
     optimizer = make_optimizer(model, cfg["optimizer"])
@@ -120,7 +120,7 @@ def main() -> None:
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"), \
                 threadpool_limits(limits=cfg["threads"] or None, user_api="blas"):  # divergence is reported in one line
             fit(model, loss_fn, optimizer, schedule, stream, epochs=cfg["epochs"], images_per_epoch=images_per_epoch,
-                batch_size=cfg["batch_size"], val=val, interval=interval, keep_best=cfg["select"] == "best_val",
+                batch_size=cfg["batch_size"], val=lambda: minibatches(val_x, val_y, EVAL_BATCH_SIZE), interval=interval, keep_best=cfg["select"] == "best_val",
                 history=history, on_epoch_end=after_epoch)
     except Diverged as err:
         kept = f"; the last good checkpoint is kept in {CHECKPOINTS}/" if history.rows else ""
