@@ -76,25 +76,25 @@ def feature_layer(model) -> int:
     return dense[-1] if dense else len(model.layers) - 1
 
 
-def _through(layers, x):
-    """x through ``layers`` in eval mode."""
-    for layer in layers:
-        x = layer.forward(x, train=False)
-    return x
-
-
 def run(model, loss_fn, batches, features: bool = True) -> Evaluation:
     """``batches`` (an iterable of (x: (B, ...) float, y: (B,) int64)) through ``model`` in eval mode.
 
     The loss is ``loss_fn``'s batch mean weighted by batch size; with ``features`` the input of the
-    last dense layer is kept too, flattened to (N, D). Raises ValueError when there is no batch.
+    last dense layer is kept too, flattened to (N, D). The model's mode is restored afterwards
+    (:meth:`~nnlib.model.Sequential.evaluating`). Raises ValueError when there is no batch.
     """
-    model.eval()
-    split = feature_layer(model) if features else 0
+    with model.evaluating():
+        return _run(model, loss_fn, batches, features)
+
+
+def _run(model, loss_fn, batches, features: bool) -> Evaluation:
+    split = feature_layer(model) if features else None
     total, labels, outputs, hidden = 0.0, [], [], []
     for xb, yb in batches:
-        h = _through(model.layers[:split], xb)
-        logits = _through(model.layers[split:], h)
+        if features:
+            logits, h = model.forward_with_input_of(split, xb)
+        else:
+            logits = model.forward(xb)
         value, _ = loss_fn(logits, yb)
         total += value * len(yb)
         labels.append(to_numpy(yb).astype(np.int64, copy=False))
