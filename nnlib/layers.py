@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import inspect
 import math
-import numbers
 
 import numpy as np
 
-from . import backend, winograd
+from . import backend, checks, winograd
 from . import init as initializers
 from .backend import DEFAULT_DTYPE, get_array_module, to_device
+from .checks import ArgumentError
 from .functional import (
     avgpool_backward,
     avgpool_forward,
@@ -53,7 +53,7 @@ class ShapeError(ValueError):
     """A layer cannot accept the shape that reaches it."""
 
 
-class LayerSpecError(ValueError):
+class LayerSpecError(ArgumentError):
     """A layer option has the wrong type or is out of range.
 
     The message is one line naming the layer, the option, what it must be and what it got:
@@ -62,8 +62,7 @@ class LayerSpecError(ValueError):
     """
 
     def __init__(self, layer: str, detail: str, index: int | None = None):
-        where = layer if index is None else f"layer {index} ({layer})"
-        super().__init__(f"{where}: {detail}")
+        super().__init__(layer if index is None else f"layer {index} ({layer})", detail)
         self.layer, self.detail, self.index = layer, detail, index
 
     def at(self, index: int) -> "LayerSpecError":
@@ -74,45 +73,28 @@ class LayerSpecError(ValueError):
         return type(self), (self.layer, self.detail, self.index)
 
 
-def _refuse(layer: "Layer", name: str, expect: str, value) -> None:
-    raise LayerSpecError(layer.type_name, f"{name} must be {expect}, got {value!r}")
-
+# The checks of :mod:`nnlib.checks`, for a layer: the message names its type and the error is a LayerSpecError.
 
 def check_int(layer: "Layer", name: str, value, minimum: int) -> int:
-    """``value`` as an int >= ``minimum``. Bools (``true``) and floats (even ``2.0``) are refused."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        _refuse(layer, name, f"an integer >= {minimum}", value)
-    return int(value)
+    """``value`` as an int >= ``minimum`` (:func:`nnlib.checks.check_int`)."""
+    return checks.check_int(layer.type_name, name, value, minimum, error=LayerSpecError)
 
 
 def check_float(layer: "Layer", name: str, value, low: float, high: float = math.inf, *,
                 open_low: bool = False, open_high: bool = False) -> float:
-    """``value`` as a finite float in the interval from ``low`` to ``high`` (ints accepted, bools not).
-
-    Each end is included unless ``open_low`` / ``open_high``; ``high = inf`` means no upper bound.
-    """
-    if math.isinf(high):
-        expect = f"a number {'>' if open_low else '>='} {low:g}"
-    else:
-        expect = f"a number in {'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < low or value > high or (open_low and value == low) or (open_high and value == high):
-        _refuse(layer, name, expect, value)
-    return float(value)
+    """``value`` as a finite float in the interval from ``low`` to ``high`` (:func:`nnlib.checks.check_float`)."""
+    return checks.check_float(layer.type_name, name, value, low, high, open_low=open_low, open_high=open_high,
+                              error=LayerSpecError)
 
 
 def check_bool(layer: "Layer", name: str, value) -> bool:
-    """``value`` if it is a real bool (``true``/``false``): not ``"no"``, not ``0``."""
-    if not isinstance(value, bool):
-        _refuse(layer, name, "true or false", value)
-    return value
+    """``value`` if it is a real bool (:func:`nnlib.checks.check_bool`)."""
+    return checks.check_bool(layer.type_name, name, value, error=LayerSpecError)
 
 
 def check_choice(layer: "Layer", name: str, value, choices) -> str:
-    """``value`` if it is one of the names in ``choices``."""
-    if not isinstance(value, str) or value not in choices:
-        _refuse(layer, name, f"one of {sorted(choices)}", value)
-    return value
+    """``value`` if it is one of the names in ``choices`` (:func:`nnlib.checks.check_choice`)."""
+    return checks.check_choice(layer.type_name, name, value, choices, error=LayerSpecError)
 
 
 class Layer:
