@@ -8,7 +8,8 @@ the memory channels-last lets a convolution be one big 2-D GEMM over an ``(N*Ho*
 matrix, and lets conv -> batch-norm -> ReLU -> pooling chains run without any transposing copy.
 Every function accepts inputs of any layout (a C-contiguous NCHW array costs one transposing copy).
 
-Every function works on NumPy or CuPy arrays and keeps the input dtype (no float64 upcasts).
+Every function works on NumPy or CuPy arrays and keeps the input dtype (no float64 upcasts), but for the
+batch-norm statistics, summed as precisely as in float64 (:func:`column_sums_f64`).
 """
 from __future__ import annotations
 
@@ -134,26 +135,45 @@ def column_dots(a, b):
     return get_array_module(a).einsum("mc,mc->c", a, b)
 
 
-def column_sums_f64(a):
-    """a: (M, C) -> (C,) float64 sums over the rows, accumulated in float64.
+def column_sums_f64(a, b=None, group: int = 8):
+    """Per-channel sums of a: (M, C), or of a * b, accumulated as precisely as in float64 -> (C,) float64.
 
-    As :func:`column_sums` (the rows re-blocked wide, one pass), but every addition is in float64, as
-    PyTorch's CPU batch norm accumulates its statistics: a float32 running sum over thousands of rows
-    loses digits (relative error ~1e-4 on integer-valued inputs, against ~5e-8).
+    A float32 running sum over thousands of rows loses digits (relative error ~1e-4 on integer-valued
+    inputs; PyTorch's CPU batch norm accumulates in float64, ~5e-8). Here the first level of a tree
+    does the one pass over the data in a's dtype: the rows are cut into ``group`` equal slices added
+    elementwise (a[i] + a[i + M/group] + ..., ``group`` terms per partial sum; an einsum for a * b),
+    in long inner loops. The M/group partial rows are then cast to float64 and folded the same way,
+    level by level; rows left over by a level (fewer than ``group``) are added in float64. Same speed
+    as the float32 sum (``python bench/compare.py --no-torch --breakdown cnn``), relative error ~5e-8.
+    a, b: C-contiguous (M, C).
     """
-    wide, = wide_rows(a)
-    return fold_columns(wide.sum(axis=0, dtype=np.float64), a.shape[1])
+    xp = get_array_module(a)
+    m, c = a.shape
+    total = xp.zeros(c, np.float64)
+    main = m - m % group
+    if main < m:
+        rest = a[main:] if b is None else a[main:] * b[main:]
+        total += rest.sum(axis=0, dtype=np.float64)
+    if main == 0:
+        return total
+    sliced = a[:main].reshape(group, -1)  # slice j: rows j*M/group ... (j+1)*M/group - 1, flattened
+    level = sliced.sum(axis=0) if b is None else xp.einsum("gw,gw->w", sliced, b[:main].reshape(group, -1))
+    level, rows = level.astype(np.float64), main // group  # (rows * C,) partial sums
+    while rows >= group:
+        cut = rows - rows % group
+        if cut < rows:
+            total += level[cut * c :].reshape(-1, c).sum(axis=0)
+        level, rows = level[: cut * c].reshape(group, -1).sum(axis=0), cut // group
+    return total + level.reshape(rows, c).sum(axis=0)
 
 
 def centre_rows(rows, mean, out):
     """out = rows - mean: (M, C) minus (C,), re-blocked wide (:func:`wide_rows`) -> out's per-channel sums
-    of squares: (C,) float64, accumulated in float64 (see :func:`column_sums_f64`). out: a C-contiguous
-    (M, C) array (it is written through a reshaped view)."""
-    xp = get_array_module(rows)
+    of squares: (C,) float64, as precise as float64 accumulation (:func:`column_sums_f64`). out: a
+    C-contiguous (M, C) array (it is written through a reshaped view)."""
     wide, wide_mean = wide_rows(rows, mean)
-    wide_out = out.reshape(wide.shape)
-    xp.subtract(wide, wide_mean, out=wide_out)
-    return fold_columns(xp.einsum("mc,mc->c", wide_out, wide_out, dtype=np.float64), rows.shape[1])
+    get_array_module(rows).subtract(wide, wide_mean, out=out.reshape(wide.shape))
+    return column_sums_f64(out, out)
 
 
 # --------------------------------------------------------------------------- cache-sized blocks
@@ -480,8 +500,9 @@ def batchnorm_forward(x, gamma, beta, eps: float, mean=None, var=None):
 
     gamma, beta: (C,). With ``mean`` and ``var`` None (train mode) x is normalised by its own batch
     statistics: mean and biased variance per channel, the rows centred block by block (:func:`batch_blocks`)
-    and each block's squares summed while it is in cache, both sums accumulated in float64 (as PyTorch's
-    CPU kernel does: relative error ~5e-8, where float32 running sums lose ~1e-4); ``cache.mean`` / ``cache.var`` return them
+    and each block's squares summed while it is in cache, both sums as precise as float64 accumulation
+    (as PyTorch's CPU kernel: relative error ~5e-8, where float32 running sums lose ~1e-4;
+    :func:`column_sums_f64`); ``cache.mean`` / ``cache.var`` return them
     (for the running statistics, :func:`batchnorm_update_running`). With ``mean`` and ``var`` (C,) given
     (eval mode: the running statistics) it is the affine map x * s + (beta - mean * s), s = gamma / sqrt(var + eps).
     """
@@ -492,7 +513,7 @@ def batchnorm_forward(x, gamma, beta, eps: float, mean=None, var=None):
         mean = (column_sums_f64(x_rows) / count).astype(x.dtype)  # (C,), summed in float64
         centred = xp.empty_like(x_rows)  # x_hat = centred * inv_std
         square_sums = centre_and_square_sums(x_rows, mean, centred, batch_blocks(count, c * x_rows.itemsize, xp))
-        var = (square_sums / count).astype(x.dtype)  # biased; the two passes (mean, then centred squares) in float64
+        var = (square_sums / count).astype(x.dtype)  # biased; square_sums: float64
         inv_std = 1.0 / xp.sqrt(var + eps)  # (C,), x's dtype (eps is a Python float)
         out = scale_rows(centred, gamma * inv_std, beta)  # = x_hat * gamma + beta, without forming x_hat
         cache = BatchNormCache(x.shape, count, gamma, inv_std, mean, var, True, centred=centred)

@@ -399,3 +399,16 @@ def test_float32_batch_statistics_are_as_precise_as_pytorchs(shape):
         assert cache.mean.dtype == cache.var.dtype == np.float32
         assert np.max(np.abs(cache.mean - mean64) / mean64) < 2e-7
         assert np.max(np.abs(cache.var - var64) / var64) < 2e-7
+
+
+@pytest.mark.parametrize("m", [1, 7, 8, 9, 64, 71, 8 * 8 * 8 + 13, 5000])
+def test_column_sums_f64_add_every_row_once(m):
+    """The tree of column_sums_f64: every row counted once, whatever rows each level leaves over."""
+    from nnlib import functional
+
+    rng = np.random.default_rng(m)
+    a, b = rng.standard_normal((m, 3)).astype(np.float32), rng.standard_normal((m, 3)).astype(np.float32)
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    np.testing.assert_allclose(functional.column_sums_f64(a), a64.sum(axis=0), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(functional.column_sums_f64(a, b), (a64 * b64).sum(axis=0), rtol=1e-6, atol=1e-6)
+    assert functional.column_sums_f64(a).dtype == np.float64
