@@ -82,10 +82,11 @@ def proc_status_kib(key: str = "VmHWM") -> int:
 def child_main(args) -> None:
     """The training process: stages/train.py's loop over the shard stream, then report memory."""
     import nnlib  # noqa: PLC0415 - imported in the child only
-    from nnlib.mnist.data.stream import ShardStream, load_shard, read_manifest  # noqa: PLC0415
-    from nnlib.mnist import seeding  # noqa: PLC0415 - imported in the child only
-    from nnlib.model import Sequential  # noqa: PLC0415
-    from nnlib.training import fit, make_loss, make_optimizer, make_schedule  # noqa: PLC0415
+    from nnlib.mnist import seeding  # noqa: PLC0415
+    from nnlib.mnist.data import stream  # noqa: PLC0415
+    from nnlib.model import EVAL_BATCH_SIZE, Sequential  # noqa: PLC0415
+    from nnlib.losses import make_loss  # noqa: PLC0415
+    from nnlib.training import fit, make_optimizer, make_schedule  # noqa: PLC0415
 
     shard_dir = Path(args.child)
     opened: list[str] = []
@@ -98,10 +99,10 @@ def child_main(args) -> None:
 
     sys.addaudithook(count_opens)
 
-    manifest = read_manifest(shard_dir)
+    manifest = stream.read_manifest(shard_dir)
     files = [s["file"] for s in manifest["train_shards"]]
     total = sum(s["count"] for s in manifest["train_shards"])
-    val = load_shard(shard_dir / manifest["val"]["file"])
+    val_x, val_y = stream.load_shard(shard_dir / manifest["val"]["file"])
     images_per_epoch = math.ceil(args.passes * total / args.epochs)
     model = Sequential.from_specs(SPECS, (1, *manifest["image_shape"]), seeding.rng(args.seed, seeding.INIT))
     loss_fn = make_loss({"name": "cross_entropy", "label_smoothing": 0.0, "half": True})
@@ -110,11 +111,11 @@ def child_main(args) -> None:
                                        "eps": 1e-8})
     steps = args.epochs * -(-images_per_epoch // args.batch_size)
     schedule = make_schedule({"name": "constant", "warmup": 0}, 0.05, steps)
-    stream = ShardStream(shard_dir, files, seeding.rng(args.seed, seeding.SHUFFLE))
+    shards = stream.ShardStream(shard_dir, files, seeding.rng(args.seed, seeding.SHUFFLE))
     before_fit_kib = proc_status_kib("VmHWM")  # imports, val set, model: what the stream adds comes on top
     start = time.perf_counter()
-    history = fit(model, loss_fn, optimizer, schedule, stream, epochs=args.epochs, images_per_epoch=images_per_epoch,
-                  batch_size=args.batch_size, val=val, progress=False)
+    history = fit(model, loss_fn, optimizer, schedule, shards, epochs=args.epochs, images_per_epoch=images_per_epoch,
+                  batch_size=args.batch_size, val=lambda: stream.minibatches(val_x, val_y, EVAL_BATCH_SIZE), progress=False)
     result = {
         "nnlib": str(Path(nnlib.__file__).parent),
         "vm_hwm_kib": proc_status_kib("VmHWM"),

@@ -58,7 +58,7 @@ def measure(variant: str, preset: str, steps: int, threads: int) -> dict:
     sys.path.insert(0, str(HERE))
     from bench_presets import load_preset  # noqa: PLC0415
     from nnlib.model import Sequential  # noqa: PLC0415
-    from nnlib.training import make_loss  # noqa: PLC0415
+    from nnlib.losses import make_loss  # noqa: PLC0415
 
     cfg = load_preset(preset)
     batch = cfg["batch_size"]

@@ -246,7 +246,8 @@ def nnlib_setup(cfg: dict, seed: int):
     """The nnlib model, loss and optimizer of a train section; returns (model, loss_fn, optimizer, step)."""
     from nnlib.mnist import seeding  # noqa: PLC0415
     from nnlib.model import Sequential  # noqa: PLC0415
-    from nnlib.training import make_loss, make_optimizer  # noqa: PLC0415
+    from nnlib.losses import make_loss  # noqa: PLC0415
+    from nnlib.training import make_optimizer  # noqa: PLC0415
 
     model = Sequential.from_specs(cfg["model"], (1, 28, 28), seeding.rng(seed, seeding.INIT)).train()
     loss_fn = make_loss(cfg["loss"])
@@ -378,6 +379,8 @@ def child(args) -> None:
 def child_rss(name: str, seed: int) -> dict:
     """Peak RSS of nnlib training ``name`` for 20 steps and validating 1,000 images (at the stage's eval batch)."""
     from nnlib.evaluation import evaluate  # noqa: PLC0415
+    from nnlib.mnist.data.stream import minibatches  # noqa: PLC0415
+    from nnlib.model import EVAL_BATCH_SIZE  # noqa: PLC0415
 
     cfg = load_preset(name)
     data = mnist_train()
@@ -387,7 +390,7 @@ def child_rss(name: str, seed: int) -> dict:
     xs, ys = batch_pool(images, labels, cfg["batch_size"], np.random.default_rng(seed), pool=4)
     run_steps(step, xs, ys, 0, 20)
     train_mib = vm_hwm_mib()
-    evaluate(model, loss_fn, images[:1000], labels[:1000])
+    evaluate(model, loss_fn, minibatches(images[:1000], labels[:1000], EVAL_BATCH_SIZE))
     return {"config": name, "peak_rss_mib": vm_hwm_mib(), "peak_rss_train_steps_mib": train_mib}
 
 
@@ -461,7 +464,8 @@ def child_stage(spec: dict, args) -> dict:
     with pure compute, so that the pairs stay close in time on a busy machine.
     """
     from nnlib.mnist import seeding  # noqa: PLC0415
-    from nnlib.mnist.data.stream import ShardStream, load_shard, read_manifest, to_batch  # noqa: PLC0415
+    from nnlib.mnist.data.stream import ShardStream, load_shard, minibatches, read_manifest, to_batch  # noqa: PLC0415
+    from nnlib.model import EVAL_BATCH_SIZE  # noqa: PLC0415
     from nnlib.training import fit, make_schedule, steps_per_epoch  # noqa: PLC0415
 
     shard_dir, name, images, rounds = Path(spec["shard_dir"]), spec["config"], spec["images"], spec["rounds"]
@@ -491,7 +495,7 @@ def child_stage(spec: dict, args) -> dict:
         with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):  # the bar is drawn, then dropped
             start, cpu_start = time.perf_counter(), time.process_time()
             history = fit(model, loss_fn, optimizer, schedule, stream, epochs=1, images_per_epoch=n_images,
-                          batch_size=batch, val=val_set, interval=cfg["schedule"]["interval"], progress=True)
+                          batch_size=batch, val=lambda: minibatches(*val_set, EVAL_BATCH_SIZE), interval=cfg["schedule"]["interval"], progress=True)
             cpu["stage"].append(time.process_time() - cpu_start)
             return time.perf_counter() - start, history.rows[-1]["val_acc"]
 

@@ -58,13 +58,14 @@ from nnlib import backend  # noqa: E402
 from nnlib.mnist.data import fetch  # noqa: E402
 from nnlib.mnist.config import presets  # noqa: E402
 from nnlib.mnist import seeding  # noqa: E402
-from nnlib.mnist.data.stream import ShardStream, load_shard, read_manifest, to_batch  # noqa: E402
+from nnlib.mnist.data.stream import ShardStream, load_shard, minibatches, read_manifest, to_batch  # noqa: E402
 from nnlib.evaluation import evaluate  # noqa: E402
 from nnlib.model import EVAL_BATCH_SIZE, Sequential  # noqa: E402
 from nnlib.mnist.config.params import load_section  # noqa: E402
 from nnlib.mnist.config.schema import PREPARE, TRAIN  # noqa: E402
 from nnlib.mnist.data.shards import prepare  # noqa: E402
-from nnlib.training import fit, make_loss, make_optimizer, make_schedule, steps_per_epoch  # noqa: E402
+from nnlib.losses import make_loss  # noqa: E402
+from nnlib.training import fit, make_optimizer, make_schedule, steps_per_epoch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_MNIST = (ROOT / ".." / "shared" / "mnist").resolve()
@@ -164,8 +165,9 @@ def train_nnlib(model, cfg: dict, stream, val: tuple, test: tuple, images_per_ep
     schedule = run_schedule(cfg, images_per_epoch)
     with contextlib.redirect_stdout(sys.stderr), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         history = fit(model, loss_fn, optimizer, schedule, stream, epochs=cfg["epochs"], images_per_epoch=images_per_epoch,
-                      batch_size=cfg["batch_size"], val=val, interval=cfg["schedule"]["interval"], progress=False)
-    _, test_acc, _ = evaluate(model, loss_fn, *test)
+                      batch_size=cfg["batch_size"], val=lambda: minibatches(*val, EVAL_BATCH_SIZE), interval=cfg["schedule"]["interval"],
+                      progress=False)
+    _, test_acc, _ = evaluate(model, loss_fn, minibatches(*test, EVAL_BATCH_SIZE))
     return {"test_acc": test_acc, "train_s": sum(row["seconds"] for row in history.rows), "epochs": history.rows}
 
 

@@ -4,8 +4,12 @@
 :func:`run` keeps everything a report needs: the final outputs and the penultimate-layer features.
 :func:`scalars` and :func:`details` turn an :class:`Evaluation` into ``metrics/eval.json`` (scalars
 only: every key is a column of ``dvc exp show``) and ``metrics/eval_details.json``. No plotting here:
-the evaluate stage draws the figures with :mod:`nnlib.mnist.plots` from what these functions return.
-Shapes: N images, K classes, D penultimate features.
+the application draws the figures from what these functions return.
+
+Both passes take the data as *batches*: an iterable of ``(x, y)`` pairs, x: (B, ...) float on the
+model's backend and y: (B,) int64 labels, as the application makes them (for MNIST,
+:func:`nnlib.mnist.data.stream.minibatches` turns uint8 images into float32 batches).
+Shapes: N examples in all, K classes, D penultimate features.
 """
 from __future__ import annotations
 
@@ -16,9 +20,7 @@ import numpy as np
 
 from . import metrics
 from .backend import to_numpy
-from nnlib.mnist.data.stream import minibatches
 from .functional import softmax
-from .model import EVAL_BATCH_SIZE
 
 TOP_CONFUSIONS = 5
 MAX_FIRST_LAYER_IMAGES = 64
@@ -74,40 +76,43 @@ def feature_layer(model) -> int:
     return dense[-1] if dense else len(model.layers) - 1
 
 
-def _through(layers, x):
-    """x through ``layers`` in eval mode."""
-    for layer in layers:
-        x = layer.forward(x, train=False)
-    return x
-
-
-def run(model, loss_fn, x, y, batch_size: int = EVAL_BATCH_SIZE, features: bool = True) -> Evaluation:
-    """Images x: (N, 28, 28) uint8 and labels y: (N,) through ``model`` in eval mode, batch by batch.
+def run(model, loss_fn, batches, features: bool = True) -> Evaluation:
+    """``batches`` (an iterable of (x: (B, ...) float, y: (B,) int64)) through ``model`` in eval mode.
 
     The loss is ``loss_fn``'s batch mean weighted by batch size; with ``features`` the input of the
-    last dense layer is kept too, flattened to (N, D).
+    last dense layer is kept too, flattened to (N, D). The model's mode is restored afterwards
+    (:meth:`~nnlib.model.Sequential.evaluating`). Raises ValueError when there is no batch.
     """
-    model.eval()
-    split = feature_layer(model) if features else 0
-    total, outputs, hidden = 0.0, [], []
-    for xb, yb in minibatches(x, y, batch_size):
-        h = _through(model.layers[:split], xb)
-        logits = _through(model.layers[split:], h)
+    with model.evaluating():
+        return _run(model, loss_fn, batches, features)
+
+
+def _run(model, loss_fn, batches, features: bool) -> Evaluation:
+    split = feature_layer(model) if features else None
+    total, labels, outputs, hidden = 0.0, [], [], []
+    for xb, yb in batches:
+        if features:
+            logits, h = model.forward_with_input_of(split, xb)
+        else:
+            logits = model.forward(xb)
         value, _ = loss_fn(logits, yb)
         total += value * len(yb)
+        labels.append(to_numpy(yb).astype(np.int64, copy=False))
         outputs.append(to_numpy(logits))
         if features:
             hidden.append(to_numpy(h).reshape(len(yb), -1))
-    return Evaluation(np.asarray(y, np.int64), np.concatenate(outputs), total / len(y),
-                      np.concatenate(hidden) if features else None)
+    if not labels:
+        raise ValueError("evaluation: no batches to evaluate")
+    y = np.concatenate(labels)
+    return Evaluation(y, np.concatenate(outputs), total / len(y), np.concatenate(hidden) if features else None)
 
 
-def evaluate(model, loss_fn, x, y, batch_size: int = EVAL_BATCH_SIZE):
-    """Mean loss, accuracy and predictions over uint8 images x (N, 28, 28) and labels y (N,).
+def evaluate(model, loss_fn, batches):
+    """Mean loss, accuracy and predictions over ``batches`` (an iterable of (x, y int64 (B,)) pairs).
 
     Runs in eval mode; returns (loss: float, accuracy: float, predictions: int64 (N,)).
     """
-    result = run(model, loss_fn, x, y, batch_size, features=False)
+    result = run(model, loss_fn, batches, features=False)
     return result.loss, result.accuracy, result.predictions
 
 

@@ -18,37 +18,35 @@ from __future__ import annotations
 
 import inspect
 import math
-import numbers
 
 import numpy as np
 
-from . import backend, winograd
+from . import backend, checks, winograd
 from .errors import did_you_mean
 from . import init as initializers
 from .backend import DEFAULT_DTYPE, get_array_module, to_device
+from .checks import ArgumentError
 from .functional import (
     avgpool_backward,
     avgpool_forward,
-    batch_blocks,
-    centre_rows,
-    column_dots,
+    batchnorm_backward,
+    batchnorm_forward,
+    batchnorm_maxpool_backward,
+    batchnorm_maxpool_forward,
+    batchnorm_update_running,
     column_sums,
     conv2d_input_grad_nhwc,
     conv_output_size,
     from_nhwc,
-    from_rows,
     im2col_nhwc,
     is_channels_last,
     maxpool_backward,
     maxpool_forward,
     relu_backward,
     relu_forward,
-    scale_rows,
     sigmoid,
     to_nhwc,
     to_rows,
-    wide_rows,
-    window_index_dtype,
 )
 
 
@@ -56,7 +54,7 @@ class ShapeError(ValueError):
     """A layer cannot accept the shape that reaches it."""
 
 
-class LayerSpecError(ValueError):
+class LayerSpecError(ArgumentError):
     """A layer option has the wrong type or is out of range.
 
     The message is one line naming the layer, the option, what it must be and what it got:
@@ -65,8 +63,7 @@ class LayerSpecError(ValueError):
     """
 
     def __init__(self, layer: str, detail: str, index: int | None = None):
-        where = layer if index is None else f"layer {index} ({layer})"
-        super().__init__(f"{where}: {detail}")
+        super().__init__(layer if index is None else f"layer {index} ({layer})", detail)
         self.layer, self.detail, self.index = layer, detail, index
 
     def at(self, index: int) -> "LayerSpecError":
@@ -77,45 +74,28 @@ class LayerSpecError(ValueError):
         return type(self), (self.layer, self.detail, self.index)
 
 
-def _refuse(layer: "Layer", name: str, expect: str, value) -> None:
-    raise LayerSpecError(layer.type_name, f"{name} must be {expect}, got {value!r}")
-
+# The checks of :mod:`nnlib.checks`, for a layer: the message names its type and the error is a LayerSpecError.
 
 def check_int(layer: "Layer", name: str, value, minimum: int) -> int:
-    """``value`` as an int >= ``minimum``. Bools (``true``) and floats (even ``2.0``) are refused."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        _refuse(layer, name, f"an integer >= {minimum}", value)
-    return int(value)
+    """``value`` as an int >= ``minimum`` (:func:`nnlib.checks.check_int`)."""
+    return checks.check_int(layer.type_name, name, value, minimum, error=LayerSpecError)
 
 
 def check_float(layer: "Layer", name: str, value, low: float, high: float = math.inf, *,
                 open_low: bool = False, open_high: bool = False) -> float:
-    """``value`` as a finite float in the interval from ``low`` to ``high`` (ints accepted, bools not).
-
-    Each end is included unless ``open_low`` / ``open_high``; ``high = inf`` means no upper bound.
-    """
-    if math.isinf(high):
-        expect = f"a number {'>' if open_low else '>='} {low:g}"
-    else:
-        expect = f"a number in {'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < low or value > high or (open_low and value == low) or (open_high and value == high):
-        _refuse(layer, name, expect, value)
-    return float(value)
+    """``value`` as a finite float in the interval from ``low`` to ``high`` (:func:`nnlib.checks.check_float`)."""
+    return checks.check_float(layer.type_name, name, value, low, high, open_low=open_low, open_high=open_high,
+                              error=LayerSpecError)
 
 
 def check_bool(layer: "Layer", name: str, value) -> bool:
-    """``value`` if it is a real bool (``true``/``false``): not ``"no"``, not ``0``."""
-    if not isinstance(value, bool):
-        _refuse(layer, name, "true or false", value)
-    return value
+    """``value`` if it is a real bool (:func:`nnlib.checks.check_bool`)."""
+    return checks.check_bool(layer.type_name, name, value, error=LayerSpecError)
 
 
 def check_choice(layer: "Layer", name: str, value, choices) -> str:
-    """``value`` if it is one of the names in ``choices``."""
-    if not isinstance(value, str) or value not in choices:
-        _refuse(layer, name, f"one of {sorted(choices)}", value)
-    return value
+    """``value`` if it is one of the names in ``choices`` (:func:`nnlib.checks.check_choice`)."""
+    return checks.check_choice(layer.type_name, name, value, choices, error=LayerSpecError)
 
 
 class Layer:
@@ -506,9 +486,9 @@ class BatchNorm(Layer):
     ``momentum`` (PyTorch convention: running = (1-m)*running + m*batch, unbiased batch variance);
     eval mode normalises by the running statistics. gamma, beta: (F,) or (C,).
 
-    All arithmetic runs on a (M, C) row matrix (M = N or N*H*W; free for channels-last images),
-    with per-channel sums as a GEMV and sums of products by einsum, so no reduction temporaries.
-    Image outputs and input gradients are channels-last.
+    The arithmetic is :func:`~nnlib.functional.batchnorm_forward` / :func:`~nnlib.functional.batchnorm_backward`,
+    on a (M, C) row matrix (M = N or N*H*W; free for channels-last images); the layer keeps the forward's
+    cache for its backward. Image outputs and input gradients are channels-last.
     """
 
     type_name = "batchnorm"
@@ -530,77 +510,30 @@ class BatchNorm(Layer):
         return input_shape
 
     def forward(self, x, train=False):
-        xp = get_array_module(x)
-        x_rows = to_rows(x)  # (M, C)
-        count = x_rows.shape[0]
         gamma, beta = self.params["gamma"], self.params["beta"]
-        self.shape, self.count, self.batch_stats = x.shape, count, train
-        if train:
-            centred = self.batch_statistics(x_rows)
-            self.x_rows, self.mean = None, None
-            y = scale_rows(centred, gamma * self.inv_std, beta)  # = x_hat * gamma + beta, without forming x_hat
+        if train:  # the batch's statistics; the running ones move towards them
+            y, self.cache = batchnorm_forward(x, gamma, beta, self.eps)
+            self.update_running(self.cache)
         else:
-            mean = self.buffers["running_mean"]
-            self.inv_std = 1.0 / xp.sqrt(self.buffers["running_var"] + self.eps)
-            scale = gamma * self.inv_std
-            # y = x * scale + (beta - mean * scale): two passes; centred is only formed if backward runs.
-            self.centred, self.x_rows, self.mean = None, x_rows, mean
-            y = scale_rows(x_rows, scale, beta - mean * scale)
-        return from_rows(y, x.shape)
+            y, self.cache = batchnorm_forward(x, gamma, beta, self.eps, self.buffers["running_mean"],
+                                              self.buffers["running_var"])
+        return y
 
-    def batch_statistics(self, x_rows):
-        """Train mode: normalise by the batch. x_rows: (M, C) -> centred = x_rows - mean: (M, C).
+    def update_running(self, cache) -> None:
+        """Move the running statistics towards the batch statistics of a forward's ``cache`` (its
+        ``mean``, ``var``: (C,) and ``count``)."""
+        batchnorm_update_running(self.buffers["running_mean"], self.buffers["running_var"], cache.mean, cache.var,
+                                 cache.count, self.momentum)
 
-        Sets ``self.centred`` and ``self.inv_std`` = 1 / sqrt(var + eps): (C,) (biased batch variance),
-        and moves the running statistics towards the batch's. The rows are centred block by block
-        (:func:`~nnlib.functional.batch_blocks`), each block's squares summed while it is in cache.
-        """
-        xp = get_array_module(x_rows)
-        count, c = x_rows.shape
-        mean = column_sums(x_rows) / count  # (C,)
-        centred = xp.empty_like(x_rows)  # x_hat = centred * inv_std
-        square_sums = sum(centre_rows(x_rows[rows], mean, centred[rows])
-                          for rows in batch_blocks(count, c * x_rows.itemsize, xp))
-        self.record_batch_statistics(mean, square_sums / count, count)
-        self.centred = centred
-        return centred
-
-    def record_batch_statistics(self, mean, var, count: int) -> None:
-        """Set ``inv_std`` = 1 / sqrt(var + eps) from the batch's mean and biased variance: (C,) each, over
-        ``count`` values per channel, and move the running statistics towards them."""
-        xp = get_array_module(mean)
-        m = self.momentum
-        self.buffers["running_mean"] *= 1 - m
-        self.buffers["running_mean"] += m * mean
-        self.buffers["running_var"] *= 1 - m
-        self.buffers["running_var"] += m * var * (count / max(count - 1, 1))
-        self.inv_std = 1.0 / xp.sqrt(var + self.eps)  # (C,), x's dtype (eps is a Python float)
-
-    def set_param_grads(self, sum_dy, sum_dy_xhat) -> None:
-        """grads from the per-channel sums of dy and of dy * x_hat: (C,) each."""
-        self.grads["gamma"][...] = sum_dy_xhat
-        self.grads["beta"][...] = sum_dy
+    def set_grads(self, dgamma, dbeta) -> None:
+        """Write the parameter gradients (C,) in place (they are views of the model's flat array)."""
+        self.grads["gamma"][...] = dgamma
+        self.grads["beta"][...] = dbeta
 
     def backward(self, dy):
-        dy_rows = to_rows(dy)  # (M, C)
-        centred = self.centred if self.centred is not None else self.x_rows - self.mean
-        inv_std = self.inv_std
-        sum_dy = column_sums(dy_rows)
-        sum_dy_xhat = column_dots(dy_rows, centred) * inv_std  # sum(dy * x_hat) per channel
-        self.set_param_grads(sum_dy, sum_dy_xhat)
-        if self.skip_input_grad:
-            return None
-        scale = self.params["gamma"] * inv_std  # (C,)
-        if not self.batch_stats:  # eval mode: running statistics are constants, the layer is affine
-            return from_rows(scale_rows(dy_rows, scale), self.shape)
-        # Batch statistics: dx = gamma * inv_std * (dy - mean(dy) - x_hat * mean(dy * x_hat)),
-        # with x_hat * mean(dy * x_hat) = centred * (inv_std * sum_dy_xhat / M): four passes, one buffer.
-        wide_c, a, b, scale = wide_rows(centred, -inv_std * sum_dy_xhat / self.count, sum_dy / self.count, scale)
-        dx = wide_c * a
-        dx += dy_rows.reshape(dx.shape)
-        dx -= b
-        dx *= scale
-        return from_rows(dx.reshape(dy_rows.shape), self.shape)
+        dx, dgamma, dbeta = batchnorm_backward(dy, self.cache, input_grad=not self.skip_input_grad)
+        self.set_grads(dgamma, dbeta)
+        return dx
 
 
 class BatchNormMaxPool(Layer):
@@ -610,22 +543,13 @@ class BatchNormMaxPool(Layer):
     :func:`nnlib.model.run_units`); the two layers keep their parameters, buffers and gradients.
     x: (N, C, H, W) -> (N, C, Ho, Wo), as pool(norm(x)).
 
-    In train mode with every gamma > 0 (on NumPy), the per-channel map centred -> centred * s + beta,
-    s = gamma * inv_std > 0, is increasing, so the max of a window of normalised values is the
-    normalised max of the window's centred values: the unit max-pools ``centred`` and normalises only
-    the pooled values (k*k times fewer than BatchNorm's whole output). Backward, the gradient dy of
-    the full BatchNorm output is zero except at each window's maximum, where it is the pooled dz, so
-
-        sum(dy) = sum(dz),   sum(dy * x_hat) = sum(dz * pooled centred) * inv_std   (per channel)
-        dx = s * route(dz) + centred * a + b,   a = -s * inv_std * sum(dy * x_hat) / M,  b = -s * sum(dy) / M
-
-    (route: the max-pool backward; M = N*H*W): the sums run over the pooled gradient, and the per-channel
-    affine part is added as x * a + (b - mean * a), so ``centred`` is never stored whole. Both passes run
-    block by block of images (:func:`~nnlib.functional.batch_blocks`): forward centres a block into a
-    reused buffer, sums its squares and pools it while it is in cache; backward routes a block's gradient
-    and adds the affine part. Same values as the two layers up to float32 rounding (ties between window
-    values that normalise to the same float may pick another maximum).
-    Otherwise (eval mode, a gamma <= 0, another backend) it runs the two layers one after the other.
+    In train mode with every gamma > 0 (on NumPy) it runs the fused kernels
+    :func:`~nnlib.functional.batchnorm_maxpool_forward` / :func:`~nnlib.functional.batchnorm_maxpool_backward`,
+    which max-pool the centred values and normalise only the pooled ones, block by block of images; the
+    norm's running statistics and gradients are set through its public methods. Same values as the two
+    layers up to float32 rounding (ties between window values that normalise to the same float may pick
+    another maximum). Otherwise (eval mode, a gamma <= 0, another backend) it runs the two layers one after
+    the other.
     """
 
     type_name = "batchnorm+maxpool"
@@ -634,6 +558,7 @@ class BatchNormMaxPool(Layer):
         super().__init__()
         self.norm, self.pool = norm, pool
         self.fused = False
+        self.cache = None
 
     @property
     def parts(self) -> tuple:
@@ -645,67 +570,23 @@ class BatchNormMaxPool(Layer):
         reading gamma's sign would cost a device-to-host wait every step, so the layers run as listed)."""
         return train and x.ndim == 4 and get_array_module(x) is np and bool((self.norm.params["gamma"] > 0).all())
 
-    @staticmethod
-    def image_blocks(x_shape, itemsize: int) -> list:
-        """Cache-sized blocks of the images of x: (N, C, H, W), as (image slice, the slice of its rows in the
-        (N*H*W, C) row matrix, the block's (N', C, H, W) shape), from :func:`~nnlib.functional.batch_blocks`."""
-        n, c, h, w = x_shape
-        return [(images, slice(images.start * h * w, images.stop * h * w), (images.stop - images.start, c, h, w))
-                for images in batch_blocks(n, h * w * c * itemsize, np)]
-
     def forward(self, x, train=False):
         norm, pool = self.norm, self.pool
-        gamma = norm.params["gamma"]
         self.fused = self.fusable(x, train)
         if not self.fused:
-            self.x_rows = self.mean = None  # nothing of an earlier fused step is kept alive
+            self.cache = None  # nothing of an earlier fused step is kept alive
             return pool.forward(norm.forward(x, train), train)
-        x_rows = to_rows(x)  # (M, C), M = N*H*W
-        n, c, h, w = x.shape
-        count, k = x_rows.shape[0], pool.k
-        ho, wo = (conv_output_size(size, k, pool.stride, 0) for size in (h, w))
-        pool._remember_input(x)
-        self.x_rows, self.mean = x_rows, column_sums(x_rows) / count  # mean: (C,)
-        pooled = np.empty((n, ho, wo, c), dtype=x.dtype)  # the centred value at each window's maximum
-        self.argmax = np.empty((n, ho, wo, c), dtype=window_index_dtype(np, k))
-        blocks = self.image_blocks(x.shape, x.itemsize)
-        centred = np.empty((blocks[0][1].stop, c), dtype=x.dtype)  # one block's x - mean
-        square_sums = 0
-        for images, rows, block_shape in blocks:
-            block = centred[: rows.stop - rows.start]
-            square_sums = square_sums + centre_rows(x_rows[rows], self.mean, block)
-            maxpool_forward(from_rows(block, block_shape), k, pool.stride, out=(pooled[images], self.argmax[images]))
-        norm.record_batch_statistics(self.mean, square_sums / count, count)
-        norm.centred = None  # the unit's backward uses x_rows and mean; drop what an unfused step kept
-        self.pooled_rows = pooled.reshape(-1, c)  # (Mq, C)
-        return from_rows(scale_rows(self.pooled_rows, gamma * norm.inv_std, norm.params["beta"]), (n, c, ho, wo))
+        y, self.cache = batchnorm_maxpool_forward(x, norm.params["gamma"], norm.params["beta"], norm.eps,
+                                                  pool.k, pool.stride)
+        norm.update_running(self.cache)
+        return y
 
     def backward(self, dy):
-        norm, pool = self.norm, self.pool
         if not self.fused:
-            dz = pool.backward(dy)
-            return norm.backward(dz)
-        dz_rows = to_rows(dy)  # (Mq, C)
-        inv_std = norm.inv_std
-        sum_dy = column_sums(dz_rows)
-        sum_dy_xhat = column_dots(dz_rows, self.pooled_rows) * inv_std
-        norm.set_param_grads(sum_dy, sum_dy_xhat)
-        if norm.skip_input_grad:
-            return None
-        scale = norm.params["gamma"] * inv_std  # s: (C,)
-        n, c, h, w = pool.x_shape
-        routed = scale_rows(dz_rows, scale).reshape(self.argmax.shape)  # s * dz: (N, Ho, Wo, C)
-        x_rows = self.x_rows  # (M, C)
-        count = x_rows.shape[0]  # M
-        a, b = -scale * inv_std * sum_dy_xhat / count, -scale * sum_dy / count
-        shift = b - self.mean * a  # centred * a + b = x * a + shift
-        dx = np.empty((n, h, w, c), dtype=x_rows.dtype)
-        dx_rows = dx.reshape(count, c)
-        for images, rows, block_shape in self.image_blocks(pool.x_shape, dx.itemsize):  # route, add the affine part
-            maxpool_backward(from_nhwc(routed[images]), from_nhwc(self.argmax[images]), block_shape, True, pool.k,
-                             pool.stride, out=dx[images])
-            dx_rows[rows] += scale_rows(x_rows[rows], a, shift)
-        return from_nhwc(dx)
+            return self.norm.backward(self.pool.backward(dy))
+        dx, dgamma, dbeta = batchnorm_maxpool_backward(dy, self.cache, input_grad=not self.norm.skip_input_grad)
+        self.norm.set_grads(dgamma, dbeta)
+        return dx
 
 
 LAYERS = {

@@ -9,7 +9,11 @@ Labels are integer class indices ``y: (N,)``.
 from __future__ import annotations
 
 from .backend import get_array_module
+from .checks import check_bool, check_choice, check_float
+from .factory import from_section
 from .functional import log_softmax, sigmoid
+from .options import CROSS_ENTROPY, LABEL_SMOOTHING
+from .options import MSE as MSE_NAME
 
 
 def one_hot(y, num_classes: int, dtype):
@@ -22,6 +26,8 @@ def one_hot(y, num_classes: int, dtype):
 
 class Loss:
     """Base class: ``__call__`` is :meth:`value_and_grad` with the value read back as a Python float."""
+
+    type_name = "loss"  # the name in LOSSES (from nnlib.options), and in its error messages
 
     def value_and_grad(self, outputs, y):
         """(mean loss as a 0-d array on the outputs' backend, d_outputs: outputs.shape)."""
@@ -39,10 +45,10 @@ class SoftmaxCrossEntropy(Loss):
     (PyTorch's convention). The gradient is simply (softmax(logits) - target) / N.
     """
 
+    type_name = CROSS_ENTROPY
+
     def __init__(self, label_smoothing: float = 0.0):
-        if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
-        self.label_smoothing = label_smoothing
+        self.label_smoothing = check_float(self.type_name, "label_smoothing", label_smoothing, **LABEL_SMOOTHING)
 
     def value_and_grad(self, logits, y):
         xp = get_array_module(logits)
@@ -65,10 +71,11 @@ class MSE(Loss):
     the raw outputs first (Nielsen's network ends in sigmoid units), ``"identity"`` compares them as they are.
     """
 
+    type_name = MSE_NAME
+
     def __init__(self, half: bool = True, on: str = "identity"):
-        if on not in ("identity", "sigmoid"):
-            raise ValueError(f"MSE 'on' must be 'identity' or 'sigmoid', got {on!r}")
-        self.half, self.on = half, on
+        self.half = check_bool(self.type_name, "half", half)
+        self.on = check_choice(self.type_name, "on", on, ("identity", "sigmoid"))
 
     def value_and_grad(self, outputs, y):
         n, k = outputs.shape
@@ -85,4 +92,10 @@ class MSE(Loss):
         return value, grad.astype(outputs.dtype, copy=False)
 
 
-LOSSES = {"cross_entropy": SoftmaxCrossEntropy, "mse": MSE}
+LOSSES = {cls.type_name: cls for cls in (SoftmaxCrossEntropy, MSE)}  # keys: nnlib.options.LOSS_NAMES
+
+
+def make_loss(cfg: dict) -> Loss:
+    """The loss of a params section such as ``{"name": "cross_entropy", "label_smoothing": 0.1, "half": True}``
+    (``train.loss``): ``name`` picks it in :data:`LOSSES`, the keys its constructor takes configure it."""
+    return from_section(LOSSES, cfg)

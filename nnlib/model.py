@@ -1,5 +1,14 @@
-"""Sequential: a list of layers with named parameters and a train/eval mode."""
+"""Sequential: a list of layers with named parameters and a train/eval mode.
+
+The mode rule: :meth:`Sequential.forward` (and ``model(x)``) runs in the model's mode, set by
+:meth:`~Sequential.train` / :meth:`~Sequential.eval` (train: batch statistics, dropout; eval: running
+statistics, no dropout). What only infers (:meth:`~Sequential.predict`, :meth:`~Sequential.predict_logits`,
+:func:`nnlib.evaluation.run`) runs in eval mode inside :meth:`~Sequential.evaluating` and leaves the
+model in the mode it found it in.
+"""
 from __future__ import annotations
+
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -25,11 +34,13 @@ class Sequential:
         self.input_shape = tuple(input_shape)
         self.training = False
         shape = self.input_shape
+        self.layer_shapes = []  # each layer's output shape, without the batch axis
         for index, layer in enumerate(layers):
             try:
                 shape = layer.build(shape, rng)
             except ShapeError as err:
                 raise ShapeError(f"layer {index} ({layer.type_name}): {err}") from None
+            self.layer_shapes.append(tuple(shape))
         self.output_shape = shape
         # No gradient is needed below the first layer with parameters (e.g. the dense layer after
         # flatten in an MLP): it skips its input gradient, and backward stops there.
@@ -83,12 +94,45 @@ class Sequential:
         self.training = False
         return self
 
-    def forward(self, x):
-        for layer in self.layers_in_run_order:
-            x = layer.forward(x, train=self.training)
+    @contextmanager
+    def evaluating(self):
+        """``with model.evaluating():`` eval mode inside, the previous mode restored afterwards."""
+        was_training, self.training = self.training, False
+        try:
+            yield self
+        finally:
+            self.training = was_training
+
+    def _run(self, units, x):
+        """The one forward loop: x through ``units`` (a slice of the run order) in the model's mode."""
+        for unit in units:
+            x = unit.forward(x, train=self.training)
         return x
 
+    def forward(self, x):
+        """x: (N, *input_shape) -> (N, *output_shape), in the model's mode."""
+        return self._run(self.layers_in_run_order, x)
+
     __call__ = forward
+
+    def forward_with_input_of(self, index: int, x):
+        """(outputs, the input of layer ``index``) of one :meth:`forward` in the model's mode.
+
+        x: (N, *input_shape) -> ((N, *output_shape), (N, *shape reaching layer ``index``)). Layer ``index``
+        must begin a unit of the run order (any layer but the pool of a fused or reordered pair).
+        """
+        split = self._unit_starting_at(index)
+        hidden = self._run(self.layers_in_run_order[:split], x)
+        return self._run(self.layers_in_run_order[split:], hidden), hidden
+
+    def _unit_starting_at(self, index: int) -> int:
+        """The position in ``layers_in_run_order`` before which exactly the layers 0..index-1 have run."""
+        done = 0
+        for position, unit in enumerate([*self.layers_in_run_order, None]):
+            if sorted(self.run_order[:done]) == list(range(index)):
+                return position
+            done += len(getattr(unit, "parts", (unit,)))
+        raise ValueError(f"layer {index} runs inside a pair of the run order: its input is never formed")
 
     def backward(self, dy):
         """Back-propagate d(loss)/d(logits); fills every layer's grads.
@@ -135,12 +179,9 @@ class Sequential:
 
     def predict_logits(self, x, batch_size: int = EVAL_BATCH_SIZE):
         """Logits (N, K) in eval mode, batch by batch; restores the previous mode."""
-        was_training, self.training = self.training, False
-        try:
+        with self.evaluating():
             xp = get_array_module(x)
             return xp.concatenate([self.forward(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
-        finally:
-            self.training = was_training
 
 
 def pack_parameters(layers: list[Layer]):

@@ -24,6 +24,7 @@ import numpy as np
 from .errors import ModelFileError, ParamsError
 from .files import save_npz
 from .model import Sequential
+from .options import LOSS_NAMES, valid_label_smoothing
 
 META_KEY = "__meta__"
 FORMAT_VERSION = 1
@@ -128,10 +129,10 @@ def training_loss(metadata: dict, path) -> dict:
     """The ``train.loss`` section a model was trained with (``{"name": ..., ...}``), from its metadata."""
     train = metadata.get("train")
     loss = train.get("loss") if isinstance(train, dict) else None
-    if not isinstance(loss, dict) or loss.get("name") not in ("cross_entropy", "mse"):
+    if not isinstance(loss, dict) or loss.get("name") not in LOSS_NAMES:
         raise ModelFileError(f"{path} records no training loss (metadata.train.loss): {REMEDY}")
     smoothing, half = loss.get("label_smoothing", 0.0), loss.get("half", True)
-    if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float)) or not 0 <= smoothing < 1 or not isinstance(half, bool):
+    if not valid_label_smoothing(smoothing) or not isinstance(half, bool):
         raise ModelFileError(f"{path}: metadata.train.loss is malformed ({loss!r:.80}): {REMEDY}")
     return {"name": loss["name"], "label_smoothing": float(smoothing), "half": half}
 

@@ -7,10 +7,15 @@ PyTorch's ``torch.optim`` exactly, so the two can be compared step by step.
 
 ``decay_filter`` (optional) decides which parameters get weight decay; :func:`decay_all` and
 :func:`decay_weights_only` (skips 1-D arrays: biases and BatchNorm's gamma/beta) are provided.
+
+Every constructor checks its arguments (:mod:`nnlib.checks`): a bad one raises
+:class:`~nnlib.checks.ArgumentError` (a ValueError) naming the optimizer, the argument, the allowed
+range and the value, e.g. ``adam: betas[1] must be a number in [0, 1), got 1.0``.
 """
 from __future__ import annotations
 
 from .backend import get_array_module
+from .checks import ArgumentError, check_bool, check_float
 
 
 def decay_all(name: str, param) -> bool:
@@ -38,15 +43,12 @@ class Optimizer:
     """
 
     slots: tuple[str, ...] = ()
+    type_name = "optimizer"  # the name in OPTIMIZERS, and in its error messages
 
     def __init__(self, parameters, lr: float, weight_decay: float = 0.0, decay_filter=decay_all, flat=None):
-        if lr <= 0:
-            raise ValueError(f"learning rate must be > 0, got {lr}")
-        if weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        self.lr = check_float(self.type_name, "lr", lr, 0.0)
+        self.weight_decay = check_float(self.type_name, "weight_decay", weight_decay, 0.0)
         self.params = list(parameters)
-        self.lr = lr
-        self.weight_decay = weight_decay
         self.decays = {name: weight_decay > 0 and decay_filter(name, p) for name, p, _ in self.params}
         self.steps = 0
         self._scratch = {}
@@ -162,15 +164,15 @@ class SGD(Optimizer):
     """
 
     slots = ("velocity",)
+    type_name = "sgd"
 
     def __init__(self, parameters, lr: float, momentum: float = 0.0, nesterov: bool = False,
                  weight_decay: float = 0.0, decay_filter=decay_all, flat=None):
         super().__init__(parameters, lr, weight_decay, decay_filter, flat)
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        self.momentum = check_float(self.type_name, "momentum", momentum, 0.0, 1.0, open_high=True)
+        self.nesterov = check_bool(self.type_name, "nesterov", nesterov)
         if nesterov and momentum == 0:
-            raise ValueError("nesterov momentum needs momentum > 0")
-        self.momentum, self.nesterov = momentum, nesterov
+            raise ArgumentError(self.type_name, f"nesterov momentum needs momentum > 0, got momentum {momentum!r}")
         self.velocity = {}
 
     def update(self, name, param, grad):
@@ -202,12 +204,16 @@ class Adam(Optimizer):
 
     decoupled = False
     slots = ("m", "v")
+    type_name = "adam"
 
     def __init__(self, parameters, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, decay_filter=decay_all, flat=None):
         super().__init__(parameters, lr, weight_decay, decay_filter, flat)
-        self.beta1, self.beta2 = betas
-        self.eps = eps
+        if not isinstance(betas, (list, tuple)) or len(betas) != 2:
+            raise ArgumentError(self.type_name, f"betas must be a pair of numbers in [0, 1), got {betas!r}")
+        self.beta1, self.beta2 = (check_float(self.type_name, f"betas[{i}]", beta, 0.0, 1.0, open_high=True)
+                                  for i, beta in enumerate(betas))
+        self.eps = check_float(self.type_name, "eps", eps, 0.0, open_low=True)
         self.m, self.v = {}, {}
 
     def update(self, name, param, grad):
@@ -243,6 +249,7 @@ class AdamW(Adam):
     """Adam with decoupled weight decay (Loshchilov & Hutter): p *= 1 - lr * wd before the Adam step."""
 
     decoupled = True
+    type_name = "adamw"
 
     def __init__(self, parameters, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 1e-2, decay_filter=decay_all, flat=None):

@@ -3,15 +3,28 @@
 ``lr = schedule(t)`` where ``t`` counts from 0 in the unit the train stage uses (steps or epochs,
 ``schedule.interval`` in params.yaml); ``total`` is the number of such units in the run. Every
 schedule can be wrapped in a linear warm-up with :class:`Warmup`.
+
+Every constructor checks its arguments (:mod:`nnlib.checks`): a bad one raises
+:class:`~nnlib.checks.ArgumentError` (a ValueError) naming the schedule, the argument, the allowed
+range and the value, e.g. ``step: step_size must be an integer >= 1, got 0``.
 """
 from __future__ import annotations
 
 import math
 
+from .checks import check_float, check_int
+
+
+def _lr_and_total(owner: str, lr, total) -> tuple[float, int]:
+    """The peak learning rate (a number >= 0) and the run's length (an integer >= 0), checked."""
+    return check_float(owner, "lr", lr, 0.0), check_int(owner, "total", total, 0)
+
 
 class Constant:
+    """lr."""
+
     def __init__(self, lr: float, total: int):
-        self.lr, self.total = lr, total
+        self.lr, self.total = _lr_and_total("constant", lr, total)
 
     def __call__(self, t: int) -> float:
         return self.lr
@@ -21,7 +34,9 @@ class Step:
     """lr * gamma ** (t // step_size)."""
 
     def __init__(self, lr: float, total: int, step_size: int, gamma: float = 0.1):
-        self.lr, self.total, self.step_size, self.gamma = lr, total, step_size, gamma
+        self.lr, self.total = _lr_and_total("step", lr, total)
+        self.step_size = check_int("step", "step_size", step_size, 1)
+        self.gamma = check_float("step", "gamma", gamma, 0.0, open_low=True)
 
     def __call__(self, t: int) -> float:
         return self.lr * self.gamma ** (t // self.step_size)
@@ -31,7 +46,8 @@ class Exponential:
     """lr * gamma ** t."""
 
     def __init__(self, lr: float, total: int, gamma: float):
-        self.lr, self.total, self.gamma = lr, total, gamma
+        self.lr, self.total = _lr_and_total("exponential", lr, total)
+        self.gamma = check_float("exponential", "gamma", gamma, 0.0, open_low=True)
 
     def __call__(self, t: int) -> float:
         return self.lr * self.gamma**t
@@ -41,7 +57,8 @@ class Cosine:
     """Cosine annealing from lr to min_lr over ``total`` units."""
 
     def __init__(self, lr: float, total: int, min_lr: float = 0.0):
-        self.lr, self.total, self.min_lr = lr, total, min_lr
+        self.lr, self.total = _lr_and_total("cosine", lr, total)
+        self.min_lr = check_float("cosine", "min_lr", min_lr, 0.0)
 
     def __call__(self, t: int) -> float:
         progress = min(t / max(self.total, 1), 1.0)
@@ -57,8 +74,11 @@ class OneCycle:
 
     def __init__(self, lr: float, total: int, pct_start: float = 0.3, div_factor: float = 25.0,
                  final_div_factor: float = 1e4):
-        self.lr, self.total, self.pct_start = lr, total, pct_start
-        self.initial = lr / div_factor
+        self.lr, self.total = _lr_and_total("onecycle", lr, total)
+        self.pct_start = check_float("onecycle", "pct_start", pct_start, 0.0, 1.0, open_low=True, open_high=True)
+        div_factor = check_float("onecycle", "div_factor", div_factor, 1.0, open_low=True)
+        final_div_factor = check_float("onecycle", "final_div_factor", final_div_factor, 1.0, open_low=True)
+        self.initial = self.lr / div_factor
         self.final = self.initial / final_div_factor
 
     @staticmethod
@@ -77,7 +97,7 @@ class Warmup:
     """Linear warm-up over ``warmup`` units from lr/warmup up to the wrapped schedule's value."""
 
     def __init__(self, schedule, warmup: int):
-        self.schedule, self.warmup, self.total = schedule, warmup, schedule.total
+        self.schedule, self.warmup, self.total = schedule, check_int("warmup", "warmup", warmup, 1), schedule.total
 
     def __call__(self, t: int) -> float:
         lr = self.schedule(t)

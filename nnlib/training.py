@@ -1,10 +1,9 @@
-"""The training loop and its configuration: loss, optimizer and schedule from params, fit.
+"""The training loop and its configuration: optimizer and schedule from params (the loss: :func:`nnlib.losses.make_loss`), fit.
 
 The ``train`` section's keys are documented and checked in :mod:`nnlib.mnist.config.schema`.
 """
 from __future__ import annotations
 
-import inspect
 import math
 import time
 from dataclasses import dataclass, field
@@ -12,26 +11,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
-from . import losses, optim, schedules
+from . import optim, schedules
 from .backend import current
 from .errors import Diverged
 from .evaluation import evaluate
-
-
-def from_section(registry: dict, section: dict, **given):
-    """``registry[section["name"]]`` built from the keys of a params section that its constructor takes.
-
-    The one rule of every factory below: a key of the section is passed when the class's constructor
-    has a parameter of that name; ``given`` supplies the rest (the parameters, the total step count).
-    """
-    cls = registry[section["name"]]
-    accepted = inspect.signature(cls).parameters
-    return cls(**given, **{k: v for k, v in section.items() if k in accepted and k not in given})
-
-
-def make_loss(cfg: dict):
-    """The loss of the ``train.loss`` section."""
-    return from_section(losses.LOSSES, cfg)
+from .factory import from_section
 
 
 def make_optimizer(model, cfg: dict):
@@ -102,12 +86,14 @@ def _diverged(loss: float, where: str, lr: float) -> Diverged:
 
 
 def fit(model, loss_fn, optimizer, schedule, stream, *, epochs: int, images_per_epoch: int, batch_size: int,
-        val: tuple, interval: str = "step", keep_best: bool = False, progress: bool = True,
+        val, interval: str = "step", keep_best: bool = False, progress: bool = True,
         history: History | None = None, on_epoch_end=None) -> History:
     """Train ``model`` for ``epochs`` epochs of ``images_per_epoch`` images drawn from ``stream``.
 
-    ``stream.epoch(n, batch_size)`` yields (x, y) batches; ``val`` is (x uint8, y) for validation after
-    every epoch. The learning rate follows ``schedule`` per step or per epoch (``interval``).
+    ``stream.epoch(n, batch_size)`` yields (x, y) batches: x (B, ...) float on the model's backend, y (B,)
+    int64. ``val`` gives the validation batches (same form) after every epoch: a callable returning a
+    fresh iterable of them (``lambda: minibatches(x, y, 128)``) or a collection that can be iterated
+    again (a list). The learning rate follows ``schedule`` per step or per epoch (``interval``).
     With ``keep_best`` the parameters of the best-validation-accuracy epoch are kept in the history.
     A resumed run passes the ``history`` of the epochs already done (its stream, model and optimizer
     restored to the end of them); training continues with the next epoch and schedule step.
@@ -139,7 +125,7 @@ def fit(model, loss_fn, optimizer, schedule, stream, *, epochs: int, images_per_
         train_loss, train_acc = tally.mean_loss(), tally.accuracy()
         if not math.isfinite(train_loss):  # on a GPU: in the batches since the last read-back
             raise _diverged(train_loss, f"in epoch {epoch} (by step {step})", optimizer.lr)
-        val_loss, val_acc, _ = evaluate(model, loss_fn, *val)
+        val_loss, val_acc, _ = evaluate(model, loss_fn, val() if callable(val) else val)
         if not math.isfinite(val_loss):
             raise Diverged(f"validation loss became {val_loss} after epoch {epoch}, step {step}: "
                            "lower train.optimizer.lr in params.yaml")

@@ -74,8 +74,16 @@ def tile_transforms(k: int) -> tuple:
 @functools.lru_cache(maxsize=None)
 def kron_transforms(k: int, dtype_name: str, xp) -> tuple:
     """(KA: (m*m, a*a), KG: (a*a, k*k), KB: (a*a, a*a)) = kron of A^T, G, B^T with themselves, as ``xp``
-    arrays of ``dtype_name``; made once per kernel size, dtype and backend (on CuPy they stay on the device)."""
-    return tuple(xp.asarray(np.kron(t, t).astype(dtype_name)) for t in tile_transforms(k))
+    arrays of ``dtype_name``; made once per kernel size, dtype and backend (on CuPy they stay on the device).
+
+    Cached and shared by every Winograd layer of the process, so read-only on NumPy (a write raises
+    instead of silently changing every such convolution); CuPy arrays have no read-only flag.
+    """
+    transforms = tuple(xp.asarray(np.kron(t, t).astype(dtype_name)) for t in tile_transforms(k))
+    for t in transforms:
+        if isinstance(t, np.ndarray):
+            t.flags.writeable = False
+    return transforms
 
 
 def tile_grid(h: int, w: int, k: int, pad: int) -> tuple:

@@ -19,13 +19,13 @@ import numpy as np
 
 from nnlib import backend, evaluation, metrics, threads
 from nnlib.mnist import drawn, plots
-from nnlib.mnist.data.stream import load_shard, read_manifest
+from nnlib.mnist.data.stream import load_shard, minibatches, read_manifest
 from nnlib.errors import InputError, run_stage
 from nnlib.files import OutputSet, file_sha256, remove_stale_temporaries, write_json, write_text
 from nnlib.modelfile import load_model, training_loss
 from nnlib.mnist.config.params import load_section, load_top_level
 from nnlib.mnist.config.schema import EVALUATE
-from nnlib.training import make_loss
+from nnlib.losses import make_loss
 
 from nnlib.mnist.paths import DRAWN, EVAL_DETAILS, EVAL_METRICS, METRICS, MODEL, PLOTS, PREDICTIONS, SHARDS, TRAIN_LOG
 from nnlib.mnist.predict import Failure, predict_paths
@@ -94,7 +94,7 @@ def main() -> None:
     x, y = load_shard(SHARDS / manifest["test"]["file"])
 
     with threads.limit(cfg["threads"], kind="evaluate") as choice:  # the figures' PCA uses BLAS too
-        result = evaluation.run(model, make_loss(loss_cfg), x, y, cfg["batch_size"])
+        result = evaluation.run(model, make_loss(loss_cfg), minibatches(x, y, cfg["batch_size"]))
         if not np.isfinite(result.logits).all():
             raise InputError(f"{MODEL} gives non-finite outputs on the test set: re-train it (dvc repro -s train)")
         scores = evaluation.scalars(result, loss_cfg["name"])

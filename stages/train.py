@@ -24,15 +24,16 @@ import yaml
 import nnlib
 from nnlib import backend, checkpoints, threads
 from nnlib.mnist import seeding
-from nnlib.mnist.data.stream import NUM_CLASSES, ShardStream, check_shards, load_shard, read_manifest
+from nnlib.mnist.data.stream import NUM_CLASSES, ShardStream, check_shards, load_shard, minibatches, read_manifest
 from nnlib.errors import Diverged, InputError, ParamsError, run_stage
 from nnlib.files import OutputSet, check_writable, data_sha256, file_sha256, remove_stale_temporaries, write_json, write_text
-from nnlib.model import Sequential
+from nnlib.model import EVAL_BATCH_SIZE, Sequential
 from nnlib.modelfile import load_weights, save_model
 from nnlib.mnist.config.params import load_section, load_top_level
 from nnlib.mnist.paths import CHECKPOINTS, INIT, LIVE_LOG, METRICS, MODEL, RUN_PARAMS, SHARDS, TIMING, TRAIN_LOG, TRAIN_METRICS
 from nnlib.mnist.config.schema import TRAIN
-from nnlib.training import History, fit, make_loss, make_optimizer, make_schedule, steps_per_epoch
+from nnlib.losses import make_loss
+from nnlib.training import History, fit, make_optimizer, make_schedule, steps_per_epoch
 
 
 LOG_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr"]  # deterministic: timings go to timing.json
@@ -103,7 +104,7 @@ def main() -> None:
         print(f"train: starting from the weights of {init['path']} (sha256 {init['sha256'][:12]})", file=sys.stderr)
     check_writable(outputs)
 
-    val = load_shard(SHARDS / manifest["val"]["file"])
+    val_x, val_y = load_shard(SHARDS / manifest["val"]["file"])
     files = [s["file"] for s in manifest["train_shards"]]
     loss_fn = make_loss(cfg["loss"])
     optimizer = make_optimizer(model, cfg["optimizer"])
@@ -142,7 +143,7 @@ def main() -> None:
                 threads.limit(setting, kind="train") as choice:  # divergence is reported in one line
             print(f"train: {choice.describe()}", file=sys.stderr)
             fit(model, loss_fn, optimizer, schedule, stream, epochs=cfg["epochs"], images_per_epoch=images_per_epoch,
-                batch_size=cfg["batch_size"], val=val, interval=interval, keep_best=cfg["select"] == "best_val",
+                batch_size=cfg["batch_size"], val=lambda: minibatches(val_x, val_y, EVAL_BATCH_SIZE), interval=interval, keep_best=cfg["select"] == "best_val",
                 history=history, on_epoch_end=after_epoch)
     except Diverged as err:
         kept = f"; the last good checkpoint is kept in {CHECKPOINTS}/" if history.rows else ""

@@ -19,7 +19,8 @@ from nnlib.errors import Diverged
 from nnlib.evaluation import evaluate
 from nnlib.files import load_npz, save_npz
 from nnlib.model import Sequential
-from nnlib.training import fit, make_loss, make_optimizer
+from nnlib.losses import make_loss
+from nnlib.training import fit, make_optimizer
 
 SPECS = [
     {"type": "conv", "out": 4, "k": 5}, {"type": "batchnorm"}, {"type": "relu"}, {"type": "maxpool", "k": 2},
@@ -60,7 +61,7 @@ def train_steps(specs, steps=20):
         model.backward(dlogits)
         optimizer.step()
         losses.append(float(value))
-    loss, accuracy, predictions = evaluate(model, loss_fn, x, y, batch_size=10)
+    loss, accuracy, predictions = evaluate(model, loss_fn, minibatches(x, y, 10))
     state = {k: backend.to_numpy(v) for k, v in model.state().items()}
     return model, losses, (loss, accuracy, predictions), state
 
@@ -125,7 +126,7 @@ def fit_on_shards(tmp_path, lr=0.01, epochs=2):
     stream = ShardStream(tmp_path, files, np.random.default_rng(0), window=2, counts=[16, 16, 16])
     model = Sequential.from_specs(WITHOUT_DROPOUT, (1, 28, 28), np.random.default_rng(0))
     history = fit(model, make_loss(LOSS), make_optimizer(model, {**OPTIMIZER, "lr": lr}), lambda t: lr, stream,
-                  epochs=epochs, images_per_epoch=40, batch_size=8, val=data(12), progress=False)
+                  epochs=epochs, images_per_epoch=40, batch_size=8, val=list(minibatches(*data(12), 128)), progress=False)
     return [{k: v for k, v in row.items() if k != "seconds"} for row in history.rows]
 
 
@@ -160,8 +161,8 @@ def test_a_model_trained_on_each_backend_saves_as_numpy_and_scores_the_same_anyw
     x, y = data(20)
     loaded, _ = load_model(tmp_path / "model.npz")  # on the device again
     assert all(backend.get_array_module(p) is backend.current() for _, p, _ in loaded.parameters())
-    on_device = evaluation.run(loaded, make_loss(LOSS), x, y, batch_size=7)
+    on_device = evaluation.run(loaded, make_loss(LOSS), minibatches(x, y, 7))
     backend.use("numpy")
-    on_host = evaluation.run(load_model(tmp_path / "model.npz")[0], make_loss(LOSS), x, y, batch_size=7)
+    on_host = evaluation.run(load_model(tmp_path / "model.npz")[0], make_loss(LOSS), minibatches(x, y, 7))
     np.testing.assert_allclose(on_device.logits, on_host.logits, rtol=TOLERANCE[device], atol=TOLERANCE[device])
     assert np.array_equal(on_device.predictions, on_host.predictions)

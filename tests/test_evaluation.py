@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from nnlib import evaluation, losses, metrics
-from nnlib.model import Sequential
+from nnlib.mnist.data.stream import minibatches
+from nnlib.model import EVAL_BATCH_SIZE, Sequential
 from nnlib.mnist.plots import save_figure
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,17 +98,31 @@ def tiny(specs=MLP, n: int = 60, seed: int = 0):
 @pytest.mark.parametrize("specs, width", [(MLP, 12), (CNN, 6)])
 def test_run_keeps_the_input_of_the_last_dense_layer_and_the_same_outputs(specs, width):
     model, x, y = tiny(specs)
-    result = evaluation.run(model, losses.SoftmaxCrossEntropy(), x, y, batch_size=16)
+    result = evaluation.run(model, losses.SoftmaxCrossEntropy(), minibatches(x, y, 16))
     assert result.features.shape == (60, width) and result.logits.shape == (60, 10)
     np.testing.assert_allclose(result.logits, model.predict_logits(x.reshape(-1, 1, 28, 28).astype(np.float32) / 255), rtol=1e-5, atol=1e-5)
-    loss, accuracy, predictions = evaluation.evaluate(model, losses.SoftmaxCrossEntropy(), x, y, batch_size=16)
+    loss, accuracy, predictions = evaluation.evaluate(model, losses.SoftmaxCrossEntropy(), minibatches(x, y, 16))
     assert (loss, accuracy) == (result.loss, result.accuracy) and (predictions == result.predictions).all()
     assert result.loss == pytest.approx(metrics.log_loss(result.logits, y), rel=1e-5)
 
 
+def test_run_takes_any_float_batches_not_only_images():
+    """The library evaluates whatever batches it is given: here 2-D features of a network of 5 inputs."""
+    rng = np.random.default_rng(0)
+    model = Sequential.from_specs([{"type": "dense", "out": 8}, {"type": "relu"}, {"type": "dense", "out": 3}], (5,), rng)
+    x, y = rng.standard_normal((10, 5)).astype(np.float32), rng.integers(0, 3, 10)
+    batches = [(x[:4], y[:4]), (x[4:], y[4:])]
+    result = evaluation.run(model, losses.SoftmaxCrossEntropy(), batches)
+    assert result.features.shape == (10, 8) and list(result.y) == list(y) and result.y.dtype == np.int64
+    np.testing.assert_array_equal(result.logits, np.concatenate([model.predict_logits(x[:4]), model.predict_logits(x[4:])]))
+    assert evaluation.evaluate(model, losses.SoftmaxCrossEntropy(), iter(batches))[1] == result.accuracy
+    with pytest.raises(ValueError, match="no batches"):
+        evaluation.run(model, losses.SoftmaxCrossEntropy(), [])
+
+
 def test_scalars_are_flat_finite_json_with_the_documented_keys():
     model, x, y = tiny()
-    result = evaluation.run(model, losses.MSE(), x, y)
+    result = evaluation.run(model, losses.MSE(), minibatches(x, y, EVAL_BATCH_SIZE))
     scores = evaluation.scalars(result, "mse")
     assert list(scores) == EVAL_KEYS
     json.dumps(scores, allow_nan=False)
@@ -120,7 +135,7 @@ def test_scalars_are_flat_finite_json_with_the_documented_keys():
 
 def test_details_per_class_and_top_confusions():
     model, x, y = tiny()
-    result = evaluation.run(model, losses.SoftmaxCrossEntropy(), x, y)
+    result = evaluation.run(model, losses.SoftmaxCrossEntropy(), minibatches(x, y, EVAL_BATCH_SIZE))
     found = evaluation.details(result)
     json.dumps(found, allow_nan=False)
     assert sorted(found["per_class"], key=int) == [str(k) for k in range(10)]
@@ -132,7 +147,7 @@ def test_details_per_class_and_top_confusions():
 
 def test_confident_mistakes_are_wrong_and_in_decreasing_confidence():
     model, x, y = tiny()
-    result = evaluation.run(model, losses.SoftmaxCrossEntropy(), x, y)
+    result = evaluation.run(model, losses.SoftmaxCrossEntropy(), minibatches(x, y, EVAL_BATCH_SIZE))
     shown = evaluation.confident_mistakes(result, 5)
     assert len(shown) == min(5, int((~result.correct).sum()))
     assert not result.correct[shown].any()
@@ -168,7 +183,7 @@ def load_stage():
 @pytest.mark.parametrize("specs", [MLP, CNN])
 def test_the_stage_draws_every_png(specs, tmp_path):
     model, x, y = tiny(specs)
-    result = evaluation.run(model, losses.SoftmaxCrossEntropy(), x, y)
+    result = evaluation.run(model, losses.SoftmaxCrossEntropy(), minibatches(x, y, EVAL_BATCH_SIZE))
     log = [{"epoch": e, "train_loss": 1 / e, "train_acc": 1 - 0.1 / e, "val_loss": 1.1 / e, "val_acc": 1.0 if e == 2 else 0.8,
             "lr": 0.1 / e} for e in (1, 2)]  # a val error rate of 0 must not break the log axis
     names = []

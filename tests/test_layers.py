@@ -321,3 +321,94 @@ def test_sequential_fuses_batchnorm_with_the_max_pool_after_it():
     model = Sequential.from_specs(specs, (1, 8, 8), np.random.default_rng(0))
     assert [u.type_name for u in model.layers_in_run_order] == ["conv", "batchnorm+maxpool", "relu", "flatten", "dense"]
     assert model.layers_in_run_order[1].parts == (model.layers[1], model.layers[3])
+
+
+def test_batchnorm_kernels_are_pure_with_an_explicit_cache():
+    """functional.batchnorm_forward / batchnorm_backward (CS231n's shape): no state, the cache says it all;
+    dx, dgamma, dbeta against central differences of sum(out * w) in float64."""
+    from nnlib import functional
+
+    rng = np.random.default_rng(0)
+    x, gamma, beta = rng.standard_normal((4, 3, 5, 2)), rng.uniform(0.5, 2, 3), rng.standard_normal(3)
+    w = rng.standard_normal(x.shape)
+    before = x.copy()
+    out, cache = functional.batchnorm_forward(x, gamma, beta, 1e-5)
+    assert np.array_equal(x, before) and cache.batch_stats and cache.count == 4 * 5 * 2
+    np.testing.assert_allclose(cache.mean, x.mean(axis=(0, 2, 3)), rtol=1e-12)
+    np.testing.assert_allclose(cache.var, x.var(axis=(0, 2, 3)), rtol=1e-12)
+    dx, dgamma, dbeta = functional.batchnorm_backward(w, cache)
+
+    def loss(x_, gamma_, beta_):
+        return float((functional.batchnorm_forward(x_, gamma_, beta_, 1e-5)[0] * w).sum())
+
+    for name, array, grad in (("x", x, dx), ("gamma", gamma, dgamma), ("beta", beta, dbeta)):
+        numeric = np.zeros_like(array)
+        for i in np.ndindex(array.shape):
+            saved = array[i]
+            array[i] = saved + 1e-6
+            up = loss(x, gamma, beta)
+            array[i] = saved - 1e-6
+            numeric[i] = (up - loss(x, gamma, beta)) / 2e-6
+            array[i] = saved
+        np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-7, err_msg=name)
+    assert functional.batchnorm_backward(w, cache, input_grad=False)[0] is None
+    # Fixed statistics (eval): an affine map, dx = gamma / sqrt(var + eps) * dout.
+    mean, var = rng.standard_normal(3), rng.uniform(0.5, 2, 3)
+    out, cache = functional.batchnorm_forward(x, gamma, beta, 1e-5, mean, var)
+    scale = gamma / np.sqrt(var + 1e-5)
+    np.testing.assert_allclose(out, (x - mean[:, None, None]) * scale[:, None, None] + beta[:, None, None], rtol=1e-12)
+    np.testing.assert_allclose(functional.batchnorm_backward(w, cache)[0], w * scale[:, None, None], rtol=1e-12)
+
+
+def test_the_fused_kernel_is_batchnorm_then_maxpool():
+    from nnlib import functional
+
+    rng = np.random.default_rng(1)
+    x, gamma, beta = rng.standard_normal((3, 4, 6, 6)), rng.uniform(0.5, 2, 4), rng.standard_normal(4)
+    out, cache = functional.batchnorm_maxpool_forward(x, gamma, beta, 1e-5, 2, 2)
+    normed, norm_cache = functional.batchnorm_forward(x, gamma, beta, 1e-5)
+    pooled, argmax = functional.maxpool_forward(normed, 2, 2)
+    np.testing.assert_allclose(out, pooled, rtol=1e-12)
+    np.testing.assert_allclose(cache.var, norm_cache.var, rtol=1e-12)
+    dz = rng.standard_normal(out.shape)
+    dx, dgamma, dbeta = functional.batchnorm_maxpool_backward(dz, cache)
+    dx_two, dgamma_two, dbeta_two = functional.batchnorm_backward(
+        functional.maxpool_backward(dz, argmax, x.shape, functional.is_channels_last(normed), 2, 2), norm_cache)
+    for got, want in ((dx, dx_two), (dgamma, dgamma_two), (dbeta, dbeta_two)):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(64, 32, 28, 28), (37, 16, 9, 9), (256, 64)])
+def test_float32_batch_statistics_are_as_precise_as_pytorchs(shape):
+    """Integer-valued float32 inputs (pixels): the batch mean and variance within 2e-7 of a float64
+    reference, as PyTorch's CPU batch norm (float64 accumulators, ~5e-8). Running float32 sums lose
+    ~1e-4 on the variance here."""
+    from nnlib import functional
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, shape).astype(np.float32)
+    if x.ndim == 4:
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)  # channels-last, as after a conv
+    axes = (0, 2, 3) if x.ndim == 4 else (0,)
+    mean64, var64 = x.astype(np.float64).mean(axis=axes), x.astype(np.float64).var(axis=axes)
+    c = shape[1]
+    caches = [functional.batchnorm_forward(x, np.ones(c, np.float32), np.zeros(c, np.float32), 1e-5)[1]]
+    if x.ndim == 4 and shape[2] % 2 == 0:
+        caches.append(functional.batchnorm_maxpool_forward(x, np.ones(c, np.float32), np.zeros(c, np.float32), 1e-5, 2, 2)[1])
+    for cache in caches:
+        assert cache.mean.dtype == cache.var.dtype == np.float32
+        assert np.max(np.abs(cache.mean - mean64) / mean64) < 2e-7
+        assert np.max(np.abs(cache.var - var64) / var64) < 2e-7
+
+
+@pytest.mark.parametrize("m", [1, 7, 8, 9, 64, 71, 8 * 8 * 8 + 13, 5000])
+def test_column_sums_f64_add_every_row_once(m):
+    """The tree of column_sums_f64: every row counted once, whatever rows each level leaves over."""
+    from nnlib import functional
+
+    rng = np.random.default_rng(m)
+    a, b = rng.standard_normal((m, 3)).astype(np.float32), rng.standard_normal((m, 3)).astype(np.float32)
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    np.testing.assert_allclose(functional.column_sums_f64(a), a64.sum(axis=0), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(functional.column_sums_f64(a, b), (a64 * b64).sum(axis=0), rtol=1e-6, atol=1e-6)
+    assert functional.column_sums_f64(a).dtype == np.float64

@@ -75,7 +75,33 @@ def test_mse_values():
 
 def test_registry_and_option_errors():
     assert losses.LOSSES == {"cross_entropy": losses.SoftmaxCrossEntropy, "mse": losses.MSE}
-    with pytest.raises(ValueError, match="label_smoothing"):
+    with pytest.raises(ValueError, match=r"^cross_entropy: label_smoothing must be a number in \[0, 1\), got 1.0$"):
         losses.SoftmaxCrossEntropy(label_smoothing=1.0)
-    with pytest.raises(ValueError, match="'on'"):
+    with pytest.raises(ValueError, match=r"^mse: on must be one of \['identity', 'sigmoid'\], got 'tanh'$"):
         losses.MSE(on="tanh")
+    with pytest.raises(ValueError, match=r"^mse: half must be true or false, got 1$"):
+        losses.MSE(half=1)
+
+
+def test_the_loss_names_and_the_label_smoothing_range_have_one_source():
+    """nnlib.options: the losses' registry, the params schema and the model files' metadata check all read it."""
+    from nnlib import modelfile, options
+    from nnlib.mnist.config import schema
+
+    assert tuple(losses.LOSSES) == options.LOSS_NAMES
+    name, smoothing = schema.TRAIN["loss"]["name"], schema.TRAIN["loss"]["label_smoothing"]
+    assert name.expect == "'cross_entropy' or 'mse'" and smoothing.expect == "a number in [0, 1)"
+    for value in (-0.1, 0.0, 0.5, 0.999, 1.0, float("nan"), True):
+        accepted = options.valid_label_smoothing(value)
+        assert accepted == (not isinstance(value, bool) and 0 <= value < 1)
+        assert smoothing.check(value) == accepted
+        meta = {"train": {"loss": {"name": "cross_entropy", "label_smoothing": value, "half": True}}}
+        if accepted:
+            assert losses.make_loss(modelfile.training_loss(meta, "m.npz")).label_smoothing == value
+        else:
+            with pytest.raises(ValueError):
+                losses.SoftmaxCrossEntropy(label_smoothing=value)
+            with pytest.raises(modelfile.ModelFileError):
+                modelfile.training_loss(meta, "m.npz")
+    for loss_name in ("cross_entropy", "mse", "hinge"):
+        assert name.check(loss_name) == (loss_name in losses.LOSSES)

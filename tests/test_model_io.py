@@ -209,3 +209,26 @@ def test_backward_stops_at_the_first_layer_with_parameters():
     assert reference.backward(np.ones((6, 3), np.float32)).shape == x.shape
     for (name, _, grad), (_, _, expected) in zip(model.parameters(), reference.parameters()):
         assert np.array_equal(grad, expected), name
+
+
+def test_one_forward_loop_and_one_mode_rule():
+    """forward runs in the model's mode; predict_logits and evaluation.run run in eval mode and restore it;
+    forward_with_input_of is the same loop, cut before a layer (here across a reordered relu/maxpool pair)."""
+    from nnlib import evaluation
+
+    specs = [{"type": "conv", "out": 4, "k": 3}, {"type": "batchnorm"}, {"type": "relu"}, {"type": "maxpool", "k": 2},
+             {"type": "flatten"}, {"type": "dense", "out": 8}, {"type": "relu"}, {"type": "dense", "out": 10}]
+    model = Sequential.from_specs(specs, (1, 10, 10), np.random.default_rng(0))
+    x = np.random.default_rng(1).standard_normal((6, 1, 10, 10)).astype(np.float32)
+    assert model.layer_shapes == [(4, 8, 8), (4, 8, 8), (4, 8, 8), (4, 4, 4), (64,), (8,), (8,), (10,)]
+    for training in (True, False):
+        model.training = training
+        model.predict_logits(x)
+        evaluation.run(model, losses.SoftmaxCrossEntropy(), [(x, np.zeros(6, np.int64))])
+        assert model.training is training
+    with model.evaluating():
+        out, hidden = model.forward_with_input_of(7, x)
+        assert np.array_equal(out, model.forward(x)) and hidden.shape == (6, 8)
+        assert np.array_equal(model.forward_with_input_of(4, x)[1], model.forward_with_input_of(5, x)[1].reshape(6, 4, 4, 4))
+    with pytest.raises(ValueError, match="layer 2 runs inside"):  # relu runs after the pool: its input never forms
+        model.forward_with_input_of(2, x)

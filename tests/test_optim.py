@@ -168,15 +168,31 @@ def test_adamw_default_decay_and_filter():
     np.testing.assert_allclose(history[-1][n], pb.p0[n] - LR * sum(_adam_directions(pb.g[n])), rtol=1e-12)
 
 
-@pytest.mark.parametrize("make, match", [
-    (lambda p: optim.SGD(p, lr=0.0), "learning rate"),
-    (lambda p: optim.SGD(p, lr=0.1, weight_decay=-1.0), "weight_decay"),
-    (lambda p: optim.SGD(p, lr=0.1, momentum=1.0), "momentum"),
-    (lambda p: optim.SGD(p, lr=0.1, nesterov=True), "nesterov"),
+@pytest.mark.parametrize("make, message", [
+    (lambda p: optim.SGD(p, lr=-0.1), "sgd: lr must be a number >= 0, got -0.1"),
+    (lambda p: optim.SGD(p, lr=float("nan")), "sgd: lr must be a number >= 0, got nan"),
+    (lambda p: optim.SGD(p, lr="0.1"), "sgd: lr must be a number >= 0, got '0.1'"),
+    (lambda p: optim.SGD(p, lr=0.1, weight_decay=-1.0), "sgd: weight_decay must be a number >= 0, got -1.0"),
+    (lambda p: optim.SGD(p, lr=0.1, momentum=1.0), "sgd: momentum must be a number in [0, 1), got 1.0"),
+    (lambda p: optim.SGD(p, lr=0.1, momentum=-0.5), "sgd: momentum must be a number in [0, 1), got -0.5"),
+    (lambda p: optim.SGD(p, lr=0.1, momentum=0.9, nesterov="yes"), "sgd: nesterov must be true or false, got 'yes'"),
+    (lambda p: optim.SGD(p, lr=0.1, nesterov=True), "sgd: nesterov momentum needs momentum > 0, got momentum 0.0"),
+    (lambda p: optim.Adam(p, betas=(0.9, 1.0)), "adam: betas[1] must be a number in [0, 1), got 1.0"),
+    (lambda p: optim.Adam(p, betas=(-0.1, 0.999)), "adam: betas[0] must be a number in [0, 1), got -0.1"),
+    (lambda p: optim.Adam(p, betas=(0.9,)), "adam: betas must be a pair of numbers in [0, 1), got (0.9,)"),
+    (lambda p: optim.Adam(p, eps=0.0), "adam: eps must be a number > 0, got 0.0"),
+    (lambda p: optim.Adam(p, lr=-1e-3), "adam: lr must be a number >= 0, got -0.001"),
+    (lambda p: optim.AdamW(p, betas=[1.5, 0.999]), "adamw: betas[0] must be a number in [0, 1), got 1.5"),
+    (lambda p: optim.AdamW(p, weight_decay=-0.01), "adamw: weight_decay must be a number >= 0, got -0.01"),
 ])
-def test_invalid_hyperparameters(make, match):
-    with pytest.raises(ValueError, match=match):
+def test_invalid_hyperparameters_are_refused_naming_the_argument_the_range_and_the_value(make, message):
+    with pytest.raises(ValueError) as err:
         make(Problem().triples())
+    assert str(err.value) == message
+
+
+def test_a_learning_rate_of_zero_is_allowed_as_in_pytorch():
+    assert optim.SGD(Problem().triples(), lr=0.0).lr == 0.0
 
 
 class FlatProblem(Problem):

@@ -80,3 +80,22 @@ def test_warmup_wraps_any_schedule():
     wrapped = schedules.Warmup(schedules.Constant(0.1, 10), 4)
     assert [wrapped(t) for t in range(5)] == pytest.approx([0.025, 0.05, 0.075, 0.1, 0.1])
     assert wrapped.total == 10
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: schedules.Step(0.1, 100, step_size=0), "step: step_size must be an integer >= 1, got 0"),
+    (lambda: schedules.Step(0.1, 100, step_size=2.0), "step: step_size must be an integer >= 1, got 2.0"),
+    (lambda: schedules.Step(0.1, 100, step_size=2, gamma=0.0), "step: gamma must be a number > 0, got 0.0"),
+    (lambda: schedules.Exponential(0.1, 100, gamma=-0.5), "exponential: gamma must be a number > 0, got -0.5"),
+    (lambda: schedules.Cosine(0.1, 100, min_lr=-1.0), "cosine: min_lr must be a number >= 0, got -1.0"),
+    (lambda: schedules.Constant(-0.1, 100), "constant: lr must be a number >= 0, got -0.1"),
+    (lambda: schedules.Constant(0.1, -1), "constant: total must be an integer >= 0, got -1"),
+    (lambda: schedules.OneCycle(0.1, 100, pct_start=1.0), "onecycle: pct_start must be a number in (0, 1), got 1.0"),
+    (lambda: schedules.OneCycle(0.1, 100, div_factor=1.0), "onecycle: div_factor must be a number > 1, got 1.0"),
+    (lambda: schedules.OneCycle(0.1, 100, final_div_factor=0.5), "onecycle: final_div_factor must be a number > 1, got 0.5"),
+    (lambda: schedules.Warmup(schedules.Constant(0.1, 100), 0), "warmup: warmup must be an integer >= 1, got 0"),
+])
+def test_invalid_arguments_are_refused_naming_the_argument_the_range_and_the_value(make, message):
+    with pytest.raises(ValueError) as err:
+        make()
+    assert str(err.value) == message

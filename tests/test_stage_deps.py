@@ -128,3 +128,9 @@ def test_the_model_is_a_dvc_artifact():
     artifacts = yaml.safe_load((ROOT / "dvc.yaml").read_text())["artifacts"]
     (entry,) = artifacts.values()
     assert entry["path"] == "models/model.npz" and entry["type"] == "model" and entry["desc"]
+
+
+def test_evaluate_does_not_depend_on_the_optimizer_code():
+    """A loss is built without the training loop (nnlib.losses.make_loss): editing an optimizer re-runs train only."""
+    needed = module_closure(ROOT / "stages" / "evaluate.py")
+    assert not needed & {"nnlib/optim.py", "nnlib/schedules.py", "nnlib/training.py"}, sorted(needed)

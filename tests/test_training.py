@@ -8,7 +8,8 @@ from nnlib import optim, schedules
 from nnlib.mnist.data.stream import ShardStream, minibatches
 from nnlib.files import save_npz
 from nnlib.model import Sequential
-from nnlib.training import History, fit, make_loss, make_optimizer, make_schedule, steps_per_epoch
+from nnlib.losses import make_loss
+from nnlib.training import History, fit, make_optimizer, make_schedule, steps_per_epoch
 
 SIZES = [7, 5, 9, 6]  # images per shard; image i of shard s has pixel value 10*s + i (unique ids)
 
@@ -140,7 +141,7 @@ def run_fit(shard_dir, epochs, history=None, resume_from=None):
         saved[len(h.rows)] = ({k: v.copy() for k, v in model.state().items()}, (steps, {k: v.copy() for k, v in arrays.items()}),
                               model.layers[3].rng.bit_generator.state, s.position)
     h = fit(model, make_loss({"name": "cross_entropy", "label_smoothing": 0.0, "half": True}), opt,
-            lambda t: 0.01, s, epochs=epochs, images_per_epoch=11, batch_size=4, val=val, progress=False,
+            lambda t: 0.01, s, epochs=epochs, images_per_epoch=11, batch_size=4, val=lambda: minibatches(*val, 128), progress=False,
             history=history, on_epoch_end=after)
     return model, h, saved
 

@@ -82,3 +82,13 @@ def test_auto_keeps_gemm_off_numpy_until_winograd_is_measured_there(monkeypatch)
     monkeypatch.setattr(backend, "current", lambda: object())  # any backend but NumPy
     assert Conv2D(64, 5).choose_method(32) == "gemm"
     assert Conv2D(64, 5, algorithm="winograd").choose_method(32) == "winograd"
+
+
+@pytest.mark.parametrize("k", winograd.KERNEL_SIZES)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_the_cached_transforms_are_read_only(k, dtype):
+    """Every Winograd layer of the process shares them: a write must raise, not zero every such conv."""
+    for t in (*winograd.tile_transforms(k), *winograd.kron_transforms(k, dtype, np)):
+        assert not t.flags.writeable
+        with pytest.raises(ValueError, match="read-only"):
+            t[0, 0] = 0.0

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 
 from nnlib.errors import InputError
 from nnlib.files import file_sha256
@@ -20,16 +19,13 @@ from nnlib.modelfile import load_model
 def layer_table(model) -> list[dict]:
     """One row per layer: index, type, options, output shape (without the batch axis), parameter count.
 
-    Shapes come from one eval-mode forward pass of a single zero image, so they are what the layers
-    really produce.
+    Shapes are those the model inferred layer by layer when it was built (``model.layer_shapes``).
     """
-    x = np.zeros((1, *model.input_shape), np.float32)
     rows = []
-    for index, layer in enumerate(model.layers):
-        x = layer.forward(x, train=False)
+    for index, (layer, shape) in enumerate(zip(model.layers, model.layer_shapes)):
         options = {k: v for k, v in layer.config().items() if k != "type"}
         rows.append({"index": index, "type": layer.type_name, "options": options,
-                     "output_shape": list(x.shape[1:]), "parameters": int(sum(p.size for p in layer.params.values()))})
+                     "output_shape": list(shape), "parameters": int(sum(p.size for p in layer.params.values()))})
     return rows
 
 

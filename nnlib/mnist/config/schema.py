@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 from nnlib.mnist.config.params import PARAMS_FILE, Field, load_section, load_top_level
+from nnlib.options import CROSS_ENTROPY, LABEL_SMOOTHING_RANGE, LOSS_NAMES, spelled, valid_label_smoothing
 
 # The names the factories accept (nnlib/optim.py, nnlib/schedules.py; tests/test_params.py checks they
 # agree). Spelled out here so that the prepare stage, which reads this module, does not depend on them.
@@ -73,8 +74,8 @@ TRAIN = {
     "select": Field(str, "last", "'last' or 'best_val'", lambda v: v in ("last", "best_val"), "which epoch's weights are kept"),
     "model": Field(list, None, "a non-empty list of layer specs like {type: dense, out: 10}", lambda v: len(v) > 0, "the network, layer by layer", required=True),
     "loss": {
-        "name": Field(str, "cross_entropy", "'cross_entropy' or 'mse'", lambda v: v in ("cross_entropy", "mse"), "loss function"),
-        "label_smoothing": Field(float, 0.0, "a number in [0, 1)", lambda v: 0 <= v < 1, "cross-entropy label smoothing"),
+        "name": Field(str, CROSS_ENTROPY, spelled(LOSS_NAMES), lambda v: v in LOSS_NAMES, "loss function"),
+        "label_smoothing": Field(float, 0.0, LABEL_SMOOTHING_RANGE, valid_label_smoothing, "cross-entropy label smoothing"),
         "half": Field(bool, True, "true or false", None, "mse: 1/2 * sum of squares per example (Nielsen) instead of the mean over entries"),
     },
     "optimizer": {
