@@ -9,7 +9,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import errno
 import os
+import secrets
+import stat
 import tempfile
 import zipfile
 from pathlib import Path
@@ -26,22 +29,89 @@ def _umask() -> int:
     return mask
 
 
-@contextlib.contextmanager
-def atomic_path(path):
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+# What an errno means to a user, and what to do about it (for one-line OutputErrors).
+_ERRNO_WORDS = {
+    errno.ENOSPC: ("disk full", "free disk space"),
+    errno.EDQUOT: ("disk quota exceeded", "free disk space"),
+    errno.EFBIG: ("file too large", "free disk space or choose another file system"),
+    errno.EROFS: ("read-only file system", "choose a writable location"),
+    errno.EACCES: ("permission denied", "make it writable or choose another location"),
+    errno.EPERM: ("operation not permitted", "make it writable or choose another location"),
+    errno.EISDIR: ("is a directory", "give a file name, not a folder"),
+    errno.ENOTDIR: ("a parent is not a folder", "choose another location"),
+    errno.ENOENT: ("no such folder", "create the folder first or choose another location"),
+    errno.EIO: ("input/output error", "check the disk"),
+}
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO)
 
-    Readers never see a half-written file: either the old one or the complete new one.
+
+def os_error_line(path, err: OSError) -> str:
+    """One line naming ``path``, what the errno means (disk full, read-only, is a directory) and what to do."""
+    meaning, remedy = _ERRNO_WORDS.get(err.errno, (err.strerror or type(err).__name__, "choose another location"))
+    detail = f" [{err.strerror}]" if err.strerror and err.strerror.lower() != meaning else ""
+    return f"cannot write {path}: {meaning}{detail}: {remedy}"
+
+
+def check_destination(path, make_parents: bool = True) -> None:
+    """Raise :class:`OutputError` unless ``path`` can become a regular file by a rename.
+
+    Refused: an existing directory, a device, FIFO or socket, a write-protected file (no write bit:
+    its owner protected it), a parent that is not a folder, and, with ``make_parents=False``, a
+    missing parent folder (never created silently).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as err:
+        raise OutputError(os_error_line(path, err)) from None
+    if st is not None:
+        if stat.S_ISDIR(st.st_mode):
+            raise OutputError(f"cannot write {path}: is a directory: give a file name, not a folder")
+        if not stat.S_ISREG(st.st_mode):
+            raise OutputError(f"cannot write {path}: not a regular file (a device, FIFO or socket): "
+                              "give the path of an ordinary file")
+        if not st.st_mode & 0o222:
+            raise OutputError(f"cannot write {path}: the file is read-only: make it writable (chmod u+w) or remove it")
+    parent = path.parent
+    for folder in (parent, *parent.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise OutputError(f"cannot write {path}: {folder} is not a folder: choose another location")
+            break
+    if not parent.is_dir() and not make_parents:
+        raise OutputError(f"cannot write {path}: no such folder {parent}/: create it first or choose another location")
+
+
+@contextlib.contextmanager
+def atomic_path(path, make_parents: bool = True):
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    Readers never see a half-written file: either the old one or the complete new one. The
+    destination is checked first (:func:`check_destination`); an OSError of the file system (disk
+    full, read-only, is a directory) becomes one :class:`OutputError` naming ``path``.
+    """
+    path = Path(path)
+    check_destination(path, make_parents)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as err:
+        raise OutputError(os_error_line(path, err)) from None
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file ordinary permissions
         os.replace(tmp, path)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if err.errno in _DISK_ERRNOS or err.filename in (tmp, str(path)):
+            raise OutputError(os_error_line(path, err)) from None
+        raise
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
 
@@ -122,9 +192,11 @@ class OutputSet:
 
     ``with OutputSet() as out: save_npz(out.path("models/model.npz"), ...); write_json(out.path(...), ...)``
     writes every file beside its destination; only when the block ends without an error are they all
-    renamed into place (so a stage's outputs always belong to one run); on any error the temporary
-    files are removed and the previous outputs stay as they were. An ``OSError`` while writing or
-    renaming becomes one :class:`~nnlib.errors.OutputError` naming the path.
+    renamed into place (so a stage's outputs always belong to one run). Every destination is checked
+    when it is named and again before the first rename (:func:`check_destination`); the previous
+    files are kept aside until the last rename succeeded, and put back if any rename fails, so the
+    outputs are all new or all old. On any error the temporary files are removed. An ``OSError``
+    while writing or renaming becomes one :class:`~nnlib.errors.OutputError` naming the path.
     """
 
     def __init__(self):
@@ -133,12 +205,13 @@ class OutputSet:
     def path(self, destination) -> Path:
         """A temporary path beside ``destination``, renamed onto it when the set commits."""
         destination = Path(destination)
+        check_destination(destination)
         try:
             destination.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent)
             os.close(fd)
         except OSError as err:
-            raise OutputError(f"cannot write {destination} ({err.strerror or err}): make {destination.parent}/ writable") from None
+            raise OutputError(os_error_line(destination, err)) from None
         self._pending.append((Path(tmp), destination))
         return Path(tmp)
 
@@ -151,19 +224,51 @@ class OutputSet:
         else:
             self._discard()
             if isinstance(error, OSError):
-                raise OutputError(f"cannot write {error.filename or 'an output'} ({error.strerror or error}): "
-                                  "make the folder writable, or free disk space") from None
+                where = next((dest for tmp, dest in self._pending if str(tmp) == error.filename), error.filename or "an output")
+                raise OutputError(os_error_line(where, error)) from None
 
     def _commit(self) -> None:
         mode = 0o666 & ~_umask()
+        moved: list[tuple[Path, Path | None]] = []  # (destination, its previous file kept aside, or None)
+        current = None
         try:
-            for tmp, _ in self._pending:
+            for tmp, destination in self._pending:
+                check_destination(destination)
                 os.chmod(tmp, mode)
             for tmp, destination in self._pending:
+                current = destination
+                aside = None
+                if os.path.lexists(destination):
+                    aside = destination.with_name(f".{destination.name}.{secrets.token_hex(4)}.old.tmp")
+                    try:
+                        os.link(destination, aside, follow_symlinks=False)  # the old file stays in place meanwhile
+                    except OSError:
+                        os.rename(destination, aside)
+                moved.append((destination, aside))
                 os.replace(tmp, destination)
-        except OSError as err:
+        except BaseException as err:
+            self._roll_back(moved)
             self._discard()
-            raise OutputError(f"cannot write {err.filename} ({err.strerror or err}): make the folder writable, or free disk space") from None
+            if isinstance(err, OSError):
+                raise OutputError(os_error_line(current or err.filename, err)) from None
+            raise
+        for _, aside in moved:
+            if aside is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(aside)
+
+    def _roll_back(self, moved) -> None:
+        """Put every previous file back where it was (a destination that had none is removed)."""
+        done = {tmp for tmp, _ in self._pending if not tmp.exists()}
+        renamed = {destination for tmp, destination in self._pending if tmp in done}
+        for destination, aside in reversed(moved):
+            with contextlib.suppress(OSError):
+                if aside is not None:
+                    os.replace(aside, destination)
+                    if os.path.lexists(aside):  # a hard link to the destination itself: rename did nothing
+                        os.unlink(aside)
+                elif destination in renamed:
+                    os.unlink(destination)
 
     def _discard(self) -> None:
         for tmp, _ in self._pending:
