@@ -166,8 +166,12 @@ def to_onnx(model: Sequential, opset: int = OPSET):
 
 
 def export_onnx(model: Sequential, out_path, opset: int = OPSET) -> None:
-    """Write :func:`to_onnx` of ``model`` to ``out_path`` atomically (nothing is left behind on failure)."""
+    """Write :func:`to_onnx` of ``model`` to ``out_path`` atomically (nothing is left behind on failure),
+    or to ``out_path`` itself when it is a binary stream."""
     proto = to_onnx(model, opset)
+    if hasattr(out_path, "write"):  # a binary stream (nnlib export MODEL -: stdout)
+        out_path.write(proto.SerializeToString())
+        return
     with atomic_path(out_path) as tmp:
         tmp.write_bytes(proto.SerializeToString())
 

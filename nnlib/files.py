@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .backend import to_numpy
-from .errors import OutputError
+from .errors import OutputError, ParamsError
 
 
 def _umask() -> int:
@@ -39,7 +39,7 @@ _ERRNO_WORDS = {
     errno.EPERM: ("operation not permitted", "make it writable or choose another location"),
     errno.EISDIR: ("is a directory", "give a file name, not a folder"),
     errno.ENOTDIR: ("a parent is not a folder", "choose another location"),
-    errno.ENOENT: ("no such folder", "create the folder first or choose another location"),
+    errno.ENOENT: ("cannot create a file there", "choose another location"),
     errno.EIO: ("input/output error", "check the disk"),
 }
 _DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO)
@@ -82,6 +82,27 @@ def check_destination(path, make_parents: bool = True) -> None:
             break
     if not parent.is_dir() and not make_parents:
         raise OutputError(f"cannot write {path}: no such folder {parent}/: create it first or choose another location")
+
+
+def check_user_output(path, inputs=()) -> None:
+    """Check an output path that a user named on the command line, before any work is done.
+
+    Refused with :class:`~nnlib.errors.ParamsError` (exit 2): a path that resolves to one of ``inputs``
+    (the file would be lost), a device, FIFO or socket. Then :func:`check_destination` without
+    creating folders: a missing parent folder, a directory or a read-only file is an OutputError.
+    """
+    path = Path(path)
+    for source in map(Path, inputs):
+        same = path.resolve() == source.resolve()
+        with contextlib.suppress(OSError):
+            same = same or os.path.samefile(path, source)
+        if same:
+            raise ParamsError(f"{path} is the input {source}: writing there would destroy it; choose another output file")
+    with contextlib.suppress(OSError):
+        mode = os.stat(path).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            raise ParamsError(f"{path} is not a regular file (a device, FIFO or socket): give the path of an ordinary file")
+    check_destination(path, make_parents=False)
 
 
 @contextlib.contextmanager

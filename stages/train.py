@@ -21,7 +21,7 @@ from nnlib import backend, checkpoints
 from nnlib.mnist import seeding
 from nnlib.mnist.data.stream import NUM_CLASSES, ShardStream, check_shards, load_shard, read_manifest
 from nnlib.errors import Diverged, InputError, ParamsError, run_stage
-from nnlib.files import OutputSet, check_writable, file_sha256, remove_stale_temporaries, text_sha256, write_json, write_text
+from nnlib.files import OutputSet, check_destination, check_writable, file_sha256, remove_stale_temporaries, text_sha256, write_json, write_text
 from nnlib.model import Sequential
 from nnlib.modelfile import load_weights, save_model
 from nnlib.mnist.config.params import load_section
@@ -31,6 +31,7 @@ from nnlib.training import History, fit, make_loss, make_optimizer, make_schedul
 
 
 LOG_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr"]  # deterministic: timings go to timing.json
+OUTPUTS = [MODEL, METRICS / "train.json", METRICS / "train_log.tsv", METRICS / "timing.json"]
 MAX_IMAGES = 10**10  # epochs x images_per_epoch above this is a typo, not a training run
 SOURCES = [Path(__file__), *sorted(Path(nnlib.__file__).parent.rglob("*.py"))]  # the code a checkpoint belongs to, subpackages included
 
@@ -84,6 +85,8 @@ def main() -> None:
         load_weights(model, init["path"])
         print(f"train: starting from the weights of {init['path']} (sha256 {init['sha256'][:12]})", file=sys.stderr)
     check_writable(outputs)
+    for destination in OUTPUTS:  # a folder or a read-only file in the way is found now, not after training
+        check_destination(destination)
 
     val = load_shard(SHARDS / manifest["val"]["file"])
     files = [s["file"] for s in manifest["train_shards"]]

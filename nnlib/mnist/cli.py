@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from nnlib import __version__
-from nnlib.errors import ParamsError, run_stage
+from nnlib.errors import OutputError, ParamsError, run_stage
+from nnlib.files import check_user_output
 from nnlib.mnist.paths import MODEL
 
 DEFAULT_MODEL = MODEL.as_posix()
@@ -41,6 +43,8 @@ def cmd_predict(args) -> int:
 
     if args.top > 10:
         raise ParamsError(f"--top must be between 1 and 10 (there are 10 digits), got {args.top}")
+    if args.show:
+        check_user_output(args.show, [args.model, *_input_files(args.paths)])
     model, _ = load_model(args.model)
     results = predict_paths(model, args.paths, preprocess=not args.no_preprocess, batch_size=args.batch_size)
     failed = 0
@@ -57,6 +61,19 @@ def cmd_predict(args) -> int:
     return 1 if failed else 0
 
 
+def _input_files(paths) -> list:
+    """The files that the inputs name: each path, and the images of a directory."""
+    from nnlib.mnist.images import expand  # noqa: PLC0415
+
+    found = []
+    for path in paths:
+        try:
+            found += expand(path)
+        except Exception:  # noqa: BLE001 - an unreadable input is reported when it is read
+            found.append(path)
+    return found
+
+
 def cmd_info(args) -> int:
     from nnlib.mnist.summary import describe, format_description  # noqa: PLC0415
 
@@ -68,6 +85,13 @@ def cmd_info(args) -> int:
 def cmd_export(args) -> int:
     from nnlib.export import export_model_file  # noqa: PLC0415
 
+    if args.out == "-":
+        if sys.stdout is None or sys.stdout.isatty():
+            raise ParamsError("nnlib export MODEL -: writes the ONNX bytes to stdout, which is a terminal or closed: "
+                              "redirect it (> model.onnx) or give a file name")
+        export_model_file(args.model, sys.stdout.buffer)
+        return 0
+    check_user_output(args.out, [args.model])
     export_model_file(args.model, args.out)
     print(f"export: wrote {args.out}", file=sys.stderr)
     return 0
@@ -146,6 +170,21 @@ def main(argv: list[str] | None = None) -> None:
         if args.command is None:
             build_parser().print_help()
             return 2
-        return args.run(args)
+        if sys.stdout is None and not (args.command == "export" and args.out != "-"):
+            raise OutputError("stdout is closed: nothing could be printed; run it with stdout open (or redirected to a file)")
+        try:
+            code = args.run(args)
+            if sys.stdout is not None:
+                sys.stdout.flush()
+        except BrokenPipeError:  # the reader went away (| head): stop quietly, as Unix tools do
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 141
+        except OSError as err:
+            if err.filename is not None:
+                raise
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the rest of the buffer, too, is lost
+            from nnlib.files import os_error_line  # noqa: PLC0415
+            raise OutputError(os_error_line("stdout", err).replace("choose another location", "redirect it elsewhere")) from None
+        return code
 
     run_stage(run)

@@ -51,7 +51,7 @@ from tqdm import tqdm
 from nnlib.mnist import paths, seeding
 from nnlib.mnist.data.augment import AugmentConfig, distort
 from nnlib.mnist.data.stream import NUM_CLASSES, read_idx
-from nnlib.files import save_npz, write_json
+from nnlib.files import check_destination, save_npz, write_json
 from nnlib.errors import InputError, ParamsError
 from nnlib.mnist.config.params import PARAMS_FILE, load_section, validate
 from nnlib.mnist.config.schema import PREPARE
@@ -461,6 +461,8 @@ def prepare(
     as it was and no temporary directory. The preview is drawn once the new shards are in place.
     """
     out_dir = Path(out_dir)
+    if preview_path is not None:
+        check_destination(preview_path)  # a folder or read-only file there is refused before the shards change
     raw = load_mnist(raw_dir)
     plan = plan_shards(params, len(raw["train_images"]), len(raw["test_images"]))
     remove_stale_temp_dirs(out_dir)  # garbage of killed runs, never data: their space counts as free
