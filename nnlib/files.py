@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import errno
 import os
 import secrets
@@ -88,8 +89,9 @@ def check_user_output(path, inputs=()) -> None:
     """Check an output path that a user named on the command line, before any work is done.
 
     Refused with :class:`~nnlib.errors.ParamsError` (exit 2): a path that resolves to one of ``inputs``
-    (the file would be lost), a device, FIFO or socket. Then :func:`check_destination` without
-    creating folders: a missing parent folder, a directory or a read-only file is an OutputError.
+    (the file would be lost), a device, FIFO or socket. Then :func:`check_destination`: a directory,
+    a read-only file, or a missing parent folder outside the working directory (never created
+    silently; inside it, as in ``--show seen/grid.png``, it is) is an OutputError.
     """
     path = Path(path)
     for source in map(Path, inputs):
@@ -102,7 +104,7 @@ def check_user_output(path, inputs=()) -> None:
         mode = os.stat(path).st_mode
         if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
             raise ParamsError(f"{path} is not a regular file (a device, FIFO or socket): give the path of an ordinary file")
-    check_destination(path, make_parents=False)
+    check_destination(path, make_parents=Path.cwd().resolve() in path.resolve().parents)
 
 
 @contextlib.contextmanager
@@ -162,9 +164,44 @@ def save_npz(path, arrays: dict) -> None:
 
 
 def load_npz(path) -> dict:
-    """Read every array of an ``.npz`` into memory, refusing pickled objects."""
+    """Read every array of an ``.npz`` into memory, refusing pickled objects.
+
+    Every member's header is checked against the member's size first (:func:`npz_sizes`), so a
+    small file that declares a huge array is refused before anything is allocated.
+    """
     with np.load(path, allow_pickle=False) as archive:
+        npz_sizes(archive.zip)
         return {name: archive[name] for name in archive.files}
+
+
+def npy_header(fp) -> tuple[tuple, np.dtype]:
+    """The (shape, dtype) that an ``.npy`` stream's header declares; the stream is left after the header."""
+    version = np.lib.format.read_magic(fp)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(fp)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(fp)
+    else:
+        raise ValueError(f".npy format version {version} is not supported")
+    return tuple(shape), dtype
+
+
+def npz_sizes(archive: zipfile.ZipFile) -> dict[str, tuple[tuple, np.dtype, int]]:
+    """Each member of an ``.npz`` (name without ``.npy``) -> (shape, dtype, bytes of data it declares).
+
+    Only the headers are read. Raises ValueError when a header declares more data than the member's
+    uncompressed size (a small archive claiming a huge array, which reading would allocate).
+    """
+    out = {}
+    for info in archive.infolist():
+        with archive.open(info) as member:
+            shape, dtype = npy_header(member)
+        nbytes = math.prod(shape) * dtype.itemsize
+        if not dtype.hasobject and nbytes > info.file_size:
+            raise ValueError(f"member {info.filename} declares an array of shape {shape[:8]} ({nbytes:,} bytes) "
+                             f"but holds {info.file_size:,} bytes")
+        out[info.filename.removesuffix(".npy")] = (shape, dtype, nbytes)
+    return out
 
 
 def file_sha256(path, chunk: int = 1 << 20) -> str:

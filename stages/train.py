@@ -22,6 +22,7 @@ from nnlib.mnist import seeding
 from nnlib.mnist.data.stream import NUM_CLASSES, ShardStream, check_shards, load_shard, read_manifest
 from nnlib.errors import Diverged, InputError, ParamsError, run_stage
 from nnlib.files import OutputSet, check_destination, check_writable, file_sha256, remove_stale_temporaries, text_sha256, write_json, write_text
+from nnlib.footprint import check_fits
 from nnlib.model import Sequential
 from nnlib.modelfile import load_weights, save_model
 from nnlib.mnist.config.params import load_section
@@ -80,6 +81,7 @@ def main() -> None:
     images_per_epoch = cfg["images_per_epoch"] or manifest["train_split_size"]
     check_size(cfg, images_per_epoch)
     init = init_source(cfg["init_from"])
+    check_fits(cfg["model"], (1, *manifest["image_shape"]), cfg["batch_size"])  # before any layer allocates
     model = build_model(cfg["model"], (1, *manifest["image_shape"]), seed)
     if init:
         load_weights(model, init["path"])

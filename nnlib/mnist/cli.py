@@ -102,7 +102,11 @@ def cmd_params(args) -> int:
 
     from nnlib.mnist.config.schema import effective_params  # noqa: PLC0415
 
-    print(yaml.safe_dump(effective_params(args.file), sort_keys=False), end="")
+    from nnlib.footprint import check_fits  # noqa: PLC0415
+
+    params = effective_params(args.file)
+    check_fits(params["train"]["model"], (1, 28, 28), params["train"]["batch_size"])
+    print(yaml.safe_dump(params, sort_keys=False), end="")
     return 0
 
 
