@@ -39,7 +39,7 @@ from .errors import MissingExtra
 from .files import atomic_path
 from .layers import Layer
 from .model import Sequential
-from .modelfile import load_model
+from .modelfile import check_outputs, load_model
 
 OPSET = 17  # ONNX 1.12 (2022): supported by every current runtime
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
@@ -184,4 +184,5 @@ def export_model_file(model_path, out_path) -> None:
     """
     _onnx()
     model, _ = load_model(model_path)
+    check_outputs(model, model_path)
     export_onnx(model, out_path)

@@ -127,6 +127,8 @@ def _read_meta(path: Path, arrays: dict) -> dict:
         meta = json.loads(str(raw))
     except json.JSONDecodeError as err:
         raise ModelFileError(f"{path}: {META_KEY} is not valid JSON ({err}): {REMEDY}") from None
+    except RecursionError:
+        raise ModelFileError(f"{path}: {META_KEY} is nested too deeply to describe a network: {REMEDY}") from None
     if not isinstance(meta, dict):
         raise ModelFileError(f"{path}: {META_KEY} must be a JSON object, got {type(meta).__name__}: {REMEDY}")
     version = meta.get("format_version")
@@ -166,6 +168,24 @@ def load_model(path) -> tuple[Sequential, dict]:
     except ValueError as err:
         raise ModelFileError(f"{path}: its arrays do not fit its layers ({err}): {REMEDY}") from None
     return model.eval(), meta.get("metadata", {})
+
+
+def check_outputs(model: Sequential, path, logits=None) -> None:
+    """Raise :class:`ModelFileError` when the model's outputs are not all finite.
+
+    Finite weights can still overflow (every weight x1e30): predict, export and serve call this once
+    on a small probe batch (``logits=None``: a black, a white and a random image) when they load a
+    model, and predict again on the logits of the user's images, as evaluate does on the test set.
+    """
+    from .backend import to_numpy  # noqa: PLC0415
+
+    if logits is None:
+        probe = np.stack([np.zeros(model.input_shape), np.ones(model.input_shape),
+                          np.random.default_rng(0).random(model.input_shape)]).astype(np.float32)
+        with np.errstate(all="ignore"):
+            logits = model.predict_logits(probe, len(probe))
+    if not np.isfinite(to_numpy(logits)).all():
+        raise ModelFileError(f"{path} gives non-finite outputs (its weights overflow float32): {REMEDY}")
 
 
 def training_loss(metadata: dict, path) -> dict:

@@ -102,6 +102,7 @@ def main() -> None:
     run_params = {k: v for k, v in cfg.items() if k != "resume"}
     digest = checkpoints.run_digest(seed, run_params, manifest_sha256, init and init["sha256"], SOURCES)
 
+    held = checkpoints.lock(CHECKPOINTS)  # noqa: F841 - a second training in this folder is refused until this one ends
     history = History()
     resumed, note = checkpoints.find(CHECKPOINTS, digest) if cfg["resume"] else (None, "")
     if resumed:
@@ -127,7 +128,12 @@ def main() -> None:
                 batch_size=cfg["batch_size"], val=val, interval=interval, keep_best=cfg["select"] == "best_val",
                 history=history, on_epoch_end=after_epoch)
     except Diverged as err:
-        kept = f"; the last good checkpoint is kept in {CHECKPOINTS}/" if history.rows else ""
+        if history.rows and cfg["resume"]:
+            kept = (f"; the checkpoint of epoch {len(history.rows)} is kept in {CHECKPOINTS}/: a rerun with the same params "
+                    f"resumes from it (and will likely diverge again), a rerun with other params (a lower lr) starts "
+                    f"afresh; to start afresh with these params, delete {CHECKPOINTS}/ or set train.resume: false")
+        else:
+            kept = "; a rerun starts afresh"
         raise Diverged(f"training diverged: {err}; no model was written{kept}") from None
 
     if cfg["select"] == "best_val":

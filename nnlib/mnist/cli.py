@@ -38,7 +38,7 @@ def _positive_int(text: str) -> int:
 
 
 def cmd_predict(args) -> int:
-    from nnlib.modelfile import load_model  # noqa: PLC0415 - each subcommand imports only what it needs
+    from nnlib.modelfile import check_outputs, load_model  # noqa: PLC0415 - each subcommand imports only what it needs
     from nnlib.mnist.predict import Failure, format_line, predict_paths, save_grid, to_json  # noqa: PLC0415
 
     if args.top > 10:
@@ -46,7 +46,13 @@ def cmd_predict(args) -> int:
     if args.show:
         check_user_output(args.show, [args.model, *_input_files(args.paths)])
     model, _ = load_model(args.model)
+    check_outputs(model, args.model)
     results = predict_paths(model, args.paths, preprocess=not args.no_preprocess, batch_size=args.batch_size)
+    import numpy as np  # noqa: PLC0415
+
+    finite = [r.probabilities for r in results if not isinstance(r, Failure)]
+    if finite and not np.isfinite(np.stack(finite)).all():
+        check_outputs(model, args.model, logits=np.stack(finite))
     failed = 0
     for result in results:
         if isinstance(result, Failure):
