@@ -16,6 +16,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 
 from test_shards import write_idx
@@ -53,6 +54,25 @@ FAULT_HOOK = textwrap.dedent('''
                 raise OSError(errno.ENOSPC, "No space left on device")
             return real_write(*args, **kwargs)
         files.save_npz, npformat.write_array = save_npz, write_array
+    if fault.startswith("checkpoint:"):  # checkpoint:<what>:<epoch>: after the checkpoint of that epoch is written...
+        _, what, epoch = fault.split(":")
+        import time
+        import numpy as np
+        import nnlib.checkpoints as checkpoints
+        real_checkpoint = checkpoints.save
+        def save(folder, digest, **state):
+            path = real_checkpoint(folder, digest, **state)
+            if len(state["history"].rows) == int(epoch):
+                if what == "die":  # ... the process is killed (SIGKILL: nothing is cleaned up)
+                    os._exit(137)
+                if what == "diverge":  # ... every weight becomes infinite, so the next step's loss is not finite
+                    for _, param, _ in state["model"].parameters():
+                        param[...] = np.inf
+                if what == "sleep":  # ... the run takes a while (another one may try to start meanwhile)
+                    print("checkpoint written", flush=True)
+                    time.sleep(60)
+            return path
+        checkpoints.save = save
 ''')
 
 
@@ -141,6 +161,12 @@ def raw_arrays(seed: int = 0) -> dict:
             "train_labels": rng.integers(0, 10, 200, dtype=np.uint8),
             "test_images": rng.integers(0, 256, (50, 28, 28), dtype=np.uint8),
             "test_labels": rng.integers(0, 10, 50, dtype=np.uint8)}
+
+
+@pytest.fixture(scope="session")
+def built_stage_repo(tmp_path_factory) -> "StageRepo":
+    """One repository through prepare, train and evaluate, shared by every test module that imports this."""
+    return StageRepo.build(tmp_path_factory.mktemp("stages"))
 
 
 class StageRepo:

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hostile import ROOT, StageRepo, assert_one_line, digest, env, fault_env, nnlib
+from hostile import ROOT, StageRepo, assert_one_line, built_stage_repo, digest, env, fault_env, nnlib  # noqa: F401 - a fixture
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory) -> StageRepo:
-    return StageRepo.build(tmp_path_factory.mktemp("stages"))
+def built(built_stage_repo) -> StageRepo:
+    return built_stage_repo
 
 
 @pytest.fixture
