@@ -109,3 +109,16 @@ def test_atomic_path_never_creates_a_missing_folder_when_told_not_to(tmp_path):
         with files.atomic_path(tmp_path / "absent" / "x.png", make_parents=False) as tmp:
             tmp.write_text("x")
     assert not (tmp_path / "absent").exists()
+
+
+@pytest.mark.parametrize("code, words", [(errno.EROFS, "read-only file system"), (errno.ENOSPC, "disk full"),
+                                         (errno.EACCES, "permission denied")])
+def test_atomic_path_names_the_errno_meaning(tmp_path, monkeypatch, code, words):
+    def fail(src, dst):
+        raise OSError(code, os.strerror(code), str(dst))
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OutputError, match=f"cannot write .*x.png: {words}"):
+        with files.atomic_path(tmp_path / "x.png") as tmp:
+            tmp.write_text("x")
+    assert list(tmp_path.iterdir()) == []
