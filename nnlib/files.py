@@ -57,17 +57,17 @@ def check_destination(path, make_parents: bool = True) -> None:
     """Raise :class:`OutputError` unless ``path`` can become a regular file by a rename.
 
     Refused: an existing directory, a device, FIFO or socket, a write-protected file (no write bit:
-    its owner protected it), a parent that is not a folder, and, with ``make_parents=False``, a
+    its owner protected it; a symlink is fine, the rename replaces the link), a parent that is not a folder, and, with ``make_parents=False``, a
     missing parent folder (never created silently).
     """
     path = Path(path)
     try:
-        st = os.stat(path)
+        st = os.lstat(path)  # a symlink (a DVC cache link) is replaced by the rename, never written through
     except FileNotFoundError:
         st = None
     except OSError as err:
         raise OutputError(os_error_line(path, err)) from None
-    if st is not None:
+    if st is not None and not stat.S_ISLNK(st.st_mode):
         if stat.S_ISDIR(st.st_mode):
             raise OutputError(f"cannot write {path}: is a directory: give a file name, not a folder")
         if not stat.S_ISREG(st.st_mode):
