@@ -141,9 +141,9 @@ def digest(path: Path) -> str:
 
 
 def snapshot(root: Path, folders=("data", "models", "metrics")) -> dict:
-    """SHA-256 of every file under ``folders`` (relative path -> digest)."""
+    """SHA-256 of every file under ``folders`` (relative path -> digest); the training lock (it holds a pid) aside."""
     return {str(p.relative_to(root)): digest(p) for folder in folders for p in sorted((root / folder).rglob("*"))
-            if p.is_file() and not p.is_symlink()}
+            if p.is_file() and not p.is_symlink() and p.name != ".lock"}
 
 
 def write_params(root: Path, override: dict | None = None) -> None:
@@ -165,7 +165,7 @@ def raw_arrays(seed: int = 0) -> dict:
 
 @pytest.fixture(scope="session")
 def built_stage_repo(tmp_path_factory) -> "StageRepo":
-    """One repository through prepare, train and evaluate, shared by every test module that imports this."""
+    """One repository through prepare, train and evaluate, shared by the hostile tests (tests/conftest.py imports it)."""
     return StageRepo.build(tmp_path_factory.mktemp("stages"))
 
 

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from hostile import ROOT, StageRepo, built_stage_repo, fault_env, write_params  # noqa: F401 - a fixture
+from hostile import ROOT, StageRepo, fault_env, write_params
 from nnlib.files import load_npz, save_npz
 from nnlib.mnist.data import fetch
 from test_shards import write_idx

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hostile import ROOT, StageRepo, assert_one_line, built_stage_repo, digest, env, fault_env, nnlib  # noqa: F401 - a fixture
+from hostile import ROOT, StageRepo, assert_one_line, digest, env, fault_env, nnlib
 
 
 @pytest.fixture(scope="module")

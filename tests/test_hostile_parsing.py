@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from hostile import ROOT, StageRepo, assert_one_line, built_stage_repo, env, nnlib, write_params  # noqa: F401 - a fixture
+from hostile import ROOT, assert_one_line, env, nnlib, write_params
 from nnlib.files import load_npz, save_npz
 from nnlib.model import Sequential
 from nnlib.modelfile import META_KEY, save_model
