@@ -69,6 +69,52 @@ def runs_of(study: dict) -> list[dict]:
     return list(out.values())
 
 
+class StudyError(Exception):
+    """A malformed study file; ``main`` prints it as one line and exits 2."""
+
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+def load_study(path: Path) -> dict:
+    """Read and check a study file: one StudyError line for whatever is wrong with it."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise StudyError(f"{path} is not UTF-8 text (byte {err.object[err.start]:#x} at offset {err.start})") from None
+    except OSError as err:
+        raise StudyError(f"{path} cannot be read ({err.strerror or err})") from None
+    try:
+        study = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise StudyError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    except RecursionError:
+        raise StudyError(f"{path} is nested too deeply") from None
+    if not isinstance(study, dict):
+        raise StudyError(f"{path} must be a mapping with name, seeds, base and factors, got {type(study).__name__}")
+    name = study.get("name")
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise StudyError(f"{path}: name must be letters, digits, '-' and '_' (it names the result files), "
+                         f"got {str(name)[:60]!r}")
+    seeds = study.get("seeds")
+    if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
+        raise StudyError(f"{path}: seeds must be a non-empty list of integers >= 0, got {str(seeds)[:60]}")
+    if not isinstance(study.get("base") or {}, dict):
+        raise StudyError(f"{path}: base must be a mapping of overrides (key: value), got {str(study['base'])[:60]}")
+    factors = study.get("factors")
+    if not (isinstance(factors, dict) and factors):
+        raise StudyError(f"{path}: factors must be a non-empty mapping of factor: {{level: {{overrides}}}}, "
+                         f"got {str(factors)[:60]}")
+    for factor, levels in factors.items():
+        if not (isinstance(levels, dict) and levels):
+            raise StudyError(f"{path}: factor {str(factor)[:40]} must map levels to overrides, got {str(levels)[:60]}")
+        for level, overrides in levels.items():
+            if not isinstance(overrides or {}, dict):
+                raise StudyError(f"{path}: level {str(factor)[:40]}.{str(level)[:40]} must be a mapping of overrides "
+                                 f"(key: value) or {{}}, got {str(overrides)[:60]}")
+    return study
+
+
 def dvc(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
     result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, capture_output=True, text=True)
     if check and result.returncode != 0:
@@ -164,7 +210,11 @@ def main(argv=None) -> int:
                         help="run again on HEAD every run missing from the JSON, removing finished experiments of "
                              "the same names from earlier commits (instead of collecting them)")
     args = parser.parse_args(argv)
-    study = yaml.safe_load(args.study.read_text())
+    try:
+        study = load_study(args.study)
+    except StudyError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     out_dir = args.out or args.study.parent
     results = out_dir / f"{study['name']}.json"
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=args.repo, capture_output=True, text=True).stdout.strip()

@@ -14,18 +14,27 @@ of every dropout layer's Generator, the log rows so far, the BLAS thread count (
 **digest**: a SHA-256 of the seed and train params, the shard manifest, the ``init_from`` model and
 the sources of nnlib and the train stage. A checkpoint whose digest differs (other params, other data, other code) is never resumed.
 
+The meta also holds ``content_sha256``, a SHA-256 of every array (name, dtype, shape, bytes) and of
+the rest of the meta: a checkpoint edited after it was written (``step: 0``, a weight changed) is
+ignored with a line, never resumed.
+
 A run that completes deletes its checkpoints, so resuming only ever continues an unfinished run and
-``dvc repro -f`` always trains from scratch.
+``dvc repro -f`` always trains from scratch. :func:`lock` keeps a second training out of the folder
+while one runs.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .backend import to_numpy
+from .errors import OutputError
 from .files import load_npz, save_npz
 
 PATTERN = "checkpoint-*.npz"
@@ -41,6 +50,44 @@ def run_digest(seed: int, train_params: dict, manifest_sha256: str, init_sha256:
     for path in sorted(map(Path, sources)):
         digest.update(path.as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
+
+
+def content_sha256(meta: dict, arrays: dict) -> str:
+    """SHA-256 of a checkpoint's arrays (names, dtypes, shapes, bytes) and its meta without this hash."""
+    digest = hashlib.sha256(json.dumps({k: v for k, v in meta.items() if k != "content_sha256"}, sort_keys=True).encode())
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(to_numpy(arrays[name]))
+        digest.update(f"{name}\0{array.dtype.str}\0{array.shape}\0".encode())
+        digest.update(array.view(np.uint8).reshape(-1).data if array.size else b"")
+    return digest.hexdigest()
+
+
+def lock(folder):
+    """Take an exclusive lock (``fcntl.flock``) on ``folder/.lock``; return the open file that holds it.
+
+    The lock lasts while that file is open, i.e. until the process ends (also by SIGKILL: a killed
+    run never leaves the folder locked). A second training in the same folder meanwhile gets one
+    :class:`~nnlib.errors.OutputError` line.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = open(folder / ".lock", "a+")
+    except OSError as err:
+        raise OutputError(f"cannot lock {folder}/ ({err.strerror or err}): make it writable") from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip()[:20] or "another process"
+        handle.close()
+        raise OutputError(f"another training is running in this folder ({folder}/ is locked by process {holder}): "
+                          "wait for it to end, or stop it, before training again") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
 
 
 def _rng_layers(model) -> dict:
@@ -92,6 +139,7 @@ def save(folder, digest: str, *, model, optimizer, history, step: int, stream_po
     arrays = {f"model/{k}": v for k, v in model.state().items()}
     arrays.update({f"optim/{k}": v for k, v in optim_arrays.items()})
     arrays.update({f"best/{k}": v for k, v in (history.best_state or {}).items()})
+    meta["content_sha256"] = content_sha256(meta, arrays)
     arrays[META_KEY] = np.array(json.dumps(meta))
     path = folder / f"checkpoint-{epoch:04d}.npz"
     save_npz(path, arrays)
@@ -118,6 +166,9 @@ def find(folder, digest: str) -> tuple[Checkpoint | None, str]:
         return None, f"train: ignoring {path}: unreadable ({err or type(err).__name__}); starting afresh"
     if not ok or meta.get("digest") != digest:
         return None, f"train: ignoring {path}: written by another run (params, data or code differ); starting afresh"
+    if meta.get("content_sha256") != content_sha256(meta, arrays):
+        return None, (f"train: ignoring {path}: its contents do not match the hash stored in it (edited or corrupt); "
+                      "starting afresh")
     return Checkpoint(path, meta, arrays), f"train: resuming from {path} (epoch {meta['epoch']} done, step {meta['step']})"
 
 

@@ -39,7 +39,7 @@ from .errors import MissingExtra
 from .files import atomic_path
 from .layers import Layer
 from .model import Sequential
-from .modelfile import load_model
+from .modelfile import check_outputs, load_model
 
 OPSET = 17  # ONNX 1.12 (2022): supported by every current runtime
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
@@ -166,8 +166,12 @@ def to_onnx(model: Sequential, opset: int = OPSET):
 
 
 def export_onnx(model: Sequential, out_path, opset: int = OPSET) -> None:
-    """Write :func:`to_onnx` of ``model`` to ``out_path`` atomically (nothing is left behind on failure)."""
+    """Write :func:`to_onnx` of ``model`` to ``out_path`` atomically (nothing is left behind on failure),
+    or to ``out_path`` itself when it is a binary stream."""
     proto = to_onnx(model, opset)
+    if hasattr(out_path, "write"):  # a binary stream (nnlib export MODEL -: stdout)
+        out_path.write(proto.SerializeToString())
+        return
     with atomic_path(out_path) as tmp:
         tmp.write_bytes(proto.SerializeToString())
 
@@ -180,4 +184,5 @@ def export_model_file(model_path, out_path) -> None:
     """
     _onnx()
     model, _ = load_model(model_path)
+    check_outputs(model, model_path)
     export_onnx(model, out_path)

@@ -12,10 +12,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
+import errno
 import os
 import secrets
 import shutil
 import signal
+import stat
 import tempfile
 import threading
 import zipfile
@@ -25,7 +28,7 @@ from typing import Iterator
 import numpy as np
 
 from .backend import to_numpy
-from .errors import OutputError
+from .errors import OutputError, ParamsError
 
 
 def _umask() -> int:
@@ -34,22 +37,111 @@ def _umask() -> int:
     return mask
 
 
-@contextlib.contextmanager
-def atomic_path(path):
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+# What an errno means to a user, and what to do about it (for one-line OutputErrors).
+_ERRNO_WORDS = {
+    errno.ENOSPC: ("disk full", "free disk space"),
+    errno.EDQUOT: ("disk quota exceeded", "free disk space"),
+    errno.EFBIG: ("file too large", "free disk space or choose another file system"),
+    errno.EROFS: ("read-only file system", "choose a writable location"),
+    errno.EACCES: ("permission denied", "make it writable or choose another location"),
+    errno.EPERM: ("operation not permitted", "make it writable or choose another location"),
+    errno.EISDIR: ("is a directory", "give a file name, not a folder"),
+    errno.ENOTDIR: ("a parent is not a folder", "choose another location"),
+    errno.ENOENT: ("cannot create a file there", "choose another location"),
+    errno.EIO: ("input/output error", "check the disk"),
+}
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO)
 
-    Readers never see a half-written file: either the old one or the complete new one.
+
+def os_error_line(path, err: OSError) -> str:
+    """One line naming ``path``, what the errno means (disk full, read-only, is a directory) and what to do."""
+    meaning, remedy = _ERRNO_WORDS.get(err.errno, (err.strerror or type(err).__name__, "choose another location"))
+    detail = f" [{err.strerror}]" if err.strerror and err.strerror.lower() != meaning else ""
+    return f"cannot write {path}: {meaning}{detail}: {remedy}"
+
+
+def check_destination(path, make_parents: bool = True) -> None:
+    """Raise :class:`OutputError` unless ``path`` can become a regular file by a rename.
+
+    Refused: an existing directory, a device, FIFO or socket, a write-protected file (no write bit:
+    its owner protected it; a symlink is fine, the rename replaces the link), a parent that is not a folder, and, with ``make_parents=False``, a
+    missing parent folder (never created silently).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        st = os.lstat(path)  # a symlink (a DVC cache link) is replaced by the rename, never written through
+    except FileNotFoundError:
+        st = None
+    except OSError as err:
+        raise OutputError(os_error_line(path, err)) from None
+    if st is not None and not stat.S_ISLNK(st.st_mode):
+        if stat.S_ISDIR(st.st_mode):
+            raise OutputError(f"cannot write {path}: is a directory: give a file name, not a folder")
+        if not stat.S_ISREG(st.st_mode):
+            raise OutputError(f"cannot write {path}: not a regular file (a device, FIFO or socket): "
+                              "give the path of an ordinary file")
+        if not st.st_mode & 0o222:
+            raise OutputError(f"cannot write {path}: the file is read-only: make it writable (chmod u+w) or remove it")
+    parent = path.parent
+    for folder in (parent, *parent.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise OutputError(f"cannot write {path}: {folder} is not a folder: choose another location")
+            break
+    if not parent.is_dir() and not make_parents:
+        raise OutputError(f"cannot write {path}: no such folder {parent}/: create it first or choose another location")
+
+
+def check_user_output(path, inputs=()) -> None:
+    """Check an output path that a user named on the command line, before any work is done.
+
+    Refused with :class:`~nnlib.errors.ParamsError` (exit 2): a path that resolves to one of ``inputs``
+    (the file would be lost), a device, FIFO or socket. Then :func:`check_destination`: a directory,
+    a read-only file, or a missing parent folder outside the working directory (never created
+    silently; inside it, as in ``--show seen/grid.png``, it is) is an OutputError.
+    """
+    path = Path(path)
+    for source in map(Path, inputs):
+        same = path.resolve() == source.resolve()
+        with contextlib.suppress(OSError):
+            same = same or os.path.samefile(path, source)
+        if same:
+            raise ParamsError(f"{path} is the input {source}: writing there would destroy it; choose another output file")
+    with contextlib.suppress(OSError):
+        mode = os.stat(path).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            raise ParamsError(f"{path} is not a regular file (a device, FIFO or socket): give the path of an ordinary file")
+    check_destination(path, make_parents=Path.cwd().resolve() in path.resolve().parents)
+
+
+@contextlib.contextmanager
+def atomic_path(path, make_parents: bool = True):
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    Readers never see a half-written file: either the old one or the complete new one. The
+    destination is checked first (:func:`check_destination`); an OSError of the file system (disk
+    full, read-only, is a directory) becomes one :class:`OutputError` naming ``path``.
+    """
+    path = Path(path)
+    check_destination(path, make_parents)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as err:
+        raise OutputError(os_error_line(path, err)) from None
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file ordinary permissions
         os.replace(tmp, path)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if err.errno in _DISK_ERRNOS or err.filename in (tmp, str(path)):
+            raise OutputError(os_error_line(path, err)) from None
+        raise
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
 
@@ -79,9 +171,44 @@ def save_npz(path, arrays: dict) -> None:
 
 
 def load_npz(path) -> dict:
-    """Read every array of an ``.npz`` into memory, refusing pickled objects."""
+    """Read every array of an ``.npz`` into memory, refusing pickled objects.
+
+    Every member's header is checked against the member's size first (:func:`npz_sizes`), so a
+    small file that declares a huge array is refused before anything is allocated.
+    """
     with np.load(path, allow_pickle=False) as archive:
+        npz_sizes(archive.zip)
         return {name: archive[name] for name in archive.files}
+
+
+def npy_header(fp) -> tuple[tuple, np.dtype]:
+    """The (shape, dtype) that an ``.npy`` stream's header declares; the stream is left after the header."""
+    version = np.lib.format.read_magic(fp)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(fp)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(fp)
+    else:
+        raise ValueError(f".npy format version {version} is not supported")
+    return tuple(shape), dtype
+
+
+def npz_sizes(archive: zipfile.ZipFile) -> dict[str, tuple[tuple, np.dtype, int]]:
+    """Each member of an ``.npz`` (name without ``.npy``) -> (shape, dtype, bytes of data it declares).
+
+    Only the headers are read. Raises ValueError when a header declares more data than the member's
+    uncompressed size (a small archive claiming a huge array, which reading would allocate).
+    """
+    out = {}
+    for info in archive.infolist():
+        with archive.open(info) as member:
+            shape, dtype = npy_header(member)
+        nbytes = math.prod(shape) * dtype.itemsize
+        if not dtype.hasobject and nbytes > info.file_size:
+            raise ValueError(f"member {info.filename} declares an array of shape {shape[:8]} ({nbytes:,} bytes) "
+                             f"but holds {info.file_size:,} bytes")
+        out[info.filename.removesuffix(".npy")] = (shape, dtype, nbytes)
+    return out
 
 
 def file_sha256(path, chunk: int = 1 << 20) -> str:
@@ -224,9 +351,11 @@ class OutputSet:
 
     ``with OutputSet() as out: save_npz(out.path("models/model.npz"), ...); write_json(out.path(...), ...)``
     writes every file beside its destination; only when the block ends without an error are they all
-    renamed into place (so a stage's outputs always belong to one run); on any error the temporary
-    files are removed and the previous outputs stay as they were. An ``OSError`` while writing or
-    renaming becomes one :class:`~nnlib.errors.OutputError` naming the path.
+    renamed into place (so a stage's outputs always belong to one run). Every destination is checked
+    when it is named and again before the first rename (:func:`check_destination`); the previous
+    files are kept aside until the last rename succeeded, and put back if any rename fails, so the
+    outputs are all new or all old. On any error the temporary files are removed. An ``OSError``
+    while writing or renaming becomes one :class:`~nnlib.errors.OutputError` naming the path.
     """
 
     def __init__(self):
@@ -235,12 +364,13 @@ class OutputSet:
     def path(self, destination) -> Path:
         """A temporary path beside ``destination``, renamed onto it when the set commits."""
         destination = Path(destination)
+        check_destination(destination)
         try:
             destination.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent)
             os.close(fd)
         except OSError as err:
-            raise OutputError(f"cannot write {destination} ({err.strerror or err}): make {destination.parent}/ writable") from None
+            raise OutputError(os_error_line(destination, err)) from None
         self._pending.append((Path(tmp), destination))
         return Path(tmp)
 
@@ -253,19 +383,51 @@ class OutputSet:
         else:
             self._discard()
             if isinstance(error, OSError):
-                raise OutputError(f"cannot write {error.filename or 'an output'} ({error.strerror or error}): "
-                                  "make the folder writable, or free disk space") from None
+                where = next((dest for tmp, dest in self._pending if str(tmp) == error.filename), error.filename or "an output")
+                raise OutputError(os_error_line(where, error)) from None
 
     def _commit(self) -> None:
         mode = 0o666 & ~_umask()
+        moved: list[tuple[Path, Path | None]] = []  # (destination, its previous file kept aside, or None)
+        current = None
         try:
-            for tmp, _ in self._pending:
+            for tmp, destination in self._pending:
+                check_destination(destination)
                 os.chmod(tmp, mode)
             for tmp, destination in self._pending:
+                current = destination
+                aside = None
+                if os.path.lexists(destination):
+                    aside = destination.with_name(f".{destination.name}.{secrets.token_hex(4)}.old.tmp")
+                    try:
+                        os.link(destination, aside, follow_symlinks=False)  # the old file stays in place meanwhile
+                    except OSError:
+                        os.rename(destination, aside)
+                moved.append((destination, aside))
                 os.replace(tmp, destination)
-        except OSError as err:
+        except BaseException as err:
+            self._roll_back(moved)
             self._discard()
-            raise OutputError(f"cannot write {err.filename} ({err.strerror or err}): make the folder writable, or free disk space") from None
+            if isinstance(err, OSError):
+                raise OutputError(os_error_line(current or err.filename, err)) from None
+            raise
+        for _, aside in moved:
+            if aside is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(aside)
+
+    def _roll_back(self, moved) -> None:
+        """Put every previous file back where it was (a destination that had none is removed)."""
+        done = {tmp for tmp, _ in self._pending if not tmp.exists()}
+        renamed = {destination for tmp, destination in self._pending if tmp in done}
+        for destination, aside in reversed(moved):
+            with contextlib.suppress(OSError):
+                if aside is not None:
+                    os.replace(aside, destination)
+                    if os.path.lexists(aside):  # a hard link to the destination itself: rename did nothing
+                        os.unlink(aside)
+                elif destination in renamed:
+                    os.unlink(destination)
 
     def _discard(self) -> None:
         for tmp, _ in self._pending:

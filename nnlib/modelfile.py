@@ -17,16 +17,20 @@ that do not build, arrays that do not fit the layers, NaN or infinite weights) e
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 
 from .errors import ModelFileError, ParamsError
-from .files import save_npz
+from .files import npz_sizes, save_npz
+from .footprint import estimate, size_text
 from .model import Sequential
 from .options import LOSS_NAMES, valid_label_smoothing
 
 META_KEY = "__meta__"
+MAX_META_BYTES = 16 << 20  # the JSON description of a network; real ones are a few KiB
+SLACK_BYTES = 1 << 20  # headers and small extras tolerated by the size checks before reading
 FORMAT_VERSION = 1
 REMEDY = "re-train it (dvc repro -s train) or point to another model file"
 
@@ -63,7 +67,10 @@ def _read_arrays(path: Path) -> dict:
         raise ModelFileError(f"{path} is not an .npz archive (it does not start like a zip file): {REMEDY}")
     try:
         with np.load(path, allow_pickle=False) as archive:
+            _check_sizes(path, archive)
             return {name: archive[name] for name in archive.files}
+    except ModelFileError:
+        raise
     except ValueError as err:
         if "pickle" in str(err):
             raise ModelFileError(f"{path} holds pickled objects, which nnlib never loads: {REMEDY}") from None
@@ -71,6 +78,43 @@ def _read_arrays(path: Path) -> dict:
     except Exception as err:  # noqa: BLE001 - BadZipFile, CRC errors, EOFError, OSError, zlib errors...
         reason = str(err) or type(err).__name__
         raise ModelFileError(f"{path} is truncated or corrupt ({reason}): {REMEDY}") from None
+
+
+def _check_sizes(path: Path, archive) -> None:
+    """Compare the sizes the archive declares with what its layer specs need, before reading any array.
+
+    Refused: a ``__meta__`` entry larger than any description of a network, a header declaring more
+    data than its member holds, an array much larger than its layer needs (or that no layer has),
+    and layer specs that need far more values than the archive holds (building them would allocate
+    the difference). Whatever passes is checked exactly once read (:func:`load_model`).
+    """
+    meta_info = next((i for i in archive.zip.infolist() if i.filename == f"{META_KEY}.npy"), None)
+    if meta_info is not None and meta_info.file_size > MAX_META_BYTES:
+        raise ModelFileError(f"{path}: its {META_KEY} entry is {size_text(meta_info.file_size)}, more than any "
+                             f"network's description ({size_text(MAX_META_BYTES)}): {REMEDY}")
+    try:
+        declared = npz_sizes(archive.zip)
+    except ValueError as err:
+        raise ModelFileError(f"{path} is truncated or corrupt ({err}): {REMEDY}") from None
+    try:
+        meta = json.loads(str(archive[META_KEY]))
+        footprint = estimate(meta["layers"], meta["input_shape"])
+    except Exception:  # noqa: BLE001 - a description that does not parse is reported by _read_meta
+        return
+    if footprint is None:
+        return
+    held = 0
+    for name, (_, _, nbytes) in declared.items():
+        if name == META_KEY:
+            continue
+        held += nbytes
+        need = footprint.arrays.get(name)
+        if nbytes > 8 * math.prod(need or ()) * (need is not None) + SLACK_BYTES:
+            what = f"its layer needs {math.prod(need):,} values" if need is not None else "no layer has such an array"
+            raise ModelFileError(f"{path}: array {name} is {size_text(nbytes)}, but {what}: {REMEDY}")
+    if 4 * footprint.values > held + SLACK_BYTES:
+        raise ModelFileError(f"{path}: its arrays do not fit its layers: the layer specs need {footprint.values:,} values "
+                             f"({size_text(4 * footprint.values)}), the archive holds {size_text(held)}: {REMEDY}")
 
 
 def _read_meta(path: Path, arrays: dict) -> dict:
@@ -84,6 +128,8 @@ def _read_meta(path: Path, arrays: dict) -> dict:
         meta = json.loads(str(raw))
     except json.JSONDecodeError as err:
         raise ModelFileError(f"{path}: {META_KEY} is not valid JSON ({err}): {REMEDY}") from None
+    except RecursionError:
+        raise ModelFileError(f"{path}: {META_KEY} is nested too deeply to describe a network: {REMEDY}") from None
     if not isinstance(meta, dict):
         raise ModelFileError(f"{path}: {META_KEY} must be a JSON object, got {type(meta).__name__}: {REMEDY}")
     version = meta.get("format_version")
@@ -123,6 +169,24 @@ def load_model(path) -> tuple[Sequential, dict]:
     except ValueError as err:
         raise ModelFileError(f"{path}: its arrays do not fit its layers ({err}): {REMEDY}") from None
     return model.eval(), meta.get("metadata", {})
+
+
+def check_outputs(model: Sequential, path, logits=None) -> None:
+    """Raise :class:`ModelFileError` when the model's outputs are not all finite.
+
+    Finite weights can still overflow (every weight x1e30): predict, export and serve call this once
+    on a small probe batch (``logits=None``: a black, a white and a random image) when they load a
+    model, and predict again on the logits of the user's images, as evaluate does on the test set.
+    """
+    from .backend import to_numpy  # noqa: PLC0415
+
+    if logits is None:
+        probe = np.stack([np.zeros(model.input_shape), np.ones(model.input_shape),
+                          np.random.default_rng(0).random(model.input_shape)]).astype(np.float32)
+        with np.errstate(all="ignore"):
+            logits = model.predict_logits(probe, len(probe))
+    if not np.isfinite(to_numpy(logits)).all():
+        raise ModelFileError(f"{path} gives non-finite outputs (its weights overflow float32): {REMEDY}")
 
 
 def training_loss(metadata: dict, path) -> dict:

@@ -21,7 +21,7 @@ from nnlib import backend, evaluation, metrics, threads
 from nnlib.mnist import drawn, plots
 from nnlib.mnist.data.stream import load_shard, minibatches, read_manifest
 from nnlib.errors import InputError, run_stage
-from nnlib.files import OutputSet, file_sha256, remove_stale_temporaries, write_json, write_text
+from nnlib.files import OutputSet, check_destination, file_sha256, remove_stale_temporaries, write_json, write_text
 from nnlib.modelfile import load_model, training_loss
 from nnlib.mnist.config.params import load_section, load_top_level
 from nnlib.mnist.config.schema import EVALUATE
@@ -29,6 +29,10 @@ from nnlib.losses import make_loss
 
 from nnlib.mnist.paths import DRAWN, EVAL_DETAILS, EVAL_METRICS, METRICS, MODEL, PLOTS, PREDICTIONS, SHARDS, TRAIN_LOG
 from nnlib.mnist.predict import Failure, predict_paths
+
+
+PNGS = ["curves.png", "confusion.png", "misclassified.png", "first_layer.png", "reliability.png", "features.png"]
+OUTPUTS = [METRICS / "eval.json", METRICS / "eval_details.json", METRICS / "predictions.csv", *(PLOTS / name for name in PNGS)]
 
 
 def read_log(path: Path, meta: dict) -> list[dict]:
@@ -85,6 +89,8 @@ def main() -> None:
     _, _, preset = load_top_level()
     _, cfg = load_section("evaluate", EVALUATE)
     remove_stale_temporaries([METRICS, PLOTS])
+    for destination in OUTPUTS:  # a folder or a read-only file in the way is found before the test set is read
+        check_destination(destination)
     backend.use(cfg["backend"])  # the model's arrays go to the device when it is cupy
     model, meta = load_model(MODEL)
     model_sha256 = file_sha256(MODEL)

@@ -26,7 +26,8 @@ from nnlib import backend, checkpoints, threads
 from nnlib.mnist import seeding
 from nnlib.mnist.data.stream import NUM_CLASSES, ShardStream, check_shards, load_shard, minibatches, read_manifest
 from nnlib.errors import Diverged, InputError, ParamsError, run_stage
-from nnlib.files import OutputSet, check_writable, data_sha256, file_sha256, remove_stale_temporaries, write_json, write_text
+from nnlib.files import OutputSet, check_destination, check_writable, data_sha256, file_sha256, remove_stale_temporaries, write_json, write_text
+from nnlib.footprint import check_fits
 from nnlib.model import EVAL_BATCH_SIZE, Sequential
 from nnlib.modelfile import load_weights, save_model
 from nnlib.mnist.config.params import load_section, load_top_level
@@ -37,6 +38,7 @@ from nnlib.training import History, fit, make_optimizer, make_schedule, steps_pe
 
 
 LOG_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr"]  # deterministic: timings go to timing.json
+OUTPUTS = [MODEL, METRICS / "train.json", METRICS / "train_log.tsv", METRICS / "timing.json"]
 MAX_IMAGES = 10**10  # epochs x images_per_epoch above this is a typo, not a training run
 SOURCES = [Path(__file__), *sorted(Path(nnlib.__file__).parent.rglob("*.py"))]  # the code a checkpoint belongs to, subpackages included
 
@@ -98,11 +100,14 @@ def main() -> None:
     images_per_epoch = cfg["images_per_epoch"] or manifest["train_split_size"]
     check_size(cfg, images_per_epoch)
     init = init_source(cfg["init_from"])
+    check_fits(cfg["model"], (1, *manifest["image_shape"]), cfg["batch_size"])  # before any layer allocates
     model = build_model(cfg["model"], (1, *manifest["image_shape"]), seed)
     if init:
         load_weights(model, init["path"])
         print(f"train: starting from the weights of {init['path']} (sha256 {init['sha256'][:12]})", file=sys.stderr)
     check_writable(outputs)
+    for destination in OUTPUTS:  # a folder or a read-only file in the way is found now, not after training
+        check_destination(destination)
 
     val_x, val_y = load_shard(SHARDS / manifest["val"]["file"])
     files = [s["file"] for s in manifest["train_shards"]]
@@ -116,6 +121,7 @@ def main() -> None:
     run_params = {k: v for k, v in cfg.items() if k != "resume"}
     digest = checkpoints.run_digest(seed, run_params, manifest_sha256, init and init["sha256"], SOURCES)
 
+    held = checkpoints.lock(CHECKPOINTS)  # noqa: F841 - a second training in this folder is refused until this one ends
     history = History()
     resumed, note = checkpoints.find(CHECKPOINTS, digest) if cfg["resume"] else (None, "")
     if resumed:
@@ -146,7 +152,12 @@ def main() -> None:
                 batch_size=cfg["batch_size"], val=lambda: minibatches(val_x, val_y, EVAL_BATCH_SIZE), interval=interval, keep_best=cfg["select"] == "best_val",
                 history=history, on_epoch_end=after_epoch)
     except Diverged as err:
-        kept = f"; the last good checkpoint is kept in {CHECKPOINTS}/" if history.rows else ""
+        if history.rows and cfg["resume"]:
+            kept = (f"; the checkpoint of epoch {len(history.rows)} is kept in {CHECKPOINTS}/: a rerun with the same params "
+                    f"resumes from it (and will likely diverge again), a rerun with other params (a lower lr) starts "
+                    f"afresh; to start afresh with these params, delete {CHECKPOINTS}/ or set train.resume: false")
+        else:
+            kept = "; a rerun starts afresh"
         raise Diverged(f"training diverged: {err}; no model was written{kept}") from None
 
     if cfg["select"] == "best_val":

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import strict_cupy
+from hostile import built_stage_repo  # noqa: F401 - a session fixture of the hostile-input tests
 from nnlib import backend, losses, optim
 from nnlib.mnist.data import fetch
 from nnlib.mnist.data.stream import minibatches, read_idx

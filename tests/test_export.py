@@ -131,6 +131,7 @@ def test_every_layer_type_has_an_exporter_and_a_test():
 def test_cli_writes_the_graph(trained_model_path, tmp_path):
     pytest.importorskip("onnx")
     out = tmp_path / "sub" / "model.onnx"
+    out.parent.mkdir()  # a missing folder outside the working directory is never created (docs/hostile-inputs.md)
     result = run_cli("export", trained_model_path, out)
     assert result.returncode == 0, result.stderr
     assert out.stat().st_size > 0

@@ -42,7 +42,7 @@ def test_a_full_disk_becomes_one_output_error_naming_the_path(tmp_path, monkeypa
         real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", full)
-    with pytest.raises(OutputError, match=r"cannot write .*b.txt \(No space left on device\)"):
+    with pytest.raises(OutputError, match=r"cannot write .*b.txt: disk full"):
         with files.OutputSet() as out:
             files.write_text(out.path(tmp_path / "a.txt"), "a")
             files.write_text(out.path(tmp_path / "b.txt"), "b")
@@ -99,3 +99,65 @@ def test_signals_arriving_during_a_swap_are_delivered_after_it(tmp_path):
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert seen == ["block done", "handled"]
+
+
+def test_a_failed_rename_puts_every_previous_file_back(tmp_path, monkeypatch):
+    for name in "abc":
+        (tmp_path / f"{name}.txt").write_text(f"old {name}")
+    real_replace = os.replace
+
+    def fail_on_c(src, dst):
+        if str(dst).endswith("c.txt") and str(src).endswith(".tmp") and ".old." not in str(src):
+            raise OSError(errno.EIO, "Input/output error", str(dst))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", fail_on_c)
+    with pytest.raises(OutputError, match=r"cannot write .*c.txt: input/output error"):
+        with files.OutputSet() as out:
+            for name in "abc":
+                files.write_text(out.path(tmp_path / f"{name}.txt"), f"new {name}")
+            files.write_text(out.path(tmp_path / "d.txt"), "new d")
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {f"{n}.txt": f"old {n}" for n in "abc"}
+
+
+@pytest.mark.parametrize("make", ["directory", "read_only", "fifo", "parent_is_a_file"])
+def test_a_bad_destination_is_refused_before_anything_moves(tmp_path, make):
+    (tmp_path / "a.txt").write_text("old a")
+    bad = tmp_path / "b.txt"
+    if make == "directory":
+        bad.mkdir()
+        (bad / "keep").write_text("x")
+    elif make == "read_only":
+        bad.write_text("old b")
+        bad.chmod(0o444)
+    elif make == "fifo":
+        os.mkfifo(bad)
+    else:
+        (tmp_path / "sub").write_text("a file")
+        bad = tmp_path / "sub" / "b.txt"
+    with pytest.raises(OutputError, match="cannot write .*b.txt"):
+        with files.OutputSet() as out:
+            files.write_text(out.path(tmp_path / "a.txt"), "new a")
+            files.write_text(out.path(bad), "new b")
+    assert (tmp_path / "a.txt").read_text() == "old a"
+    assert list(tmp_path.glob(".*.tmp")) == []
+
+
+def test_atomic_path_never_creates_a_missing_folder_when_told_not_to(tmp_path):
+    with pytest.raises(OutputError, match="no such folder"):
+        with files.atomic_path(tmp_path / "absent" / "x.png", make_parents=False) as tmp:
+            tmp.write_text("x")
+    assert not (tmp_path / "absent").exists()
+
+
+@pytest.mark.parametrize("code, words", [(errno.EROFS, "read-only file system"), (errno.ENOSPC, "disk full"),
+                                         (errno.EACCES, "permission denied")])
+def test_atomic_path_names_the_errno_meaning(tmp_path, monkeypatch, code, words):
+    def fail(src, dst):
+        raise OSError(code, os.strerror(code), str(dst))
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OutputError, match=f"cannot write .*x.png: {words}"):
+        with files.atomic_path(tmp_path / "x.png") as tmp:
+            tmp.write_text("x")
+    assert list(tmp_path.iterdir()) == []

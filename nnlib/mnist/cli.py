@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 from nnlib import __version__
-from nnlib.errors import InputError, ParamsError, run_stage
+from nnlib.errors import InputError, OutputError, ParamsError, run_stage
+from nnlib.files import check_user_output
 from nnlib.mnist.paths import DRAWN, EVAL_METRICS, MODEL, RAW, RAW_FILES
 
 DEFAULT_MODEL = MODEL.as_posix()
@@ -69,15 +70,23 @@ def check_default_path(path: str, default: str) -> None:
 
 def cmd_predict(args) -> int:
     from nnlib import threads  # noqa: PLC0415
-    from nnlib.modelfile import load_model  # noqa: PLC0415 - each subcommand imports only what it needs
+    from nnlib.modelfile import check_outputs, load_model  # noqa: PLC0415 - each subcommand imports only what it needs
     from nnlib.mnist.predict import Failure, format_line, predict_paths, save_grid, to_json  # noqa: PLC0415
 
     if args.top > 10:
         raise ParamsError(f"--top must be between 1 and 10 (there are 10 digits), got {args.top}")
+    if args.show:
+        check_user_output(args.show, [args.model, *_input_files(args.paths)])
     check_default_path(args.model, DEFAULT_MODEL)
     model, _ = load_model(args.model)
+    check_outputs(model, args.model)
     with threads.limit(args.threads, kind="predict", register=False):  # shares the cores, announces nothing
         results = predict_paths(model, args.paths, preprocess=not args.no_preprocess, batch_size=args.batch_size)
+    import numpy as np  # noqa: PLC0415
+
+    finite = [r.probabilities for r in results if not isinstance(r, Failure)]
+    if finite and not np.isfinite(np.stack(finite)).all():
+        check_outputs(model, args.model, logits=np.stack(finite))
     failed = 0
     for result in results:
         if isinstance(result, Failure):
@@ -92,6 +101,19 @@ def cmd_predict(args) -> int:
     return 1 if failed else 0
 
 
+def _input_files(paths) -> list:
+    """The files that the inputs name: each path, and the images of a directory."""
+    from nnlib.mnist.images import expand  # noqa: PLC0415
+
+    found = []
+    for path in paths:
+        try:
+            found += expand(path)
+        except Exception:  # noqa: BLE001 - an unreadable input is reported when it is read
+            found.append(path)
+    return found
+
+
 def cmd_info(args) -> int:
     from nnlib.mnist.summary import describe, format_description  # noqa: PLC0415
 
@@ -104,6 +126,13 @@ def cmd_info(args) -> int:
 def cmd_export(args) -> int:
     from nnlib.export import export_model_file  # noqa: PLC0415
 
+    if args.out == "-":
+        if sys.stdout is None or sys.stdout.isatty():
+            raise ParamsError("nnlib export MODEL -: writes the ONNX bytes to stdout, which is a terminal or closed: "
+                              "redirect it (> model.onnx) or give a file name")
+        export_model_file(args.model, sys.stdout.buffer)
+        return 0
+    check_user_output(args.out, [args.model])
     export_model_file(args.model, args.out)
     print(f"export: wrote {args.out}", file=sys.stderr)
     return 0
@@ -132,9 +161,12 @@ def cmd_params(args) -> int:
 
     from nnlib.mnist.config.schema import effective_params  # noqa: PLC0415
 
-    check_default_path(args.file, "params.yaml")
+    from nnlib.footprint import check_fits  # noqa: PLC0415
 
-    print(yaml.safe_dump(effective_params(args.file), sort_keys=False), end="")
+    check_default_path(args.file, "params.yaml")
+    params = effective_params(args.file)
+    check_fits(params["train"]["model"], (1, 28, 28), params["train"]["batch_size"])
+    print(yaml.safe_dump(params, sort_keys=False), end="")
     return 0
 
 
@@ -222,6 +254,21 @@ def main(argv: list[str] | None = None) -> None:
         if args.command is None:
             build_parser().print_help()
             return 2
-        return args.run(args)
+        if sys.stdout is None and not (args.command == "export" and args.out != "-"):
+            raise OutputError("stdout is closed: nothing could be printed; run it with stdout open (or redirected to a file)")
+        try:
+            code = args.run(args)
+            if sys.stdout is not None:
+                sys.stdout.flush()
+        except BrokenPipeError:  # the reader went away (| head): stop quietly, as Unix tools do
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 141
+        except OSError as err:
+            if err.filename is not None:
+                raise
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the rest of the buffer, too, is lost
+            from nnlib.files import os_error_line  # noqa: PLC0415
+            raise OutputError(os_error_line("stdout", err).replace("choose another location", "redirect it elsewhere")) from None
+        return code
 
     run_stage(run)

@@ -21,7 +21,10 @@ whose message is one line naming the file; :func:`load` turns any read error int
 from __future__ import annotations
 
 import gzip
+import math
+import stat
 import struct
+import warnings
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -32,6 +35,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from nnlib.mnist.data.stream import IDX_DTYPES, parse_idx
 from nnlib.errors import InputError
+from nnlib.files import npy_header
+
+TOO_LARGE = "split it into smaller files"
 
 SIZE = 28  # MNIST's frame
 BOX = 20  # MNIST's digits are scaled to fit a 20x20 box inside the frame
@@ -39,6 +45,8 @@ CENTRE = 14.0  # where MNIST's centres of mass lie (mean over the test set: row 
 BORDER = 2  # width of the frame of pixels that decides the paper colour
 INK_FRACTION = 0.2  # after scaling the ink to a maximum of 1, values below this are paper noise
 MAX_STACK_PIXELS = 1 << 22  # pictures read but not yet preprocessed hold at most about this many pixels
+MAX_IMAGE_PIXELS = 50_000_000  # a larger picture is refused before it is decoded (Pillow's own limit is 89 MP)
+MAX_ARRAY_BYTES = 128 << 20  # an array or IDX file holds at most this much data (about 170,000 MNIST images)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 ARRAY_SUFFIXES = (".npy", ".npz")
@@ -229,7 +237,14 @@ class Picture:
 def read_image(path: Path, paper: float | None = None) -> Picture:
     """Decode an image file completely (the first frame of a GIF), upright as its EXIF orientation
     says, and take its luminance (step 1, :func:`grayscale`; ``paper`` is for transparent pixels)."""
-    with Image.open(path) as image:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own, lower limit applies below
+        image = Image.open(path)
+    with image:
+        width, height = image.size
+        if width * height > MAX_IMAGE_PIXELS:
+            raise InputError(f"{path}: image of {width}x{height} pixels ({width * height / 1e6:.0f} MP), more than "
+                             f"{MAX_IMAGE_PIXELS / 1e6:.0f} MP: scale it down first (a digit needs no more than a few hundred pixels a side)")
         image.load()  # decode now: a truncated file fails here, inside load()'s error handling
         if image.getexif().get(EXIF_ORIENTATION, 1) != 1:
             image = ImageOps.exif_transpose(image)
@@ -242,10 +257,17 @@ def read_array_or_image(path: Path, preprocess_images: bool) -> Digits | Picture
     if suffix in ARRAY_SUFFIXES:
         return to_digits(read_npy_or_npz(path), str(path))
     if suffix == ".gz":
-        return to_digits(parse_idx(gzip.decompress(path.read_bytes()), str(path)), str(path))
+        with gzip.open(path, "rb") as f:
+            raw = f.read(MAX_ARRAY_BYTES + 64)
+            if len(raw) > MAX_ARRAY_BYTES + 64 - 1:
+                raise InputError(f"{path}: decompresses to more than {MAX_ARRAY_BYTES >> 20} MiB: "
+                                 f"{TOO_LARGE}")
+        return to_digits(parse_idx(raw, str(path)), str(path))
     if suffix not in IMAGE_SUFFIXES:
         with open(path, "rb") as f:
             if looks_like_idx(f.read(4)):
+                if path.stat().st_size > MAX_ARRAY_BYTES + 64:
+                    raise InputError(f"{path}: IDX file of {path.stat().st_size >> 20} MiB: {TOO_LARGE}")
                 return to_digits(parse_idx(path.read_bytes(), str(path)), str(path))
     if preprocess_images:
         return read_image(path)
@@ -261,17 +283,39 @@ def looks_like_idx(raw: bytes) -> bool:
     return len(raw) >= 4 and raw[:2] == b"\0\0" and raw[2] in IDX_DTYPES
 
 
+def _check_array_size(path: Path, shape: tuple, dtype: np.dtype, holds: int) -> None:
+    """Refuse an array header that declares more data than the file holds, or more than MAX_ARRAY_BYTES."""
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes > MAX_ARRAY_BYTES:
+        raise InputError(f"{path}: array of shape {shape[:8]} ({nbytes / 2**20:,.0f} MiB), more than "
+                         f"{MAX_ARRAY_BYTES >> 20} MiB: {TOO_LARGE}")
+    if nbytes > holds:
+        raise InputError(f"{path}: truncated or corrupt (its header declares shape {shape[:8]}, {nbytes:,} bytes, "
+                         f"but it holds {holds:,})")
+
+
 def read_npy_or_npz(path: Path) -> np.ndarray:
-    """The array of a ``.npy``, or of an ``.npz`` holding one array or one named ``x`` (no pickles)."""
-    loaded = np.load(path, allow_pickle=False)
-    if isinstance(loaded, np.ndarray):
-        return loaded
-    with loaded as archive:
+    """The array of a ``.npy``, or of an ``.npz`` holding one array or one named ``x`` (no pickles).
+
+    The sizes are checked from the headers before any array is read (:data:`MAX_ARRAY_BYTES`).
+    """
+    with open(path, "rb") as f:
+        zipped = f.read(2) == b"PK"
+        if not zipped:
+            f.seek(0)
+            shape, dtype = npy_header(f)
+            _check_array_size(path, shape, dtype, path.stat().st_size - f.tell())
+            f.seek(0)
+            return np.load(f, allow_pickle=False)
+    with np.load(path, allow_pickle=False) as archive:
         names = archive.files
-        if len(names) == 1:
-            return archive[names[0]]
-        if "x" in names:
-            return archive["x"]
+        if len(names) == 1 or "x" in names:
+            name = names[0] if len(names) == 1 else "x"
+            info = archive.zip.getinfo(f"{name}.npy")
+            with archive.zip.open(info) as member:
+                shape, dtype = npy_header(member)
+            _check_array_size(path, shape, dtype, info.file_size)
+            return archive[name]
     raise InputError(f"{path}: holds {len(names)} arrays ({', '.join(names) or 'none'}) and none named 'x': "
                      "expected a single array, or the images named 'x'")
 
@@ -312,6 +356,10 @@ def load(path, preprocess_images: bool = True) -> Digits | Picture:
     """
     path = Path(path)
     try:
+        mode = path.stat().st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):  # opening a FIFO would wait for a writer forever
+            raise InputError(f"{path}: not a regular file (a FIFO, device or socket): give the path of an image, "
+                             "array or IDX file")
         return read_array_or_image(path, preprocess_images)
     except InputError:
         raise

@@ -32,8 +32,9 @@ def layer_table(model) -> list[dict]:
 def _read_record(path: Path) -> dict:
     try:
         record = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise InputError(f"{path} is not a valid evaluation record ({err}): re-run dvc repro -s evaluate") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, OSError) as err:
+        reason = "nested too deeply" if isinstance(err, RecursionError) else str(err)[:200]
+        raise InputError(f"{path} is not a valid evaluation record ({reason}): re-run dvc repro -s evaluate") from None
     if not isinstance(record, dict):
         raise InputError(f"{path} is not a valid evaluation record (not a JSON object): re-run dvc repro -s evaluate")
     return record
@@ -55,7 +56,10 @@ def scored_accuracy(eval_json: Path, model_sha256: str) -> tuple[float | None, s
     if recorded != model_sha256:
         return None, f"not evaluated ({source} records another model file)" if recorded else \
             f"not evaluated (neither {eval_json} nor {details} records which model it scored: re-run dvc repro -s evaluate)"
-    return float(record.get("accuracy")), f"from {eval_json}"
+    accuracy = record.get("accuracy")
+    if isinstance(accuracy, bool) or not isinstance(accuracy, (int, float)):
+        raise InputError(f"{eval_json}: accuracy must be a number, got {str(accuracy)[:40]}: re-run dvc repro -s evaluate")
+    return float(accuracy), f"from {eval_json}"
 
 
 def describe(path, eval_json="metrics/eval.json") -> dict:
@@ -65,14 +69,19 @@ def describe(path, eval_json="metrics/eval.json") -> dict:
     sha256 = file_sha256(path)
     accuracy, accuracy_source = scored_accuracy(Path(eval_json), sha256)
     layers = layer_table(model)
+    def number(value):  # a figure recorded in the metadata, or None when it is missing or malformed
+        return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+    init = meta.get("init_from")
     return {
         "file": str(path), "sha256": sha256, "bytes": path.stat().st_size,
         "input_shape": list(model.input_shape), "layers": layers,
         "total_parameters": sum(row["parameters"] for row in layers),
-        "seed": meta.get("seed"), "epoch": meta.get("epoch"), "val_accuracy": meta.get("val_accuracy"),
+        "seed": number(meta.get("seed")), "epoch": number(meta.get("epoch")), "val_accuracy": number(meta.get("val_accuracy")),
         "test_accuracy": accuracy, "test_accuracy_source": accuracy_source,
         "manifest_sha256": meta.get("manifest_sha256"), "nnlib_version": meta.get("nnlib_version"),
-        "init_from": meta.get("init_from"), "train": meta.get("train"),
+        "init_from": init if isinstance(init, dict) and {"path", "sha256"} <= set(init) else None,
+        "train": meta.get("train") if isinstance(meta.get("train"), dict) else None,
     }
 
 

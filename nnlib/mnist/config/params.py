@@ -8,6 +8,7 @@ Every float must be finite, and a key written twice in one mapping is refused (a
 from __future__ import annotations
 
 import math
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -52,7 +53,7 @@ class Field:
             except Exception:  # noqa: BLE001 - a failing check means a bad value
                 ok = False
         if not ok:
-            raise ParamsError(f"{PARAMS_FILE}: {path} must be {self.expect}, got {value!r}")
+            raise ParamsError(f"{PARAMS_FILE}: {path} must be {self.expect}, got {short_repr(value)}")
         return value
 
 
@@ -61,8 +62,8 @@ def validate(section: dict | None, schema: dict, path: str) -> dict:
     if section is None:
         section = {}
     if not isinstance(section, dict):
-        raise ParamsError(f"{PARAMS_FILE}: {path} must be a mapping of keys, got {section!r}")
-    unknown = sorted(set(section) - set(schema))
+        raise ParamsError(f"{PARAMS_FILE}: {path} must be a mapping of keys, got {short_repr(section)}")
+    unknown = sorted(set(section) - set(schema), key=str)  # keys may be of any type: 1, null, yes
     if unknown:
         raise ParamsError(f"{PARAMS_FILE}: unknown key {path}.{unknown[0]}: allowed keys are {sorted(schema)}"
                           f"{did_you_mean(unknown[0], schema)}")
@@ -80,6 +81,22 @@ def validate(section: dict | None, schema: dict, path: str) -> dict:
     return out
 
 
+MAX_EXPANDED_NODES = 100_000  # values a params file may hold once its aliases are expanded
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 60
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict = 3, 6, 6
+
+
+def short_repr(value) -> str:
+    """A bounded repr for messages: however large or nested ``value`` is, at most about 200 characters."""
+    text = _SHORT.repr(value)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+class _TooLarge(Exception):
+    """Raised by :class:`_UniqueKeyLoader` for a document whose aliases expand beyond MAX_EXPANDED_NODES."""
+
+
 class _DuplicateKey(Exception):
     """Raised by :class:`_UniqueKeyLoader`; :func:`load` turns it into a ParamsError naming the file."""
 
@@ -92,6 +109,37 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
     Keys brought in by a merge (``<<: *defaults``) may still be overridden, as YAML intends.
     """
+
+    def get_single_node(self):
+        node = super().get_single_node()
+        if node is not None:
+            self._check_expansion(node)
+        return node
+
+    @staticmethod
+    def _check_expansion(root) -> None:
+        """Refuse a document whose aliases expand to more than MAX_EXPANDED_NODES values ("billion laughs").
+
+        The expanded size of every node is counted once (memoised), so the check itself stays linear.
+        """
+        size: dict[int, int] = {}
+        stack = [(root, False)]
+        while stack:
+            node, children_done = stack.pop()
+            if id(node) in size:
+                continue
+            children = []
+            if isinstance(node, yaml.SequenceNode):
+                children = node.value
+            elif isinstance(node, yaml.MappingNode):
+                children = [part for pair in node.value for part in pair]
+            if children_done or not children:
+                size[id(node)] = 1 + sum(size.get(id(child), 1) for child in children)
+                if size[id(node)] > MAX_EXPANDED_NODES:
+                    raise _TooLarge(f"its aliases expand to more than {MAX_EXPANDED_NODES:,} values")
+                continue
+            stack.append((node, True))
+            stack.extend((child, False) for child in children if id(child) not in size)
 
     def construct_mapping(self, node, deep=False):
         seen = {}
@@ -113,10 +161,21 @@ def load(path: str | Path = PARAMS_FILE) -> dict:
     path = Path(path)
     if not path.exists():
         raise ParamsError(f"{path} not found: run from the repository root, where params.yaml lives")
+    if not path.is_file():
+        raise ParamsError(f"{path} is not a file (a directory?): params must be a YAML file")
     try:
-        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
-    except _DuplicateKey as err:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ParamsError(f"{path} is not UTF-8 text (byte {err.object[err.start]:#x} at offset {err.start}): "
+                          "save it as UTF-8") from None
+    except OSError as err:
+        raise ParamsError(f"{path} cannot be read ({err.strerror or err})") from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+    except (_DuplicateKey, _TooLarge) as err:
         raise ParamsError(f"{path}: {err}") from None
+    except RecursionError:
+        raise ParamsError(f"{path} is nested too deeply to be params: flatten it") from None
     except yaml.YAMLError as err:
         raise ParamsError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
     if not isinstance(data, dict):
@@ -136,7 +195,7 @@ def load_top_level(path: str | Path = PARAMS_FILE) -> tuple[dict, int, str]:
     Unknown top-level keys are refused here, so a typo such as ``trian:`` never passes silently.
     """
     data = load(path)
-    unknown = sorted(set(data) - set(TOP_LEVEL_KEYS))
+    unknown = sorted(set(data) - set(TOP_LEVEL_KEYS), key=str)
     if unknown:
         hint = did_you_mean(unknown[0], TOP_LEVEL_KEYS)
         if unknown[0] == "run":  # a column of `dvc exp show`, from metrics/run_params.yaml: a record, not a setting

@@ -45,9 +45,10 @@ import numpy as np
 from tqdm import tqdm
 
 from nnlib.mnist import paths, seeding
+from nnlib.mnist.data import fetch
 from nnlib.mnist.data.augment import AugmentConfig, distort
 from nnlib.mnist.data.stream import NUM_CLASSES, read_idx
-from nnlib.files import atomic_dir, remove_stale_temporaries, save_npz, write_json
+from nnlib.files import atomic_dir, check_destination, file_sha256, remove_stale_temporaries, save_npz, write_json
 from nnlib.errors import InputError, ParamsError, exit_with_parent
 from nnlib.mnist.config.params import PARAMS_FILE, load_section, validate
 from nnlib.mnist.config.schema import PREPARE
@@ -84,11 +85,24 @@ def load_mnist(raw_dir=RAW_DIR) -> dict:
     (see :func:`check_raw_pair`).
     """
     raw_dir = Path(raw_dir)
+    for name in paths.RAW_FILES.values():
+        check_pinned(raw_dir / name)
     arrays = {key: read_idx(raw_dir / name) for key, name in paths.RAW_FILES.items()}
     for part in ("train", "test"):
         check_raw_pair(raw_dir / paths.RAW_FILES[f"{part}_images"], arrays[f"{part}_images"],
                        raw_dir / paths.RAW_FILES[f"{part}_labels"], arrays[f"{part}_labels"])
     return arrays
+
+
+def check_pinned(path: Path) -> None:
+    """Raise InputError when a raw file of MNIST's exact size is not MNIST's bytes (the fetch stage's SHA-256 pin).
+
+    Fetch verified the file; this finds a byte changed since (a disk error, an edit). Files of another
+    size (the small synthetic sets of the tests) are checked by their header and labels only.
+    """
+    if path.is_file() and path.stat().st_size == fetch.SIZES.get(path.name) and file_sha256(path) != fetch.SHA256[path.name]:
+        raise InputError(f"{path} has MNIST's size but not its SHA-256 (its bytes changed after the fetch stage "
+                         f"verified them): {REFETCH} (delete data/raw first)")
 
 
 def check_raw_pair(images_path: Path, images: np.ndarray, labels_path: Path, labels: np.ndarray) -> None:
@@ -366,6 +380,8 @@ def prepare(
     as it was and no temporary directory. The preview is drawn once the new shards are in place.
     """
     out_dir = Path(out_dir)
+    if preview_path is not None:
+        check_destination(preview_path)  # a folder or read-only file there is refused before the shards change
     raw = load_mnist(raw_dir)
     plan = plan_shards(params, len(raw["train_images"]), len(raw["test_images"]))
     remove_stale_temporaries([out_dir.parent], [out_dir.name])  # garbage of killed runs: their space counts as free
