@@ -1,5 +1,5 @@
 """Stage evaluate: model + test shard -> metrics/eval.json, metrics/eval_details.json, metrics/predictions.csv,
-metrics/plots/*.png.
+metrics/plots/*.png; also the robustness suite (nnlib/mnist/robustness.py, docs/robustness.md).
 
 Run from the repository root: ``python stages/evaluate.py`` (the same command ``dvc repro -s evaluate`` runs).
 The test set is used here, once, after the model has been chosen. Every output is written to a temporary
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from nnlib import backend, evaluation, metrics
-from nnlib.mnist import plots
+from nnlib.mnist import plots, robustness
 from nnlib.mnist.data.stream import load_shard, read_manifest
 from nnlib.errors import InputError, run_stage
 from nnlib.files import OutputSet, file_sha256, remove_stale_temporaries, write_json, write_text
@@ -65,7 +65,7 @@ def figures(result: evaluation.Evaluation, model, x: np.ndarray, log: list[dict]
 
 
 def main() -> None:
-    _, _, preset = load_top_level()
+    _, seed, preset = load_top_level()
     _, cfg = load_section("evaluate", EVALUATE)
     remove_stale_temporaries([METRICS, PLOTS])
     backend.use(cfg["backend"])  # the model's arrays go to the device when it is cupy
@@ -81,14 +81,19 @@ def main() -> None:
         raise InputError(f"{MODEL} gives non-finite outputs on the test set: re-train it (dvc repro -s train)")
     scores = evaluation.scalars(result, loss_cfg["name"], model_sha256)
     title = f"preset {preset} · seed {meta.get('seed')} · test accuracy {100 * result.accuracy:.2f}%"
+    robust = robustness.score(model, x, y, seed, cfg["robust_images"], cfg["batch_size"])  # docs/robustness.md
+    scores["robust_accuracy"] = robust.mean
+    details = {**evaluation.details(result), "robustness": robust.details()}
     with OutputSet() as out:  # every output renamed into place together, only when all are written
         write_json(out.path(METRICS / "eval.json"), scores)
-        write_json(out.path(METRICS / "eval_details.json"), evaluation.details(result))
+        write_json(out.path(METRICS / "eval_details.json"), details)
         write_text(out.path(METRICS / "predictions.csv"), predictions_csv(result))
         for name, figure in figures(result, model, x, log, title, cfg["misclassified"]):
             plots.save_figure(figure, out.path(PLOTS / name), atomic=False)
+        plots.save_figure(robustness.figure(robust, title), out.path(PLOTS / "robustness.png"), atomic=False)
     print(f"evaluate: test accuracy {scores['accuracy']:.4f} ({scores['errors']} errors), {scores['loss_fn']} loss "
-          f"{scores['loss']:.4f}, nll {scores['nll']:.4f}, macro F1 {scores['macro_f1']:.4f}, ECE {scores['ece']:.4f}")
+          f"{scores['loss']:.4f}, nll {scores['nll']:.4f}, macro F1 {scores['macro_f1']:.4f}, ECE {scores['ece']:.4f}, "
+          f"robust accuracy {robust.mean:.4f} over {len(robust.accuracy)} corruptions of {robust.images} digits")
 
 
 if __name__ == "__main__":
