@@ -254,7 +254,10 @@ def keep_main_ink(ink: np.ndarray, piece: float = PIECE, near: float = NEAR) -> 
     if count == 0:
         return ink
     areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
-    peaks = np.asarray(ndimage.maximum(stack, labels, np.arange(1, count + 1)))
+    inked = labels > 0
+    peaks = np.zeros(count + 1, stack.dtype)
+    np.maximum.at(peaks, labels[inked], stack[inked])  # the darkest ink of each component
+    peaks = peaks[1:]
     boxes = np.array([(s[0].start, s[1].start, s[1].stop, s[2].start, s[2].stop) for s in ndimage.find_objects(labels)])
     keep = np.zeros(count + 1, bool)
     order = np.lexsort((-areas, boxes[:, 0]))  # by image, the largest component first
