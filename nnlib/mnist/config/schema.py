@@ -101,7 +101,7 @@ EVALUATE = {
     # nnlib.model.EVAL_BATCH_SIZE, the batch of validation during training (a test checks they agree).
     "batch_size": Field(int, 128, "an integer >= 1", positive, "images per forward pass"),
     "misclassified": Field(int, 36, "an integer in [0, 200]", lambda v: 0 <= v <= 200, "most confident mistakes shown in misclassified.png"),
-    "robust_images": Field(int, 5000, "an integer >= 0 (0 = all 10000)", non_negative,
+    "robust_images": Field(int, 0, "an integer >= 0 (0 = all 10000)", non_negative,
                            "test digits the robustness suite corrupts and scores, evenly spread (docs/robustness.md)"),
 }
 
