@@ -3,9 +3,10 @@
 Every corruption takes uint8 digits (N, 28, 28), white ink on black paper as MNIST holds them, and a
 ``numpy.random.Generator``, and returns new uint8 digits (N, 28, 28) in 0..255. Each is written with
 NumPy, SciPy and Pillow only, is deterministic given the generator's state (the same seed gives the
-same bytes), draws its random values image by image (the first k digits of a batch come out as a batch of k would), and keeps the digit readable
-to a person. Three entries go through ``nnlib predict``'s preprocessing (:func:`nnlib.mnist.images.preprocess`)
-the way a user's picture would: ``low_resolution``, ``small_off_centre`` and ``inverted``.
+same bytes), draws its random values image by image (the first k digits of a batch come out as a
+batch of k would), and keeps the digit readable to a person. Three entries go through ``nnlib
+predict``'s preprocessing (:func:`nnlib.mnist.images.preprocess`) the way a user's picture would:
+``low_resolution``, ``small_off_centre`` and ``inverted``.
 
 :data:`SUITE` names the entries in order; :func:`corrupt_suite` applies them all, each with its own
 random stream (``nnlib.mnist.seeding.rng(seed, ROBUST, entry id)``), so adding, removing or
