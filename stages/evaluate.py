@@ -1,5 +1,6 @@
 """Stage evaluate: model + test shard (+ your drawings in data/drawn/) -> metrics/eval.json,
-metrics/eval_details.json, metrics/predictions.csv, metrics/plots/*.png.
+metrics/eval_details.json, metrics/predictions.csv, metrics/plots/*.png; also the robustness suite
+(nnlib/mnist/robustness.py, docs/robustness.md).
 
 ``eval_details.json`` records the SHA-256 of the model it scored (``nnlib info`` checks it); ``eval.json``
 holds scalars only, no hash, so ``dvc metrics show`` stays narrow.
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from nnlib import backend, evaluation, metrics, threads
-from nnlib.mnist import drawn, plots
+from nnlib.mnist import drawn, plots, robustness
 from nnlib.mnist.data.stream import load_shard, minibatches, read_manifest
 from nnlib.errors import InputError, run_stage
 from nnlib.files import OutputSet, check_destination, file_sha256, remove_stale_temporaries, write_json, write_text
@@ -86,7 +87,7 @@ def figures(result: evaluation.Evaluation, model, x: np.ndarray, log: list[dict]
 
 
 def main() -> None:
-    _, _, preset = load_top_level()
+    _, seed, preset = load_top_level()
     _, cfg = load_section("evaluate", EVALUATE)
     remove_stale_temporaries([METRICS, PLOTS])
     for destination in OUTPUTS:  # a folder or a read-only file in the way is found before the test set is read
@@ -104,17 +105,22 @@ def main() -> None:
         if not np.isfinite(result.logits).all():
             raise InputError(f"{MODEL} gives non-finite outputs on the test set: re-train it (dvc repro -s train)")
         scores = evaluation.scalars(result, loss_cfg["name"])
+        robust = robustness.score(model, x, y, seed, cfg["robust_images"], cfg["batch_size"])  # docs/robustness.md
+        scores["robust_accuracy"] = robust.mean
         scores.update(drawn_scores(model))
         title = f"preset {preset} · seed {meta.get('seed')} · test accuracy {100 * result.accuracy:.2f}%"
+        details = {"model_sha256": model_sha256, **evaluation.details(result), "robustness": robust.details(),
+                   "blas_threads": choice.threads}
         with OutputSet() as out:  # every output renamed into place together, only when all are written
             write_json(out.path(EVAL_METRICS), scores)
-            write_json(out.path(EVAL_DETAILS), {"model_sha256": model_sha256, **evaluation.details(result),
-                                                 "blas_threads": choice.threads})
+            write_json(out.path(EVAL_DETAILS), details)
             write_text(out.path(PREDICTIONS), predictions_csv(result))
             for name, figure in figures(result, model, x, log, title, cfg["misclassified"]):
                 plots.save_figure(figure, out.path(PLOTS / name), atomic=False)
+            plots.save_figure(robustness.figure(robust, title), out.path(PLOTS / "robustness.png"), atomic=False)
     print(f"evaluate: test accuracy {scores['accuracy']:.4f} ({scores['errors']} errors), {scores['loss_fn']} loss "
-          f"{scores['loss']:.4f}, nll {scores['nll']:.4f}, macro F1 {scores['macro_f1']:.4f}, ECE {scores['ece']:.4f}"
+          f"{scores['loss']:.4f}, nll {scores['nll']:.4f}, macro F1 {scores['macro_f1']:.4f}, ECE {scores['ece']:.4f}, "
+          f"robust accuracy {robust.mean:.4f} over {len(robust.accuracy)} corruptions of {robust.images} digits"
           + (f"; your {scores['drawn_images']} drawings: accuracy {scores['drawn_accuracy']:.4f}" if "drawn_images" in scores else ""))
 
 

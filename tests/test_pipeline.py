@@ -25,8 +25,8 @@ PIPELINE_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "stages
                   "models/init/README.md", "data/drawn/README.md", "vendor/vega"]
 
 pytestmark = pytest.mark.slow
-EVAL_KEYS = ["accuracy", "errors", "images", "nll", "loss_fn", "loss", "macro_f1", "ece"]
-PNGS = ["curves", "confusion", "misclassified", "first_layer", "reliability", "features", "augment_preview"]
+EVAL_KEYS = ["accuracy", "errors", "images", "nll", "loss_fn", "loss", "macro_f1", "ece", "robust_accuracy"]
+PNGS = ["curves", "confusion", "misclassified", "first_layer", "reliability", "features", "augment_preview", "robustness"]
 
 TINY = {
     "prepare": {"val_size": 200, "max_train": 300, "shard_size": 200, "workers": 2, "augment": {"copies": 1}},
@@ -34,7 +34,7 @@ TINY = {
     # runs going elsewhere on the machine (test_a_run_resumed_under_auto_keeps_its_thread_count covers auto)
     "train": {"epochs": 2, "batch_size": 32, "images_per_epoch": 600, "threads": 2,
               "model": [{"type": "flatten"}, {"type": "dense", "out": 32}, {"type": "relu"}, {"type": "dense", "out": 10}]},
-    "evaluate": {"misclassified": 8},
+    "evaluate": {"misclassified": 8, "robust_images": 500},
 }
 
 
@@ -119,6 +119,10 @@ def test_repro_writes_metrics(repo):
     confusions = [(c["true"], c["predicted"], c["count"]) for c in details["top_confusions"]]
     assert len(confusions) == 5 and all(t != p for t, p, _ in confusions)
     assert [c for _, _, c in confusions] == sorted((c for _, _, c in confusions), reverse=True)
+    robust = details["robustness"]
+    assert robust["images"] == 500 and robust["seed"] == 0 and len(robust["accuracy"]) == 14
+    assert all(0 <= a <= 1 for a in robust["accuracy"].values()) and 0 <= robust["clean_accuracy"] <= 1
+    assert evaluation["robust_accuracy"] == pytest.approx(sum(robust["accuracy"].values()) / 14)
     log = (repo / paths.TRAIN_LOG).read_text().splitlines()
     assert log[0].split("\t") == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr"]
     assert len(log) == 3

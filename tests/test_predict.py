@@ -42,6 +42,46 @@ def picture(digit: np.ndarray, size: int, rng: np.random.Generator, ink: int = 0
     return np.rint(canvas).astype(np.uint8)
 
 
+PHOTO_EFFECTS = ("vignette", "shadow", "gradient", "jpeg", "colour", "tilt")
+
+
+def photo(digit: np.ndarray, size: int, rng: np.random.Generator, effects=PHOTO_EFFECTS) -> Image.Image:
+    """A phone photo of an MNIST digit, made from :func:`picture` (black on white, off-centre on a canvas 1.5
+    times as large) -> an RGB Pillow image. ``effects``: any of
+
+    colour: blue-pen ink on warm, slightly grey paper; vignette: corners 45% darker than the centre;
+    shadow: a band 35-50% of the picture wide at a random angle, 40% darker, with soft edges;
+    gradient: light falling 45% across the picture in a random direction; tilt: a slight perspective
+    tilt (corners moved up to 4% of the side); jpeg: sensor noise and JPEG at quality 70 (saved by the caller
+    as .jpg: this function adds the noise, the caller's file format the blocks).
+    """
+    alpha = 1 - picture(digit, size, rng).astype(np.float32) / 255  # ink coverage of each pixel
+    side = alpha.shape[0]
+    ink, paper = (np.array([35, 60, 170.0]), np.array([238, 232, 218.0])) if "colour" in effects else (np.zeros(3), np.full(3, 255.0))
+    rgb = paper * (1 - alpha[..., None]) + ink * alpha[..., None]
+    rows, cols = (np.indices((side, side)) + 0.5) / side - 0.5  # -0.5 .. 0.5 about the centre
+    light = np.ones((side, side))
+    if "vignette" in effects:
+        light *= 1 - 0.45 * (rows**2 + cols**2) / 0.5
+    if "gradient" in effects:
+        angle = rng.uniform(0, 2 * np.pi)
+        light *= 1 - 0.45 * (rows * np.sin(angle) + cols * np.cos(angle) + 0.71) / 1.42
+    if "shadow" in effects:
+        angle, centre, width = rng.uniform(0, np.pi), rng.uniform(-0.3, 0.3), rng.uniform(0.35, 0.5)
+        distance = np.abs(rows * np.sin(angle) + cols * np.cos(angle) - centre)
+        light *= 1 - 0.4 / (1 + np.exp((distance - width / 2) / 0.02))
+    rgb *= light[..., None]
+    if "jpeg" in effects:
+        rgb += rng.normal(0, 4, rgb.shape)
+    image = Image.fromarray(np.clip(np.rint(rgb), 0, 255).astype(np.uint8), "RGB")
+    if "tilt" in effects:
+        corners = np.array([[0, 0], [0, side], [side, side], [side, 0]], np.float64)  # Pillow's QUAD order: UL, LL, LR, UR
+        moved = corners + rng.uniform(-0.04, 0.04, (4, 2)) * side
+        image = image.transform((side, side), Image.Transform.QUAD, tuple(moved.ravel()), Image.Resampling.BILINEAR,
+                                fillcolor=tuple(int(v) for v in np.rint(paper * light[0, 0])))
+    return image
+
+
 def save(array_or_image, path: Path) -> Path:
     image = array_or_image if isinstance(array_or_image, Image.Image) else Image.fromarray(array_or_image)
     image.save(path, **({"compress_level": 1} if path.suffix == ".png" else {}))
@@ -99,6 +139,26 @@ def test_photographed_digits_predict_like_the_arrays(model, mnist, reference, tm
         save(picture(mnist["test_x"][i], size, rng), tmp_path / f"{n:03d}{suffix}")
     predicted = np.array(digits_of(predict_paths(model, [tmp_path])))  # a directory: its images by name
     assert (predicted == reference[chosen]).mean() >= 0.99
+
+
+@pytest.mark.parametrize("effects, floor", [*[((e,), 0.99) for e in PHOTO_EFFECTS], (PHOTO_EFFECTS, 0.9)],
+                         ids=[*PHOTO_EFFECTS, "all"])
+def test_phone_photos_predict_like_the_arrays(model, mnist, reference, tmp_path, effects, floor):
+    """The same 500 test digits as phone photos: vignette, shadow band, gradient, JPEG noise, coloured ink,
+    slight perspective tilt, each alone and all together, 100 px on a 150 px picture, saved as JPEG.
+
+    One global threshold and the paper's colour from the border took a dark vignette or a shadow for
+    ink; the paper normalisation, the adaptive threshold and the largest components keep the digit.
+    Each effect alone agrees with the arrays for at least 99% of the digits. All six together darken
+    some corners to a fifth of the paper's light, and a shadow's edge meeting a dark corner is then
+    sometimes kept as ink: 92.6% measured, 90% required (docs/robustness.md, known limits).
+    """
+    chosen = np.random.default_rng(0).choice(len(mnist["test_x"]), 500, replace=False)
+    rng = np.random.default_rng(100)
+    for n, i in enumerate(chosen):
+        photo(mnist["test_x"][i], 100, rng, effects).save(tmp_path / f"{n:03d}.jpg", quality=70)
+    predicted = np.array(digits_of(predict_paths(model, [tmp_path])))
+    assert (predicted == reference[chosen]).mean() >= floor
 
 
 def test_rgba_16_bit_and_white_on_black_images_are_read_correctly(model, mnist, confident, tmp_path):

@@ -97,7 +97,7 @@ def cmd_predict(args) -> int:
         else:
             print(format_line(result, args.top))
     if args.show:
-        save_grid([r for r in results if not isinstance(r, Failure)], args.show)
+        save_grid([r for r in results if not isinstance(r, Failure)], args.show, show_steps=not args.no_preprocess)
     return 1 if failed else 0
 
 
@@ -192,7 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=256, metavar="N", help="images per forward pass (default: 256)")
     p.add_argument("--threads", type=_threads, default="auto", metavar="N",
                    help="BLAS threads: auto (default) shares the cores with running nnlib trainings; 0 = every core")
-    p.add_argument("--show", metavar="FILE.png", help="write a grid of what the network saw, with its predictions")
+    p.add_argument("--show", metavar="FILE.png", help="write a grid of what the network saw, with its predictions; with at most 30 "
+                   "digits, each picture's preprocessing steps (paper, ink, dropped components) too")
     p.add_argument("--no-preprocess", action="store_true",
                    help="take images as they are: already 28x28, white digit on black, like MNIST")
     p.set_defaults(run=cmd_predict)

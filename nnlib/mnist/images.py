@@ -7,11 +7,19 @@ Images (PNG, JPEG, BMP, GIF, any size, colour, grey, 16-bit grey or with alpha) 
 way MNIST itself was made, one small function per step (README, "Use the model"):
 
 1. :func:`grayscale`               luminance in [0, 1]; transparent pixels become paper
-2. :func:`invert_if_light_paper`    ink becomes bright on a black background, the paper level 0
-3. :func:`threshold`                ink scaled to a maximum of 1; faint paper noise set to 0
+2. :func:`normalise_paper`          ink relative to the paper around it: 1 - luminance / local paper level
+                                    (light ink on dark paper is turned around first), so that vignettes,
+                                    shadows and gradients of a phone photo become paper
+3. :func:`adaptive_threshold`       ink scaled to a maximum of 1; pixels less than 20% of the ink's
+                                    contrast darker than their own paper set to 0
+   :func:`keep_main_ink`            only the largest ink component and the sizeable pieces near it stay
 4. :func:`crop_to_ink`              cut to the bounding box of the ink
 5. :func:`fit_box`                  longest side scaled to 20 px, aspect kept, anti-aliased
 6. :func:`center_by_mass`           pasted into 28x28 with the ink's centre of mass at (14, 14)
+
+:func:`steps` returns every intermediate of one picture; ``nnlib predict --show`` draws them. The
+global steps of the first version (:func:`invert_if_light_paper`, :func:`threshold`) remain: on a
+clean scan of white paper they give the same ink as steps 2 and 3.
 
 Arrays (``.npy``, ``.npz``) and IDX files (plain or ``.gz``) already are MNIST-form and are only
 checked and converted. Every problem with one input raises :class:`~nnlib.errors.InputError`
@@ -32,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+from scipy import ndimage
 
 from nnlib.mnist.data.stream import IDX_DTYPES, parse_idx
 from nnlib.errors import InputError
@@ -47,6 +56,13 @@ INK_FRACTION = 0.2  # after scaling the ink to a maximum of 1, values below this
 MAX_STACK_PIXELS = 1 << 22  # pictures read but not yet preprocessed hold at most about this many pixels
 MAX_IMAGE_PIXELS = 50_000_000  # a larger picture is refused before it is decoded (Pillow's own limit is 89 MP)
 MAX_ARRAY_BYTES = 128 << 20  # an array or IDX file holds at most this much data (about 170,000 MNIST images)
+PAPER_WINDOW = 4  # the paper is estimated by a grey closing whose window is 1/PAPER_WINDOW of the shorter side
+PAPER_SIDE = 96  # ... on a copy averaged down to at most this many pixels on its shorter side
+EVEN_BORDER = 0.1  # a border whose luminance spreads less than this is even: it is the paper
+MIN_CONTRAST = 0.06  # ink must be at least this much darker than its paper (relative): else the picture is blank
+STRONG = 0.6  # ... and those whose darkest ink is fainter than this share of its darkest ...
+PIECE = 0.02  # pieces of ink smaller than this share of the largest component are dropped ...
+NEAR = 0.3  # ... and so are those farther from its bounding box than this share of its longer side
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 ARRAY_SUFFIXES = (".npy", ".npz")
@@ -138,6 +154,138 @@ def threshold(ink: np.ndarray, fraction: float = INK_FRACTION) -> np.ndarray:
     return scaled
 
 
+def border_spread(gray: np.ndarray, border: int = BORDER) -> np.ndarray:
+    """How uneven the outer ``border``-pixel frame of each image is: the spread between its 10th and
+    90th percentiles, float32 (...). A scan or a drawing has an even border; a photo often does not."""
+    h, w = gray.shape[-2:]
+    b = max(1, min(border, h // 2, w // 2))
+    lead = gray.shape[:-2]
+    sides = (gray[..., :b, :], gray[..., h - b :, :], gray[..., b : h - b, :b], gray[..., b : h - b, w - b :])
+    frame = np.concatenate([side.reshape(*lead, -1) for side in sides], axis=-1)
+    low, high = np.percentile(frame, [10, 90], axis=-1)
+    return (high - low).astype(np.float32)
+
+
+def light_paper_form(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Luminance float32 (..., H, W) -> (``light``, ``paper``): the picture as dark ink on light paper,
+    and the paper's level at every pixel (:func:`paper_background`), both float32 (..., H, W).
+
+    Which way round the picture is: the paper is dark only where the border is dark (:func:`paper_level`
+    at most 0.5) and even (spread below :data:`EVEN_BORDER`) and most of the picture is dark too, as in
+    MNIST's own arrays, screenshots and chalk on a board. Anything else is taken as what photos and
+    scans of writing show, dark ink on light paper: a photo whose vignette, shadow or gradient darkens
+    the edges has an uneven border, or a border darker than most of the picture.
+    """
+    gray = np.asarray(gray, np.float32)
+    lead = gray.shape[:-2]
+    mostly_dark = np.median(gray.reshape(*lead, -1), axis=-1) <= 0.5
+    light_paper = (paper_level(gray) > 0.5) | (border_spread(gray) >= EVEN_BORDER) | ~mostly_dark
+    light = np.where(light_paper[..., None, None], gray, np.float32(1) - gray)
+    return light, paper_background(light)
+
+
+def paper_background(light: np.ndarray, window: int = PAPER_WINDOW, side: int = PAPER_SIDE) -> np.ndarray:
+    """The paper's level at every pixel of dark-ink-on-light-paper pictures (..., H, W) -> float32, same shape.
+
+    A grey closing (dilation then erosion) with a square window of 1/``window`` of the shorter side
+    removes every dark feature narrower than the window, i.e. the strokes, and keeps what varies
+    slowly or over wide areas: vignettes, gradients, wide shadows. It runs on a copy averaged down by
+    whole blocks to at most ``side`` pixels on its shorter side, and is brought back up bilinearly.
+    """
+    h, w = light.shape[-2:]
+    factor = max(1, -(-min(h, w) // side))
+    lead = light.shape[:-2]
+    small = light[..., : h - h % factor or h, : w - w % factor or w] if factor > 1 else light
+    if factor > 1:
+        sh, sw = small.shape[-2] // factor, small.shape[-1] // factor
+        small = small.reshape(*lead, sh, factor, sw, factor).mean(axis=(-3, -1))
+    size = max(3, min(small.shape[-2:]) // window)
+    # Padded by the window with the edge values first: a closing whose dilation and erosion each extend
+    # their own input at the edges would carry the brighter inside out to the darker edges of a vignette.
+    padded = np.pad(small, [(0, 0)] * len(lead) + [(size, size), (size, size)], mode="edge")
+    closed = ndimage.grey_closing(padded, size=(1,) * len(lead) + (size, size))[..., size:-size, size:-size]
+    if factor == 1:
+        return closed.astype(np.float32, copy=False)
+    zoom = (1,) * len(lead) + (h / closed.shape[-2], w / closed.shape[-1])
+    back = ndimage.zoom(closed, zoom, order=1, mode="nearest", grid_mode=True)
+    out = np.empty(light.shape, np.float32)
+    out[...] = back[..., :h, :w] if back.shape[-2] >= h and back.shape[-1] >= w else np.pad(
+        back, [(0, 0)] * len(lead) + [(0, max(0, h - back.shape[-2])), (0, max(0, w - back.shape[-1]))], mode="edge")[..., :h, :w]
+    return out
+
+
+def normalise_paper(gray: np.ndarray) -> np.ndarray:
+    """Step 2: luminance float32 (..., H, W) -> ink float32 (..., H, W) in [0, 1], bright ink on black (0) paper.
+
+    The picture is taken as dark ink on light paper and divided by its own paper (:func:`light_paper_form`): ink = 1 - luminance / paper, how much darker each pixel is than
+    the paper around it. Uneven light (a vignette, a shadow wider than half the picture, a gradient)
+    becomes paper, 0, and a stroke in shadow keeps the contrast it has against its shadowed paper.
+    """
+    light, paper = light_paper_form(gray)
+    ink = np.float32(1) - light / np.maximum(paper, np.float32(1e-3))
+    return np.clip(ink, 0, 1, out=ink)
+
+
+def adaptive_threshold(ink: np.ndarray, fraction: float = INK_FRACTION, min_contrast: float = MIN_CONTRAST) -> np.ndarray:
+    """Step 3: ink float32 (..., H, W) from :func:`normalise_paper` -> each image scaled to a maximum of
+    1, pixels below ``fraction`` of that maximum (or below ``min_contrast`` before scaling) set to 0.
+
+    Since step 2 measures ink against the paper around it, this threshold adapts to the light at each
+    place: a pixel is ink when it is darker than ``1 - fraction * contrast`` times its own paper
+    (Bradley and Roth's adaptive threshold, with the paper's level instead of a local mean). An image
+    whose darkest ink is less than ``min_contrast`` darker than its paper has no ink: all zero.
+    """
+    peak = ink.max(axis=(-2, -1), keepdims=True)
+    scaled = ink / np.where(peak > 0, peak, np.float32(1))
+    scaled[(scaled < fraction) | (peak < min_contrast)] = 0
+    return scaled
+
+
+STACK_STRUCTURE = np.zeros((3, 3, 3), bool)
+STACK_STRUCTURE[1] = True  # 8-connected within an image, never across images of a stack
+
+
+def keep_main_ink(ink: np.ndarray, piece: float = PIECE, near: float = NEAR) -> np.ndarray:
+    """Step 3, second part: thresholded ink (..., H, W) -> the same with only the digit's components, rescaled
+    to a maximum of 1.
+
+    The largest 8-connected component of ink is the digit (or its main stroke). Other components stay
+    when they hold at least ``piece`` of its pixels, their bounding box comes within ``near`` times
+    its longer side of its bounding box, their darkest ink reaches :data:`STRONG` of its darkest and
+    they do not touch the picture's edge (a '5' whose bar is
+    apart, a broken stroke); the rest, specks of noise, dirt, a shadow's edge or a second mark far
+    away, is paper.
+    """
+    h, w = ink.shape[-2:]
+    stack = ink.reshape(-1, h, w)
+    labels, count = ndimage.label(stack > 0, STACK_STRUCTURE)
+    if count == 0:
+        return ink
+    areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    inked = labels > 0
+    peaks = np.zeros(count + 1, stack.dtype)
+    np.maximum.at(peaks, labels[inked], stack[inked])  # the darkest ink of each component
+    peaks = peaks[1:]
+    boxes = np.array([(s[0].start, s[1].start, s[1].stop, s[2].start, s[2].stop) for s in ndimage.find_objects(labels)])
+    keep = np.zeros(count + 1, bool)
+    order = np.lexsort((-areas, boxes[:, 0]))  # by image, the largest component first
+    starts = np.flatnonzero(np.r_[True, boxes[order[1:], 0] != boxes[order[:-1], 0]])
+    for first, stop in zip(starts, np.r_[starts[1:], count]):
+        members = order[first:stop]
+        main = members[0]
+        _, top, bottom, left, right = boxes[main]
+        margin = near * max(bottom - top, right - left)
+        _, t, b, l, r = boxes[members].T
+        close = (t < bottom + margin) & (b > top - margin) & (l < right + margin) & (r > left - margin)
+        inside = (t > 0) & (l > 0) & (b < h) & (r < w)  # a piece touching the edge is a shadow's or the frame's
+        strong = peaks[members] >= STRONG * peaks[main]  # a shadow's edge is fainter than pen strokes
+        keep[members[close & inside & strong & (areas[members] >= piece * areas[main])] + 1] = True
+        keep[main + 1] = True
+    kept = np.where(keep[labels], stack, np.float32(0)).reshape(ink.shape)
+    peak = kept.max(axis=(-2, -1), keepdims=True)
+    return kept / np.where(peak > 0, peak, np.float32(1))
+
+
 def crop_to_ink(ink: np.ndarray) -> np.ndarray:
     """Step 4: ink float32 (H, W) -> the smallest sub-array (h, w) holding every non-zero pixel (a view).
 
@@ -187,10 +335,33 @@ def finish(ink: np.ndarray) -> np.ndarray:
     return center_by_mass(fit_box(crop_to_ink(ink)))
 
 
+def find_ink(gray: np.ndarray) -> np.ndarray:
+    """Steps 2 and 3 on one image (H, W) or a stack of equally sized ones (N, H, W): luminance ->
+    thresholded ink of the digit's components, in [0, 1], bright on black."""
+    return keep_main_ink(adaptive_threshold(normalise_paper(gray)))
+
+
 def preprocess(gray: np.ndarray) -> np.ndarray:
     """Steps 2 to 6 on one image: luminance float32 (H, W) from :func:`grayscale` -> uint8 (28, 28),
     white digit on black, centred like MNIST. Raises ValueError for a blank image."""
-    return finish(threshold(invert_if_light_paper(gray)))
+    return finish(find_ink(gray))
+
+
+def steps(gray: np.ndarray) -> dict:
+    """Every intermediate of :func:`preprocess` on one picture (H, W), for ``nnlib predict --show``:
+    ``light`` (dark ink on light paper), ``paper`` (its estimated level), ``ink`` (step 2),
+    ``thresholded`` (step 3), ``kept`` (its components that stay), and ``digit`` uint8 (28, 28), or
+    None for a blank picture. All but ``digit`` are float32 (H, W) in [0, 1]."""
+    light, paper = light_paper_form(gray)
+    ink = normalise_paper(gray)
+    thresholded = adaptive_threshold(ink)
+    kept = keep_main_ink(thresholded)
+    try:
+        digit = finish(kept)
+    except ValueError:
+        digit = None
+    return {"light": light, "paper": paper, "ink": ink, "thresholded": thresholded,
+            "kept": kept, "digit": digit}
 
 
 def preprocess_many(grays: list[np.ndarray]) -> list[np.ndarray | ValueError]:
@@ -204,7 +375,7 @@ def preprocess_many(grays: list[np.ndarray]) -> list[np.ndarray | ValueError]:
     for i, gray in enumerate(grays):
         by_shape.setdefault(gray.shape, []).append(i)
     for members in by_shape.values():
-        inks = threshold(invert_if_light_paper(np.stack([grays[i] for i in members])))
+        inks = find_ink(np.stack([grays[i] for i in members]))
         for i, ink in zip(members, inks):
             try:
                 out[i] = finish(ink)

@@ -17,10 +17,12 @@ from nnlib.backend import to_numpy
 from nnlib.mnist.data.stream import to_batch
 from nnlib.errors import InputError
 from nnlib.functional import softmax
-from nnlib.mnist.images import expand, read_paths
+from nnlib.mnist.images import IMAGE_SUFFIXES, expand, read_image, read_paths, steps
 
 GRID_LIMIT = 100  # --show draws at most this many digits
 GRID_COLUMNS = 10
+STEPS_LIMIT = 30  # with at most this many digits, --show draws every preprocessing step of each picture
+STEPS_SIDE = 160  # pictures are drawn at most this many pixels on their longer side
 
 
 @dataclass
@@ -154,16 +156,74 @@ def grid_title(pred: Prediction, width: int = 16) -> str:
     return f"{name}\n{pred.digit} ({100 * pred.probability:.1f}%)"
 
 
-def save_grid(preds: list[Prediction], path, limit: int = GRID_LIMIT) -> None:
+def save_grid(preds: list[Prediction], path, limit: int = GRID_LIMIT, show_steps: bool = True) -> None:
     """Write a PNG grid of what the network saw (the 28x28 inputs) with each prediction, atomically.
 
     At most ``limit`` digits are drawn (the first ones); the figure's title says so when there are more.
+    With ``show_steps`` and at most :data:`STEPS_LIMIT` predictions of which some come from pictures,
+    each picture gets a row of its preprocessing steps instead (:func:`save_steps`).
     """
     from nnlib.mnist.plots import digit_grid  # noqa: PLC0415 - matplotlib only when a grid is asked for
 
+    if show_steps and 0 < len(preds) <= STEPS_LIMIT and any(from_picture(p) for p in preds):
+        save_steps(preds, path)
+        return
     shown = preds[:limit]
     suptitle = f"first {len(shown)} of {len(preds)} predictions" if len(preds) > len(shown) else ""
     if not preds:
         suptitle = "no predictions"
     digit_grid(np.array([p.image for p in shown]).reshape(-1, 28, 28), [grid_title(p) for p in shown], path,
                columns=min(GRID_COLUMNS, max(1, len(shown))), suptitle=suptitle)
+
+
+def from_picture(pred: Prediction) -> bool:
+    """Whether a prediction's image was made by the preprocessing from a picture file (not an array)."""
+    return pred.index is None and Path(pred.file).suffix.lower() in IMAGE_SUFFIXES
+
+
+def thumbnail(image: np.ndarray, side: int = STEPS_SIDE) -> np.ndarray:
+    """A float or RGB array in [0, 1] shrunk (area average) to at most ``side`` px on its longer side, for drawing."""
+    from PIL import Image  # noqa: PLC0415
+
+    h, w = image.shape[:2]
+    if max(h, w) <= side:
+        return image
+    size = (max(1, round(w * side / max(h, w))), max(1, round(h * side / max(h, w))))
+    if image.ndim == 2:
+        return np.asarray(Image.fromarray(image.astype(np.float32), mode="F").resize(size, Image.Resampling.BOX))
+    return np.stack([thumbnail(image[..., c], side) for c in range(image.shape[2])], axis=-1)
+
+
+STEP_TITLES = ("picture (dark ink on light paper)", "paper: its estimated level", "ink: 1 - picture / paper",
+               "threshold; red: dropped", "28x28: what the network saw")
+
+
+def save_steps(preds: list[Prediction], path) -> None:
+    """Write a PNG with one row per prediction: for a picture, what each preprocessing step did (the
+    picture as dark ink on light paper, the paper's estimated level, the ink relative to it, the
+    thresholded ink with the dropped components in red, and the 28x28 input); for an array, the input."""
+    from nnlib.mnist.plots import plt, save_figure  # noqa: PLC0415
+
+    fig, axes = plt.subplots(len(preds), len(STEP_TITLES), figsize=(2.1 * len(STEP_TITLES), 2.2 * len(preds) + 0.4),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for row, pred in zip(axes, preds):
+        row[-1].imshow(pred.image, cmap="gray_r", vmin=0, vmax=255)
+        row[-1].set_title(grid_title(pred, 24), fontsize=8)
+        if not from_picture(pred):
+            continue
+        try:
+            found = steps(read_image(Path(pred.file)).gray)
+        except Exception:  # noqa: BLE001 - a file changed since: draw its 28x28 input only
+            continue
+        dropped = (found["thresholded"] > 0) & (found["kept"] == 0)
+        overlay = np.repeat((1 - found["kept"])[..., None], 3, axis=-1)
+        overlay[dropped] = (0.9, 0.1, 0.1)
+        panels = (found["light"], found["paper"], 1 - found["ink"], overlay)
+        for ax, panel, title in zip(row, panels, STEP_TITLES):
+            ax.imshow(thumbnail(panel), cmap="gray", vmin=0, vmax=1)
+            ax.set_title(f"{Path(pred.file).name}: {title}" if ax is row[0] else title, fontsize=7)
+    fig.suptitle("nnlib predict: the preprocessing steps of each picture (README, docs/robustness.md)", fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, path)

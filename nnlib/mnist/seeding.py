@@ -12,6 +12,7 @@ AUGMENT = 2  # distortions; one child stream per shard index
 INIT = 3  # weight initialisation (and dropout masks)
 SHUFFLE = 4  # order of training images
 PREVIEW = 5  # which digits the augmentation preview shows
+ROBUST = 6  # the robustness suite's corruptions (nnlib/mnist/robustness.py); one child stream per entry
 
 
 def rng(seed: int, stream: int, *more: int) -> np.random.Generator:

@@ -107,6 +107,8 @@ EVALUATE = {
     "batch_size": Field(int, 128, "an integer >= 1", positive, "images per forward pass"),
     "threads": THREADS,
     "misclassified": Field(int, 36, "an integer in [0, 200]", lambda v: 0 <= v <= 200, "most confident mistakes shown in misclassified.png"),
+    "robust_images": Field(int, 0, "an integer >= 0 (0 = all 10000)", non_negative,
+                           "test digits the robustness suite corrupts and scores, evenly spread (docs/robustness.md)"),
 }
 
 
