@@ -1,7 +1,7 @@
 """The schema of params.yaml: every key of every stage, its default, its check and its meaning.
 
 This is the single source of defaults and checks: the stages validate their section against it,
-:class:`~nnlib.mnist.data.augment.AugmentConfig` checks its ranges with it, and docs/params.md's table is
+:class:`~nnlib.mnist.data.augment.AugmentConfig` checks its ranges with it, and the README's params table is
 tested against it. A schema is a nested dict whose leaves are :class:`~nnlib.mnist.config.params.Field` objects.
 The effective value of a key is params.yaml's, else the preset's, else the default here
 (:func:`effective_params`, ``nnlib params``).
