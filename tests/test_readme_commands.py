@@ -94,3 +94,10 @@ def test_every_runnable_readme_command_exits_0(repo, tmp_path):  # noqa: F811 - 
                 failures.append(f"{command!r} exited {result.returncode}:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
     print("\n".join(timings))
     assert not failures, "README commands that fail on a fresh clone:\n\n" + "\n\n".join(failures)
+
+
+def test_a_mark_without_a_bash_block_fails_the_extraction():
+    text = f"{MARK}\n```bash\ndvc repro\n```\n\n{MARK}\n```python\nprint(1)\n```\n"
+    with pytest.raises(AssertionError, match="followed at once"):
+        runnable_blocks(text)
+    assert runnable_commands(text.split("\n\n")[0]) == ["dvc repro"]
