@@ -206,6 +206,13 @@ def paper_background(light: np.ndarray, window: int = PAPER_WINDOW, side: int = 
     closed = ndimage.grey_closing(padded, size=(1,) * len(lead) + (size, size))[..., size:-size, size:-size]
     if factor == 1:
         return closed.astype(np.float32, copy=False)
+    flat = closed.reshape(-1, closed.shape[-2] * closed.shape[-1])
+    if (flat.min(axis=1) == flat.max(axis=1)).all():
+        # Even paper (a drawing on a flat background, a clean scan): bilinear interpolation of a constant
+        # is that constant exactly, so the zoom below, most of the cost, would give the same array.
+        out = np.empty(light.shape, np.float32)
+        out[...] = flat[:, 0].astype(np.float32).reshape(*lead, 1, 1)
+        return out
     zoom = (1,) * len(lead) + (h / closed.shape[-2], w / closed.shape[-1])
     back = ndimage.zoom(closed, zoom, order=1, mode="nearest", grid_mode=True)
     out = np.empty(light.shape, np.float32)
