@@ -178,8 +178,10 @@ def light_paper_form(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     gray = np.asarray(gray, np.float32)
     lead = gray.shape[:-2]
-    mostly_dark = np.median(gray.reshape(*lead, -1), axis=-1) <= 0.5
-    light_paper = (paper_level(gray) > 0.5) | (border_spread(gray) >= EVEN_BORDER) | ~mostly_dark
+    light_paper = paper_level(gray) > 0.5
+    if not np.all(light_paper):  # the other tests only matter where the border is dark (a drawing's is white)
+        mostly_dark = np.median(gray.reshape(*lead, -1), axis=-1) <= 0.5
+        light_paper = light_paper | (border_spread(gray) >= EVEN_BORDER) | ~mostly_dark
     light = np.where(light_paper[..., None, None], gray, np.float32(1) - gray)
     return light, paper_background(light)
 
@@ -268,6 +270,9 @@ def keep_main_ink(ink: np.ndarray, piece: float = PIECE, near: float = NEAR) -> 
     labels, count = ndimage.label(stack > 0, STACK_STRUCTURE)
     if count == 0:
         return ink
+    if count == 1:  # one component, which stays: only the rescaling below (thresholded paper is +0 already)
+        peak = stack.max(axis=(-2, -1), keepdims=True)
+        return (stack / np.where(peak > 0, peak, np.float32(1))).reshape(ink.shape)
     areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
     inked = labels > 0
     peaks = np.zeros(count + 1, stack.dtype)
