@@ -109,7 +109,10 @@ def grayscale(image: Image.Image, paper: float | None = None) -> np.ndarray:
     if "A" not in image.getbands():
         grey = image if image.mode == "L" else image.convert("L")
         return np.asarray(grey, dtype=np.float32) / np.float32(255)
-    luminance, alpha = (np.asarray(band, dtype=np.float32) / np.float32(255) for band in image.convert("LA").split())
+    lum_band, alpha_band = image.convert("LA").split()
+    if alpha_band.getextrema() == (255, 255):  # opaque (a canvas): alpha 1 everywhere leaves the luminance as it is
+        return np.asarray(lum_band, dtype=np.float32) / np.float32(255)
+    luminance, alpha = (np.asarray(band, dtype=np.float32) / np.float32(255) for band in (lum_band, alpha_band))
     if paper is None:
         ink = float((luminance * alpha).sum() / max(alpha.sum(), 1e-6))  # mean luminance of the opaque pixels
         paper = 1.0 if ink < 0.5 else 0.0
@@ -200,7 +203,7 @@ def paper_background(light: np.ndarray, window: int = PAPER_WINDOW, side: int = 
     small = light[..., : h - h % factor or h, : w - w % factor or w] if factor > 1 else light
     if factor > 1:
         sh, sw = small.shape[-2] // factor, small.shape[-1] // factor
-        small = small.reshape(*lead, sh, factor, sw, factor).mean(axis=(-3, -1))
+        small = block_mean(small.reshape(*lead, sh, factor, sw, factor))
     size = max(3, min(small.shape[-2:]) // window)
     # Padded by the window with the edge values first: a closing whose dilation and erosion each extend
     # their own input at the edges would carry the brighter inside out to the darker edges of a vignette.
@@ -221,6 +224,22 @@ def paper_background(light: np.ndarray, window: int = PAPER_WINDOW, side: int = 
     out[...] = back[..., :h, :w] if back.shape[-2] >= h and back.shape[-1] >= w else np.pad(
         back, [(0, 0)] * len(lead) + [(0, max(0, h - back.shape[-2])), (0, max(0, w - back.shape[-1]))], mode="edge")[..., :h, :w]
     return out
+
+
+def block_mean(blocks: np.ndarray) -> np.ndarray:
+    """``blocks.mean(axis=(-3, -1))`` of float32 blocks (..., h, f, w, f), the same bits about 8 times faster
+    for f < 8: NumPy sums such short rows one by one, each row of a block, then the rows, as done here."""
+    factor = blocks.shape[-1]
+    if factor >= 8 or blocks.dtype != np.float32:  # NumPy sums 8 or more values pairwise: leave it to NumPy
+        return blocks.mean(axis=(-3, -1))
+    total = None
+    for i in range(factor):
+        row = blocks[..., i, :, 0].copy()
+        for j in range(1, factor):
+            row += blocks[..., i, :, j]
+        total = row if total is None else total.__iadd__(row)
+    total /= np.float32(factor * factor)
+    return total
 
 
 def normalise_paper(gray: np.ndarray) -> np.ndarray:
