@@ -163,6 +163,12 @@ def test_predict_refuses_non_finite_outputs(overflowing, digit, flags):
     assert b"NaN" not in result.stdout and b"nan" not in result.stdout
 
 
+def test_serve_refuses_non_finite_outputs_before_it_starts(overflowing):
+    pytest.importorskip("uvicorn")  # the serve extra (.ci/run installs it)
+    result = nnlib("serve", "--model", overflowing, "--port", "0", timeout=60)
+    assert_one_line(result, 1, str(overflowing), "non-finite outputs")
+
+
 def test_export_refuses_non_finite_outputs(overflowing, tmp_path):
     assert_one_line(nnlib("export", overflowing, tmp_path / "m.onnx"), 1, str(overflowing), "non-finite outputs")
     assert not (tmp_path / "m.onnx").exists()

@@ -544,9 +544,10 @@ def serve(model_path, host: str = "127.0.0.1", port: int = 8000, *, drawn_dir=dr
         uvicorn = None
     if uvicorn is None or Starlette is None:
         raise MissingExtra(f"nnlib serve needs the serve extra: {INSTALL}")
-    from nnlib.modelfile import load_model  # noqa: PLC0415
+    from nnlib.modelfile import check_outputs, load_model  # noqa: PLC0415
 
     model, meta = load_model(model_path)
+    check_outputs(model, model_path)  # finite weights that overflow: refused before the server starts, as predict does
     check_address(host, port)
     app = build_app(model, meta, model_path, eval_json=eval_json, drawn_dir=drawn_dir)
     warning = exposure_warning(host)
