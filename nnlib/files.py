@@ -114,6 +114,21 @@ def check_user_output(path, inputs=()) -> None:
     check_destination(path, make_parents=Path.cwd().resolve() in path.resolve().parents)
 
 
+def _temp_beside(destination: Path, make_parents: bool = True) -> Path:
+    """An empty ``.<name>.<random>.tmp`` file beside ``destination``, after :func:`check_destination`.
+
+    Its folder is created when missing; an OSError becomes one :class:`OutputError` naming ``destination``.
+    """
+    check_destination(destination, make_parents)
+    try:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent)
+        os.close(fd)
+    except OSError as err:
+        raise OutputError(os_error_line(destination, err)) from None
+    return Path(tmp)
+
+
 @contextlib.contextmanager
 def atomic_path(path, make_parents: bool = True):
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
@@ -123,21 +138,15 @@ def atomic_path(path, make_parents: bool = True):
     full, read-only, is a directory) becomes one :class:`OutputError` naming ``path``.
     """
     path = Path(path)
-    check_destination(path, make_parents)
+    tmp = _temp_beside(path, make_parents)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-    except OSError as err:
-        raise OutputError(os_error_line(path, err)) from None
-    try:
-        yield Path(tmp)
+        yield tmp
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file ordinary permissions
         os.replace(tmp, path)
     except OSError as err:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        if err.errno in _DISK_ERRNOS or err.filename in (tmp, str(path)):
+        if err.errno in _DISK_ERRNOS or err.filename in (str(tmp), str(path)):
             raise OutputError(os_error_line(path, err)) from None
         raise
     except BaseException:
@@ -364,15 +373,9 @@ class OutputSet:
     def path(self, destination) -> Path:
         """A temporary path beside ``destination``, renamed onto it when the set commits."""
         destination = Path(destination)
-        check_destination(destination)
-        try:
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent)
-            os.close(fd)
-        except OSError as err:
-            raise OutputError(os_error_line(destination, err)) from None
-        self._pending.append((Path(tmp), destination))
-        return Path(tmp)
+        tmp = _temp_beside(destination)
+        self._pending.append((tmp, destination))
+        return tmp
 
     def __enter__(self) -> "OutputSet":
         return self
