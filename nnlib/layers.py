@@ -238,7 +238,9 @@ class Dropout(Layer):
 
     In eval mode it is the identity. The mask comes from the layer's own Generator, seeded at build:
     on NumPy that Generator draws it; on CuPy a device Generator, seeded once from it, draws it on the
-    GPU (no host-to-device copy per batch), so all randomness still flows from ``seed``.
+    GPU (no host-to-device copy per batch), so all randomness still flows from ``seed``. A replica of
+    :class:`nnlib.parallel.DataParallel` is ``handed`` its rows of the draw its model's layer made for the
+    whole batch, and uses them instead of drawing.
     """
 
     type_name = "dropout"
@@ -250,9 +252,10 @@ class Dropout(Layer):
     def build(self, input_shape, rng):
         self.rng = np.random.default_rng(rng.integers(2**63))
         self.device_rng = None  # made from self.rng at the first draw on a non-NumPy backend
+        self.handed = None  # uniforms for the next forward, drawn elsewhere (DataParallel)
         return input_shape
 
-    def _uniform(self, shape, xp):
+    def draw_uniform(self, shape, xp):
         """Uniform [0, 1) float32 of ``shape`` on the backend ``xp``."""
         if xp is np:
             return self.rng.random(shape, dtype=np.float32)
@@ -264,7 +267,12 @@ class Dropout(Layer):
         if not train or self.p == 0.0:
             self.mask = None
             return x
-        keep = self._uniform(x.shape, get_array_module(x)) >= self.p
+        uniforms, self.handed = self.handed, None
+        if uniforms is None:
+            uniforms = self.draw_uniform(x.shape, get_array_module(x))
+        elif uniforms.shape != x.shape:
+            raise ValueError(f"dropout: handed uniforms of shape {uniforms.shape} for input {x.shape}")
+        keep = uniforms >= self.p
         # mask = keep / (1 - p) in x's dtype (the divisor is cast first, so nothing becomes float64).
         self.mask = keep.astype(x.dtype)
         self.mask /= x.dtype.type(1.0 - self.p)

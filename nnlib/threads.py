@@ -289,8 +289,8 @@ class Choice:
     running: int = 0  # other registered runs seen
     peers: int = 0  # other runs known from the queue or $NNLIB_JOBS
 
-    def describe(self) -> str:
-        count = f"{self.threads} BLAS thread{'' if self.threads == 1 else 's'}"
+    def describe(self, what: str = "BLAS thread") -> str:
+        count = f"{self.threads} {what}{'' if self.threads == 1 else 's'}"
         if self.setting == AUTO:
             return f"{count} (auto: {self.cores} cores, {self.running} other nnlib runs registered, {self.peers} parallel peers)"
         return f"{count} (set to {self.setting})"
@@ -308,8 +308,13 @@ def resolve(setting, registry: Registry | None = None, cores: int | None = None)
 
 
 @contextmanager
-def limit(setting, *, kind: str = "train", register: bool = True, registry: Registry | None = None) -> Iterator[Choice]:
+def limit(setting, *, kind: str = "train", register: bool = True, registry: Registry | None = None,
+          blas: int | None = None) -> Iterator[Choice]:
     """Pin NumPy's BLAS to the count of ``setting`` for the block; with ``register``, announce the run to others.
+
+    ``blas`` pins BLAS to that count instead, while the run still claims ``choice.threads`` cores: a
+    :class:`~nnlib.parallel.DataParallel` training runs its workers on ``choice.threads`` threads with
+    ``blas=1``.
 
     Choosing and registering happen under the registry's lock; the entry is removed when the block ends
     (and ignored by others as soon as the process dies).
@@ -327,7 +332,7 @@ def limit(setting, *, kind: str = "train", register: bool = True, registry: Regi
                 print(f"nnlib: could not register this run in {registry.folder} ({err}); other runs will not see it",
                       file=sys.stderr)
     try:
-        with threadpool_limits(limits=choice.threads, user_api="blas"):
+        with threadpool_limits(limits=choice.threads if blas is None else blas, user_api="blas"):
             yield choice
     finally:
         if entry is not None:

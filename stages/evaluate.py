@@ -17,6 +17,7 @@ import csv
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from nnlib import backend, evaluation, metrics, threads
 from nnlib.mnist import drawn, plots, robustness
@@ -105,7 +106,9 @@ def main() -> None:
         if not np.isfinite(result.logits).all():
             raise InputError(f"{MODEL} gives non-finite outputs on the test set: re-train it (dvc repro -s train)")
         scores = evaluation.scalars(result, loss_cfg["name"])
-        robust = robustness.score(model, x, y, seed, cfg["robust_images"], cfg["batch_size"])  # docs/robustness.md
+        with threadpool_limits(limits=1, user_api="blas"):  # the suite's entries run side by side, one per thread
+            robust = robustness.score(model, x, y, seed, cfg["robust_images"], cfg["batch_size"],
+                                      threads=choice.threads if cfg["backend"] == "numpy" else 1)  # docs/robustness.md
         scores["robust_accuracy"] = robust.mean
         scores.update(drawn_scores(model))
         title = f"preset {preset} · seed {meta.get('seed')} · test accuracy {100 * result.accuracy:.2f}%"

@@ -29,6 +29,7 @@ from nnlib.errors import Diverged, InputError, ParamsError, run_stage
 from nnlib.files import OutputSet, check_destination, check_writable, data_sha256, file_sha256, remove_stale_temporaries, write_json, write_text
 from nnlib.footprint import check_fits
 from nnlib.model import EVAL_BATCH_SIZE, Sequential
+from nnlib.parallel import DataParallel
 from nnlib.modelfile import load_weights, save_model
 from nnlib.mnist.config.params import load_section, load_top_level
 from nnlib.mnist.paths import CHECKPOINTS, INIT, LIVE_LOG, METRICS, MODEL, RUN_PARAMS, SHARDS, TIMING, TRAIN_LOG, TRAIN_METRICS
@@ -76,13 +77,16 @@ def run_params_yaml(preset: str, seed: int, cfg: dict, images_per_epoch: int) ->
     optimizer, schedule = cfg["optimizer"], cfg["schedule"]
     run = {"preset": preset, "seed": seed, "epochs": cfg["epochs"], "batch": cfg["batch_size"], "lr": optimizer["lr"],
            "optimizer": optimizer["name"], "schedule": schedule["name"], "weight_decay": optimizer["weight_decay"],
-           "images_per_epoch": images_per_epoch, "loss": cfg["loss"]["name"], "init_from": cfg["init_from"] or ""}
+           "images_per_epoch": images_per_epoch, "loss": cfg["loss"]["name"], "workers": cfg["workers"], "init_from": cfg["init_from"] or ""}
     header = ("# Written by the train stage: the values this run used (params.yaml over the preset over the defaults).\n"
               "# Not an input: edit params.yaml, or use dvc exp run -S train.epochs=5 and the like.\n")
     return header + yaml.safe_dump({"run": run}, sort_keys=False)
 
 
 def check_size(cfg: dict, images_per_epoch: int) -> None:
+    if cfg["workers"] > cfg["batch_size"]:
+        raise ParamsError(f"params.yaml: train.workers ({cfg['workers']}) is more than train.batch_size ({cfg['batch_size']}): "
+                          "each worker needs a part of the batch; lower train.workers")
     total = cfg["epochs"] * images_per_epoch
     if total > MAX_IMAGES:
         raise ParamsError(f"params.yaml: train.epochs x images_per_epoch = {cfg['epochs']} x {images_per_epoch:,} = "
@@ -132,8 +136,8 @@ def main() -> None:
             raise InputError(f"{resumed.path} does not fit this run ({err}): delete it, or set train.resume: false") from None
     if note:
         print(note, file=sys.stderr)
-    setting = cfg["threads"]
-    if setting == threads.AUTO and resumed and resumed.threads:
+    setting, workers = cfg["threads"], cfg["workers"]
+    if setting == threads.AUTO and resumed and resumed.threads and workers == 1:
         setting = resumed.threads  # the count the run started with: the resumed run stays byte-identical
         print(f"train: threads: auto keeps the {setting} BLAS thread(s) the run started with", file=sys.stderr)
     print(f"train: {model.num_parameters():,} parameters, {cfg['epochs']} epochs of {images_per_epoch:,} images "
@@ -146,9 +150,14 @@ def main() -> None:
 
     try:
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"), \
-                threads.limit(setting, kind="train") as choice:  # divergence is reported in one line
-            print(f"train: {choice.describe()}", file=sys.stderr)
-            fit(model, loss_fn, optimizer, schedule, stream, epochs=cfg["epochs"], images_per_epoch=images_per_epoch,
+                threads.limit(setting, kind="train", blas=1 if workers > 1 else None) as choice, \
+                DataParallel(model, workers, choice.threads) as parallel:  # divergence is reported in one line
+            if workers == 1:
+                print(f"train: {choice.describe()}", file=sys.stderr)
+            else:  # the threads run the workers; their count changes no byte
+                print(f"train: {workers} data-parallel workers, BLAS at 1 thread each, on {choice.describe('thread')}",
+                      file=sys.stderr)
+            fit(parallel, loss_fn, optimizer, schedule, stream, epochs=cfg["epochs"], images_per_epoch=images_per_epoch,
                 batch_size=cfg["batch_size"], val=lambda: minibatches(val_x, val_y, EVAL_BATCH_SIZE), interval=interval, keep_best=cfg["select"] == "best_val",
                 history=history, on_epoch_end=after_epoch)
     except Diverged as err:
@@ -181,7 +190,8 @@ def main() -> None:
         write_json(out.path(TIMING), {
             "train_seconds": round(seconds, 2), "images_per_second": round(cfg["epochs"] * images_per_epoch / seconds, 1),
             "seconds_per_epoch": round(seconds / cfg["epochs"], 2),
-            "blas_threads": choice.threads, "threads_setting": cfg["threads"],  # the count decides the bytes
+            "blas_threads": 1 if workers > 1 else choice.threads, "threads_setting": cfg["threads"],
+            "workers": workers, "worker_threads": parallel.threads,  # bytes: workers and, with 1 worker, blas_threads
             "epoch_seconds": [round(row["seconds"], 2) for row in history.rows]})
     checkpoints.clear(CHECKPOINTS)
 

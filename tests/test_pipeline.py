@@ -5,6 +5,7 @@ MNIST comes from ../shared/mnist (through MNIST_MIRROR) when that folder exists,
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -12,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -351,6 +353,8 @@ PARAM_FAULTS = {  # name -> (params override or raw YAML text appended, exit cod
     "cupy_missing": ({"train": {"backend": "cupy"}}, 2, "CuPy is not installed"),
     "too_many_images": ({"train": {"images_per_epoch": 10**15}}, 2, "more than 10,000,000,000"),
     "batch_size_zero": ({"train": {"batch_size": 0}}, 2, "train.batch_size"),
+    "workers_zero": ({"train": {"workers": 0}}, 2, "train.workers"),
+    "workers_over_the_batch": ({"train": {"workers": 33}}, 2, "train.workers (33) is more than train.batch_size (32)"),
     "duplicate_key": ("seed: 3\n", 2, "duplicate key 'seed'"),
     "conv_stride_0": ({"train": {"model": layers_with(0, stride=0)}}, 2, "layer 0 (conv): stride"),
     "conv_k_0": ({"train": {"model": layers_with(0, k=0)}}, 2, "layer 0 (conv): k"),
@@ -501,6 +505,40 @@ def test_a_killed_dvc_repro_resumes_to_the_same_bytes(repo, uninterrupted):
     result = run([sys.executable, "-m", "dvc", "repro", "-s", "train"], repo)
     assert "resuming from" in result.stderr + result.stdout
     assert {name: (repo / name).read_bytes() for name in OUTPUTS} == uninterrupted
+
+
+def test_data_parallel_bytes_depend_on_workers_not_threads_and_survive_a_kill(repo):
+    """train.workers: 2 on a network with BatchNorm and dropout: an uninterrupted run on 2 threads, one on
+    1 thread, and one killed after epoch 2 and resumed end with the same bytes."""
+    network = [{"type": "flatten"}, {"type": "dense", "out": 64}, {"type": "batchnorm"}, {"type": "relu"},
+               {"type": "dropout", "p": 0.2}, {"type": "dense", "out": 10}]
+    parallel = merge(RESUMABLE, {"train": {"workers": 2, "model": network}})
+    shutil.rmtree(repo / "models/checkpoints", ignore_errors=True)
+    try:
+        write_params(repo, merge(parallel, {"train": {"threads": 2}}))
+        result = run([sys.executable, "stages/train.py"], repo)
+        assert "train: 2 data-parallel workers, BLAS at 1 thread each, on 2 threads (set to 2)" in result.stderr
+        timing = json.loads((repo / "metrics/timing.json").read_text())
+        assert (timing["workers"], timing["worker_threads"], timing["blas_threads"]) == (2, 2, 1)
+        two_threads = {name: (repo / name).read_bytes() for name in OUTPUTS}
+        write_params(repo, merge(parallel, {"train": {"threads": 1}}))
+        run([sys.executable, "stages/train.py"], repo)  # the model file's metadata records threads: 1
+        with np.load(repo / "models/model.npz") as one, np.load(io.BytesIO(two_threads[paths.MODEL])) as two:
+            assert sorted(one.files) == sorted(two.files)
+            assert all(np.array_equal(one[name], two[name]) for name in one.files if name != "__meta__")
+        assert all((repo / name).read_bytes() == two_threads[name] for name in (paths.TRAIN_METRICS, paths.TRAIN_LOG))
+        write_params(repo, merge(parallel, {"train": {"threads": 2}}))
+        kill_after_epoch([sys.executable, "stages/train.py"], repo)
+        result = run([sys.executable, "stages/train.py"], repo)
+        assert "train: resuming from models/checkpoints/checkpoint-000" in result.stderr
+        assert {name: (repo / name).read_bytes() for name in OUTPUTS} == two_threads
+        write_params(repo, merge(parallel, {"train": {"workers": 1, "threads": 2}}))
+        run([sys.executable, "stages/train.py"], repo)
+        assert (repo / paths.TRAIN_LOG).read_bytes() != two_threads[paths.TRAIN_LOG]  # another recipe
+    finally:
+        write_params(repo, {})
+        shutil.rmtree(repo / "models/checkpoints", ignore_errors=True)
+        run([sys.executable, "-m", "dvc", "repro"], repo)
 
 
 def test_a_run_resumed_under_auto_keeps_its_thread_count(repo, tmp_path, monkeypatch):

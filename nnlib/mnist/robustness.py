@@ -8,7 +8,7 @@ batch of k would), and keeps the digit readable to a person. Three entries go th
 predict``'s preprocessing (:func:`nnlib.mnist.images.preprocess`) the way a user's picture would:
 ``low_resolution``, ``small_off_centre`` and ``inverted``.
 
-:data:`SUITE` names the entries in order; :func:`corrupt_suite` applies them all, each with its own
+:data:`SUITE` names the entries in order; :func:`corrupt` applies one, each entry with its own
 random stream (``nnlib.mnist.seeding.rng(seed, ROBUST, entry id)``), so adding, removing or
 reordering entries changes no other entry's images. :func:`score` runs a model over them.
 
@@ -27,6 +27,7 @@ from PIL import Image
 from scipy import ndimage
 
 from nnlib.backend import to_numpy
+from nnlib.parallel import map_on_replicas
 from nnlib.mnist import images as preprocessing
 from nnlib.mnist.data import augment
 from nnlib.mnist.data.stream import to_batch
@@ -302,12 +303,6 @@ def corrupt(name: str, x: np.ndarray, seed: int) -> np.ndarray:
     return entry.apply(x, stream_rng(seed, ROBUST, entry.stream))
 
 
-def corrupt_suite(x: np.ndarray, seed: int):
-    """Yield ``(name, corrupted uint8 (N, 28, 28))`` for every entry of the suite, in order."""
-    for entry in SUITE:
-        yield entry.name, corrupt(entry.name, x, seed)
-
-
 def subsample(n: int, images: int) -> np.ndarray:
     """The test images the suite scores: all ``n`` when ``images`` is 0 or at least n, else every
     (n / images)-th one, evenly spread (deterministic, no random draw; indices sorted)."""
@@ -349,17 +344,24 @@ def accuracy_of(model, x: np.ndarray, y: np.ndarray, batch_size: int) -> float:
 
 
 def score(model, x: np.ndarray, y: np.ndarray, seed: int, images: int = 0, batch_size: int = 128,
-          log: Callable[[str], None] | None = None) -> Robustness:
+          log: Callable[[str], None] | None = None, threads: int = 1) -> Robustness:
     """Accuracy of ``model`` on the test digits x (N, 28, 28) uint8, labels y (N,), clean and under every
     corruption. ``images`` > 0 scores that many digits, evenly spread over the set (:func:`subsample`); 0 all.
+    ``threads`` > 1 corrupts and scores that many entries at a time, each thread on a replica of the model
+    (:func:`nnlib.parallel.map_on_replicas`; pin BLAS to one thread meanwhile): the same figures.
     """
     chosen = subsample(len(x), images)
     x, y = _check(x)[chosen], np.asarray(y)[chosen]
-    accuracy, examples = {}, [x[0]]
     clean = accuracy_of(model, x, y, batch_size)
-    for name, corrupted in corrupt_suite(x, seed):
-        accuracy[name] = accuracy_of(model, corrupted, y, batch_size)
-        examples.append(corrupted[0])
+
+    def entry_score(replica, entry: Entry):
+        corrupted = corrupt(entry.name, x, seed)
+        return accuracy_of(replica, corrupted, y, batch_size), corrupted[0]
+
+    scored = map_on_replicas(model, entry_score, SUITE, threads)
+    accuracy = {entry.name: value for entry, (value, _) in zip(SUITE, scored)}
+    examples = [x[0], *(example for _, example in scored)]
+    for name in accuracy:
         if log is not None:
             log(f"robustness: {name} {100 * accuracy[name]:.2f}%")
     return Robustness(clean, accuracy, len(x), seed, np.stack(examples))

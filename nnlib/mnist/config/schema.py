@@ -70,6 +70,9 @@ TRAIN = {
     "init_from": Field(str, "", "'' (fresh) or the path of a model file under models/init/", None,
                        "start from this model's weights instead of a fresh initialisation (see README, continue training)"),
     "threads": THREADS,
+    "workers": Field(int, 1, "an integer in [1, 64], at most batch_size", lambda v: 1 <= v <= 64,
+                     "data-parallel workers: each batch split in this many parts, one thread each, BLAS at 1 thread; "
+                     "BatchNorm statistics per part; bytes depend on it, not on threads"),
     "resume": Field(bool, True, "true or false", None, "continue a killed run from its last checkpoint (models/checkpoints/)"),
     "select": Field(str, "last", "'last' or 'best_val'", lambda v: v in ("last", "best_val"), "which epoch's weights are kept"),
     "model": Field(list, None, "a non-empty list of layer specs like {type: dense, out: 10}", lambda v: len(v) > 0, "the network, layer by layer", required=True),

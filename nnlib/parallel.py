@@ -1,0 +1,197 @@
+"""Data parallelism on threads: one training step on several cores, deterministic for a worker count.
+
+``DataParallel(model, workers)`` trains ``model`` the way PyTorch's ``DistributedDataParallel`` does,
+on the threads of one process. A batch of N images is split into ``workers`` contiguous parts (sizes
+as :func:`numpy.array_split` gives them). Worker i runs a *replica* of the model on part i::
+
+    forward    x[part i] -> logits[part i]              (all workers at once)
+    loss       on the whole batch's logits, once         (the caller: loss_fn.value_and_grad)
+    backward   dlogits[part i] -> worker i's gradients   (all workers at once)
+    sum        model's gradients = g_0 + g_1 + ...       (in worker order)
+
+and the optimizer then takes one step on the model, as with one worker. NumPy releases the GIL in its
+loops and in BLAS, so the workers run on separate cores; BLAS must be pinned to one thread per worker
+(:func:`nnlib.threads.limit` with ``blas=1``), so that no BLAS thread spins waiting for a core.
+
+What the replicas share and what each has:
+
+* **parameters** are shared: a replica's parameters are views of the model's, updated in place by the
+  optimizer, so there is one copy;
+* **activations and gradients** are the replica's own;
+* **BatchNorm** normalises by the statistics of the replica's part, as ``DistributedDataParallel``
+  without ``SyncBatchNorm`` does. That is a change of recipe against one worker (statistics of N / workers
+  images), so a worker count gives its own bytes. The running statistics are the mean of the replicas',
+  in worker order, after each forward;
+* **dropout** masks are drawn by the model's own dropout layers for the whole batch, exactly as one
+  worker draws them, and each replica uses its rows: the Generators advance as in a one-worker run.
+
+The bytes depend on ``workers`` and not on ``threads`` (how many threads execute the workers): with
+fewer threads than workers, as on a busy machine, workers take turns and every sum keeps its order.
+"""
+from __future__ import annotations
+
+import queue
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from .backend import get_array_module
+from .layers import BatchNorm, Dropout
+from .model import pack_parameters
+
+
+def split_points(n: int, parts: int) -> list[tuple[int, int]]:
+    """The (start, stop) rows of each non-empty part of ``n`` rows split into ``parts`` (as array_split)."""
+    sizes = [n // parts + (1 if i < n % parts else 0) for i in range(parts)]
+    bounds = np.cumsum([0, *sizes]).tolist()
+    return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
+def replicate(model):
+    """A replica of ``model`` (a :class:`~nnlib.model.Sequential`): the same layers on the model's parameter
+    arrays (views, not copies), with gradients, buffers and caches of its own, in the model's dtypes."""
+    replica = type(model).from_specs(model.specs(), model.input_shape, np.random.default_rng(0))
+    for own, theirs in zip(replica.layers, model.layers):
+        xp = get_array_module(*theirs.params.values(), *theirs.buffers.values())
+        own.params = dict(theirs.params)
+        own.grads = {key: xp.zeros_like(value) for key, value in theirs.params.items()}
+        own.buffers = {key: value.copy() for key, value in theirs.buffers.items()}
+    _, replica.flat_grads = pack_parameters(replica.layers)  # its gradients laid out as the model's
+    for own, theirs in zip(replica.layers, model.layers):
+        own.params = dict(theirs.params)  # packing moved them into a new array: back to the model's
+    replica.flat_params = model.flat_params
+    return replica
+
+
+class DataParallel:
+    """Train ``model`` (a :class:`~nnlib.model.Sequential`) on ``workers`` replicas run by ``threads`` threads.
+
+    Used in its place in the training loop: :meth:`forward` takes the whole batch x: (N, ...) and returns
+    the whole batch's logits (N, K) in the model's mode (validation is split over the workers too);
+    :meth:`backward` takes d(loss)/d(logits) (N, K) and leaves the summed gradients in the model's.
+    Anything else (``train``, ``evaluating``, ``state``, ``parameters``) is the model's own.
+    ``workers`` = 1 is the model itself, step for step. Call :meth:`close` (or use ``with``) to end the threads.
+    """
+
+    def __init__(self, model, workers: int, threads: int | None = None):
+        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+            raise ValueError(f"DataParallel: workers must be an integer >= 1, got {workers!r}")
+        threads = workers if threads is None else threads
+        if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+            raise ValueError(f"DataParallel: threads must be an integer >= 1, got {threads!r}")
+        self.model, self.workers, self.threads = model, workers, min(threads, workers)
+        self.replicas = [model] + [replicate(model) for _ in range(workers - 1)]
+        self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="nnlib-worker") if self.threads > 1 else None
+        self.parts: list[tuple[int, int]] = []
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+            self.pool = None
+
+    def __enter__(self) -> "DataParallel":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __getattr__(self, name):  # train(), eval(), evaluating(), state(), parameters(), ...: the model's
+        return getattr(self.model, name)
+
+    def _each(self, work, args: list) -> list:
+        """``work(replica, arg)`` for every active worker, in parallel when there are threads; results in worker order."""
+        jobs = list(zip(self.replicas, args))
+        if self.pool is None:
+            return [work(replica, arg) for replica, arg in jobs]
+        return [future.result() for future in [self.pool.submit(work, replica, arg) for replica, arg in jobs]]
+
+    def forward(self, x):
+        """x: (N, ...) -> logits (N, K), in the model's mode (eval mode too: validation runs on every worker)."""
+        training = self.model.training
+        self.parts = split_points(len(x), self.workers)
+        self._share_buffers()
+        if training:
+            self._hand_out_dropout(len(x), get_array_module(x))
+
+        def run(replica, part):
+            replica.training = training
+            return replica.forward(x[part[0]:part[1]])
+
+        outputs = self._each(run, self.parts)
+        if training:
+            self._average_running_statistics(len(self.parts))
+        return outputs[0] if len(outputs) == 1 else get_array_module(outputs[0]).concatenate(outputs)
+
+    __call__ = forward
+
+    def backward(self, dy):
+        """dy: (N, K), the gradient of the whole batch's loss. Fills the model's gradients with the sum of the workers'."""
+        self._each(lambda replica, part: replica.backward(dy[part[0]:part[1]]), self.parts)
+        active = self.replicas[:len(self.parts)]
+        if self.model.flat_grads is not None:
+            for replica in active[1:]:
+                self.model.flat_grads += replica.flat_grads
+        else:
+            for replica in active[1:]:
+                for (_, _, total), (_, _, own) in zip(self.model.parameters(), replica.parameters()):
+                    total += own
+
+    def _layers(self, kind):
+        """(index, layer) of the model's layers of type ``kind``."""
+        return [(i, layer) for i, layer in enumerate(self.model.layers) if type(layer) is kind]
+
+    def _share_buffers(self) -> None:
+        """Every replica starts the step from the model's running statistics (restored, resumed or averaged)."""
+        for i, layer in self._layers(BatchNorm):
+            for replica in self.replicas[1:]:
+                for key, value in layer.buffers.items():
+                    replica.layers[i].buffers[key][...] = value
+
+    def _average_running_statistics(self, active: int) -> None:
+        """The model's running statistics = the mean of the active replicas', summed in worker order."""
+        if active == 1:
+            return
+        for i, layer in self._layers(BatchNorm):
+            for key, value in layer.buffers.items():
+                for replica in self.replicas[1:active]:
+                    value += replica.layers[i].buffers[key]
+                value /= value.dtype.type(active)
+
+    def _hand_out_dropout(self, n: int, xp) -> None:
+        """Each dropout layer of the model draws the whole batch's uniforms; each replica gets its rows."""
+        for i, layer in self._layers(Dropout):
+            if layer.p == 0.0:
+                continue
+            shape = self.model.input_shape if i == 0 else self.model.layer_shapes[i - 1]
+            uniforms = layer.draw_uniform((n, *shape), xp)
+            for replica, (start, stop) in zip(self.replicas, self.parts):
+                replica.layers[i].handed = uniforms[start:stop]
+
+
+def map_on_replicas(model, work, items, threads: int) -> list:
+    """``[work(replica, item) for item in items]`` on ``threads`` threads, each thread with a replica of
+    ``model`` of its own (the model itself for the first), for inference: results in item order.
+
+    The replicas take the model's mode and buffers as they are now; ``work`` must not train. BLAS should be
+    pinned to one thread meanwhile (:func:`nnlib.threads.limit` with ``blas=1``, or threadpoolctl).
+    """
+    items = list(items)
+    threads = max(1, min(threads, len(items)))
+    if threads == 1:
+        return [work(model, item) for item in items]
+    replicas = [model] + [replicate(model) for _ in range(threads - 1)]
+    for replica in replicas:
+        replica.training = model.training
+    free = queue.SimpleQueue()
+    for replica in replicas:
+        free.put(replica)
+
+    def run(item):
+        replica = free.get()
+        try:
+            return work(replica, item)
+        finally:
+            free.put(replica)
+
+    with ThreadPoolExecutor(threads, thread_name_prefix="nnlib-worker") as pool:
+        return list(pool.map(run, items))
