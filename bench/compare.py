@@ -242,8 +242,12 @@ def gemm_flops_per_image(specs, input_shape) -> float:
     return total
 
 
-def nnlib_setup(cfg: dict, seed: int):
-    """The nnlib model, loss and optimizer of a train section; returns (model, loss_fn, optimizer, step)."""
+def nnlib_setup(cfg: dict, seed: int, threads: int = 1):
+    """The nnlib model, loss and optimizer of a train section; returns (model, loss_fn, optimizer, step).
+
+    With ``train.workers`` > 1 (the cnn preset's 2) the model is a DataParallel of that many workers on
+    ``threads`` threads, as the train stage runs it: pin BLAS to 1 thread meanwhile (:func:`blas_for`).
+    """
     from nnlib.mnist import seeding  # noqa: PLC0415
     from nnlib.model import Sequential  # noqa: PLC0415
     from nnlib.losses import make_loss  # noqa: PLC0415
@@ -252,6 +256,10 @@ def nnlib_setup(cfg: dict, seed: int):
     model = Sequential.from_specs(cfg["model"], (1, 28, 28), seeding.rng(seed, seeding.INIT)).train()
     loss_fn = make_loss(cfg["loss"])
     optimizer = make_optimizer(model, cfg["optimizer"])
+    if cfg.get("workers", 1) > 1:
+        from nnlib.parallel import DataParallel  # noqa: PLC0415
+
+        model = DataParallel(model, cfg["workers"], threads)
 
     def step(x, y):
         logits = model.forward(x)
@@ -260,6 +268,11 @@ def nnlib_setup(cfg: dict, seed: int):
         optimizer.step()
 
     return model, loss_fn, optimizer, step
+
+
+def blas_for(cfg: dict, framework: str = "nnlib") -> dict:
+    """The ``blas=`` argument of nnlib.threads.limit for a preset: 1 thread per data-parallel worker."""
+    return {"blas": 1} if framework == "nnlib" and cfg.get("workers", 1) > 1 else {}
 
 
 def torch_setup(cfg: dict, model, device: str = "cpu"):
@@ -413,8 +426,8 @@ def child_steps(spec: dict, args) -> dict:
     data = mnist_train()
     images, labels = data if data is not None else (np.random.default_rng(0).integers(0, 256, (10000, 28, 28), np.uint8),
                                                      np.random.default_rng(1).integers(0, 10, 10000).astype(np.uint8))
-    with limit(spec["threads"], kind="bench") as choice:
-        model, _, _, step = nnlib_setup(cfg, args.seed)
+    with limit(spec["threads"], kind="bench", **blas_for(cfg, spec["framework"])) as choice:
+        model, _, _, step = nnlib_setup(cfg, args.seed, choice.threads)
         xs, ys = batch_pool(images, labels, cfg["batch_size"], np.random.default_rng(args.seed))
         if spec["framework"] == "torch":
             import torch  # noqa: PLC0415
@@ -446,8 +459,8 @@ def child_steps(spec: dict, args) -> dict:
 
 
 @contextlib.contextmanager
-def legacy_limit(setting, kind=None):
-    """nnlib.threads.limit for an nnlib without it: 'auto' and 0 mean every core."""
+def legacy_limit(setting, kind=None, blas=None):
+    """nnlib.threads.limit for an nnlib without it: 'auto' and 0 mean every core (no workers there: blas unused)."""
     from threadpoolctl import threadpool_limits  # noqa: PLC0415
 
     count = setting if isinstance(setting, int) and setting > 0 else len(os.sched_getaffinity(0))
@@ -476,7 +489,9 @@ def child_stage(spec: dict, args) -> dict:
     val_share = max(1, round(images * 5000 / 55000))  # 5,000 val images per 55,000 train images
     val_short = (val[0][:val_share], val[1][:val_share])
     files = [s["file"] for s in manifest["train_shards"]]
-    model, loss_fn, optimizer, step = nnlib_setup(cfg, args.seed)
+    if blas_for(cfg):
+        pin_threads(1)
+    model, loss_fn, optimizer, step = nnlib_setup(cfg, args.seed, args.threads)
     per_epoch = steps_per_epoch(images, batch)
     schedule = make_schedule(cfg["schedule"], cfg["optimizer"]["lr"],
                              steps_per_epoch(spec["first_images"], batch) + 2 * rounds * per_epoch)

@@ -29,7 +29,7 @@ from scipy import ndimage
 from nnlib.backend import to_numpy
 from nnlib.parallel import map_on_replicas
 from nnlib.mnist import images as preprocessing
-from nnlib.mnist.data import augment
+from nnlib.mnist.data import augment, photometric
 from nnlib.mnist.data.stream import to_batch
 from nnlib.mnist.seeding import ROBUST, rng as stream_rng
 
@@ -97,24 +97,11 @@ def thin_strokes(x, rng):
     return out
 
 
-def gaussian_matrices(sigmas: np.ndarray, size: int = SIZE) -> np.ndarray:
-    """Gaussian filters of ``sigmas`` (n,) along one axis of length ``size``, as float32 (n, size, size)
-    matrices: ``G[k] @ f`` is ``gaussian_filter1d(f, sigmas[k], mode="constant")`` (scipy's kernel:
-    radius round(4 sigma), weights normalised over the kernel, zero outside)."""
-    sigmas = np.asarray(sigmas, np.float64)[:, None, None]
-    offset = np.subtract.outer(np.arange(size), np.arange(size))[None].astype(np.float64)
-    radius = np.floor(4.0 * sigmas + 0.5)
-    weights = np.exp(-0.5 * (offset / sigmas) ** 2) * (np.abs(offset) <= radius)
-    span = np.arange(-size, size + 1)[None, None, :]
-    total = (np.exp(-0.5 * (span / sigmas) ** 2) * (np.abs(span) <= radius)).sum(axis=-1, keepdims=True)
-    return (weights / total).astype(np.float32)
-
-
 def gaussian_blur(x, rng):
     """Gaussian blur of sigma uniform in [1.0, 1.5] px per digit (an out-of-focus photo), zero outside
     the frame (as ``gaussian_filter(mode="constant")``), as one matrix product per axis and digit."""
     x = _check(x).astype(np.float32)
-    blur = gaussian_matrices(rng.uniform(1.0, 1.5, len(x)))
+    blur = photometric.gaussian_matrices(rng.uniform(1.0, 1.5, len(x)))
     return _to_uint8(blur @ x @ blur.transpose(0, 2, 1))
 
 

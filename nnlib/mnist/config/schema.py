@@ -41,6 +41,14 @@ AUGMENT = {
     "elastic_alpha": Field(float, 0.0, "a number >= 0", _number(0), "elastic displacement scale, pixels"),
     "elastic_sigma": Field(float, 0.0, "a number >= 0", _number(0), "elastic smoothing, pixels"),
     "flip": Field(bool, False, "true or false", None, "mirror left-right with p = 0.5"),
+    "resolution": Field(int, 0, "0 (off) or an integer in [4, 20]", lambda v: v == 0 or 4 <= v <= 20,
+                        "photometric: down to a side uniform in [resolution, 20] pixels and back up"),
+    "blur": Field(float, 0.0, "a number of pixels in [0, 4]", _number(0, 4), "photometric: Gaussian blur, sigma uniform in [0, blur]"),
+    "occlude": Field(float, 0.0, "a number in [0, 0.5]", _number(0, 0.5), "photometric: share of pixels set to paper, uniform in [0, occlude]"),
+    "contrast": Field(float, 0.0, "a number in [0, 0.7]", _number(0, 0.7),
+                      "photometric: paper level uniform in [0, contrast x 255], ink between paper + 64 and 255"),
+    "noise": Field(float, 0.0, "a number in [0, 1]", _number(0, 1), "photometric: Gaussian noise, std uniform in [0, noise] of the range"),
+    "photo_p": Field(float, 0.0, "a number in [0, 1]", _number(0, 1), "probability that an image gets each photometric family that is on"),
 }
 
 PREPARE = {

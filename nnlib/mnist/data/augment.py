@@ -1,4 +1,5 @@
-"""Random distortions of digit images: affine (rotate, shift, scale, shear, flip) and elastic.
+"""Random distortions of digit images: affine (rotate, shift, scale, shear, flip) and elastic, then the
+photometric families of :mod:`nnlib.mnist.data.photometric` (resolution, blur, occlusion, contrast, noise).
 
 Every output pixel is read from one *source coordinate* in its input image, by bilinear
 interpolation with zero fill outside the image. The affine part maps each output pixel about the
@@ -30,6 +31,7 @@ import numpy as np
 from scipy import ndimage
 
 from nnlib.errors import ParamsError
+from nnlib.mnist.data import photometric
 from nnlib.mnist.config.params import PARAMS_FILE, validate
 from nnlib.mnist.config.schema import AUGMENT
 
@@ -47,6 +49,8 @@ class AugmentConfig:
     shear: max |shear angle| in degrees (horizontal shear), below 90.
     elastic_alpha, elastic_sigma: Simard's elastic distortion; alpha > 0 needs sigma > 0.
     flip: mirror left-right with probability 0.5.
+    resolution, blur, occlude, contrast, noise: the largest severity of each photometric family (0 = off),
+    each given to an image with probability photo_p (:mod:`nnlib.mnist.data.photometric`).
     """
 
     rotate: float = 0.0
@@ -56,6 +60,12 @@ class AugmentConfig:
     elastic_alpha: float = 0.0
     elastic_sigma: float = 0.0
     flip: bool = False
+    resolution: int = 0
+    blur: float = 0.0
+    occlude: float = 0.0
+    contrast: float = 0.0
+    noise: float = 0.0
+    photo_p: float = 0.0
 
     def __post_init__(self):
         # One set of checks for every range: the schema's (nnlib/mnist/config/schema.py), as params.yaml gets them.
@@ -77,9 +87,23 @@ class AugmentConfig:
         return self.elastic_alpha > 0
 
     @property
+    def severities(self) -> dict:
+        """The photometric families' largest severities, by name."""
+        return {name: getattr(self, name) for name in photometric.FAMILIES}
+
+    @property
+    def photometric(self) -> bool:
+        """Whether some photometric family is on (and photo_p > 0)."""
+        return self.photo_p > 0 and any(self.severities.values())
+
+    @property
+    def geometric(self) -> bool:
+        return bool(self.rotate or self.shift or self.scale or self.shear or self.elastic or self.flip)
+
+    @property
     def is_identity(self) -> bool:
         """True when no distortion is switched on: :func:`distort` then returns a copy."""
-        return not (self.rotate or self.shift or self.scale or self.shear or self.elastic or self.flip)
+        return not (self.geometric or self.photometric)
 
 
 def affine_matrices(angle=0.0, scale=1.0, shear=0.0, flip=False) -> np.ndarray:
@@ -233,12 +257,19 @@ def distort(images, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
     """Randomly distort uint8 images (N, H, W) with ``cfg``; every image gets its own draws.
 
     Deterministic given the state of ``rng``: first the affine values of all N images
-    (:func:`sample_params`), then the elastic fields image by image (if elastic is on).
-    Returns a new uint8 array of the same shape.
+    (:func:`sample_params`), then the elastic fields image by image (if elastic is on), then the
+    photometric draws of all N images (if a family is on). Returns a new uint8 array of the same shape.
     """
     images = _check_images(images)
     if cfg.is_identity:
         return images.copy()
+    out = _distort_geometry(images, rng, cfg) if cfg.geometric else images.copy()
+    if cfg.photometric:
+        out = _to_uint8(photometric.distort(out, rng, cfg.severities, cfg.photo_p))
+    return out
+
+
+def _distort_geometry(images: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
     n = len(images)
     params = sample_params(n, rng, cfg)
     matrices = affine_matrices(params["angle"], params["scale"], params["shear"], params["flip"])

@@ -334,6 +334,9 @@ def preview_caption(cfg: AugmentConfig, seed: int, copies: int | None = None) ->
     """The augmentation preview's caption: the params that drew it (prepare.augment, seed)."""
     ranges = (f"rotate ±{cfg.rotate:g}°, shift ±{cfg.shift:g} px, scale 1±{cfg.scale:g}, shear ±{cfg.shear:g}°, "
               f"elastic alpha {cfg.elastic_alpha:g} sigma {cfg.elastic_sigma:g}, flip {'on' if cfg.flip else 'off'}")
+    if cfg.photometric:
+        ranges += "; photometric p " + f"{cfg.photo_p:g}: " + ", ".join(
+            f"{name} {value:g}" for name, value in cfg.severities.items() if value)
     per_image = f"{copies} distorted copies of each training image; " if copies is not None else ""
     return f"prepare.augment: {per_image}{ranges} (seed {seed})"
 
