@@ -5,7 +5,8 @@ gets each family that is on with probability ``photo_p``, independently, in this
 
 ==============  ==========================================================================================
 ``resolution``  down to s x s pixels (area average) and back to 28 x 28 (linear), s uniform in
-                [resolution, 20]: a thumbnail or an old scanner
+                [resolution, 20]: a thumbnail or an old scanner; a digit down to at most 12 pixels is then
+                framed again as ``nnlib predict`` frames a picture (:func:`nnlib.mnist.images.preprocess_many`)
 ``blur``        Gaussian blur of sigma uniform in [0, blur] pixels: a photo out of focus
 ``occlude``     each pixel back to paper with a probability uniform in [0, occlude]: a dry pen, dust
 ``contrast``    paper at a level uniform in [0, contrast x 255], ink uniform between paper + 64 and 255:
@@ -24,9 +25,12 @@ import functools
 
 import numpy as np
 
+from nnlib.mnist.images import preprocess_many
+
 SIZE = 28
 FAMILIES = ("resolution", "blur", "occlude", "contrast", "noise")
 LARGEST_SIDE = 20  # resolution draws sides in [resolution, 20]
+REFRAMED_SIDE = 12  # digits down to at most this many pixels are framed again afterwards
 INK_ABOVE_PAPER = 64.0  # the least ink-paper contrast that contrast draws, in grey levels
 
 
@@ -70,6 +74,17 @@ def _sandwich(matrices: np.ndarray, images: np.ndarray) -> np.ndarray:
     return matrices @ images @ matrices.transpose(0, 2, 1)
 
 
+def _reframe(x: np.ndarray, members: np.ndarray) -> None:
+    """Frame the digits ``x[members]`` again (in place) as ``nnlib predict`` frames a user's picture: the ink
+    cropped, scaled into 20 x 20 and centred by mass. A digit with no ink left stays as it is."""
+    if members.size == 0:
+        return
+    framed = preprocess_many(list(np.clip(x[members], 0, 255) / np.float32(255)))
+    for i, digit in zip(members, framed):
+        if not isinstance(digit, ValueError):
+            x[i] = digit
+
+
 def distort(images: np.ndarray, rng: np.random.Generator, severities: dict, p: float) -> np.ndarray:
     """Photometric distortions of float32 grey levels (n, 28, 28) in [0, 255] (a new array, not rounded).
 
@@ -96,6 +111,7 @@ def distort(images: np.ndarray, rng: np.random.Generator, severities: dict, p: f
             for side in np.unique(sides):
                 group = chosen[sides == side]
                 x[group] = _sandwich(np.broadcast_to(resampling_matrix(int(side)), (len(group), SIZE, SIZE)), x[group])
+            _reframe(x, chosen[sides <= REFRAMED_SIDE])
         elif name == "blur":
             x[chosen] = _sandwich(gaussian_matrices(u * severity), x[chosen])
         elif name == "occlude":
