@@ -9,7 +9,6 @@ import base64
 import csv
 import io
 import json
-import multiprocessing
 import os
 import signal
 import socket
@@ -222,28 +221,6 @@ def test_bad_predict_requests(client, case):
     headers = {"content-type": kind} if kind else {}
     assert words in one_line_error(client.post("/api/predict", content=body, headers=headers), status)
     keeps_serving(client)
-
-
-def test_decoder_processes_answer_as_threads_do_and_survive_a_killed_worker(app_parts, client):
-    """``nnlib serve`` decodes in worker processes: the same answers, the same one-line errors, and a
-    decoder killed from outside costs one 500, then the pool is replaced."""
-    model, meta, path, drawn_dir = app_parts
-    headers = {"content-type": "image/png"}
-    with TestClient(build_app(model, meta, path, drawn_dir=drawn_dir, decoder_processes=1),
-                    raise_server_exceptions=False) as processes:
-        answer = processes.post("/api/predict", content=drawn_seven(), headers=headers)
-        assert answer.status_code == 200
-        assert answer.json() == client.post("/api/predict", content=drawn_seven(), headers=headers).json()
-        for case in ("corrupt", "decompression bomb", "blank"):
-            body, kind, status, words = BAD_PREDICTS[case]
-            assert words in one_line_error(processes.post("/api/predict", content=body, headers={"content-type": kind}), status)
-        workers = multiprocessing.active_children()  # the pool's decoder (forked by the forkserver, started here)
-        assert workers, "the decoder runs in a process of its own"
-        for worker in workers:
-            os.kill(worker.pid, signal.SIGKILL)
-        time.sleep(0.5)
-        assert one_line_error(processes.post("/api/predict", content=drawn_seven(), headers=headers), 500)
-        keeps_serving(processes)
 
 
 def test_a_large_body_without_content_length_is_cut_off(client):

@@ -16,12 +16,9 @@ Routes (docs/serve.md):
 ``GET /healthz``            ``{"ok": true}``
 ==========================  ===========================================================================
 
-Decoding and preprocessing run in ``DECODERS`` worker processes under ``nnlib serve`` (worker threads
-with ``decoder_processes=0``, as the tests' client uses): at most ``DECODERS`` pictures at once, which
-bounds the memory that large pictures take, and, in processes, off this process's GIL, so that the
-decoding uses the other cores while this process parses HTTP and runs the network. Inference runs in
-one thread of its own, which takes every image waiting when it is free and runs them as one batch
-(micro-batching). The event loop only moves bytes.
+Decoding and preprocessing run in worker threads (at most ``DECODERS`` at once, which bounds the
+memory that large pictures take); inference runs in one thread of its own, which takes every image
+waiting when it is free and runs them as one batch (micro-batching). The event loop only moves bytes.
 Every error reaches the client as ``{"error": "one line"}`` with a 4xx status, or a 500 without details.
 """
 from __future__ import annotations
@@ -29,13 +26,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import concurrent.futures
 import contextlib
 import io
 import json
-import multiprocessing
 import queue
-import signal
 import socket
 import threading
 import time
@@ -93,9 +87,6 @@ class BadRequest(Exception):
     def __init__(self, message: str, status: int = 400):
         super().__init__(message)
         self.status = status
-
-    def __reduce__(self):  # raised in a decoder process, it arrives whole in the server
-        return BadRequest, (str(self), self.status)
 
 
 # --- pictures -----------------------------------------------------------------------------------------
@@ -421,66 +412,25 @@ async def upload_bytes(request: "Request") -> bytes:
         await form.close()
 
 
-def _decoder_start() -> None:
-    """In each decoder process: Ctrl-C is the server's to handle (it stops the pool), and one BLAS thread."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    threadpool_limits(limits=1, user_api="blas")
-
-
-class Decoders:
-    """``preprocess_picture`` off the event loop: in ``processes`` worker processes, or in threads when 0.
-
-    A pool whose process died (killed from outside) is replaced, and that request answers 500.
-    """
-
-    def __init__(self, processes: int):
-        self.processes = processes
-        self.limiter = anyio.CapacityLimiter(DECODERS)
-        self.pool = self._new_pool()
-
-    def _new_pool(self):
-        if not self.processes:
-            return None
-        context = multiprocessing.get_context("forkserver")  # no copy of this process's threads and locks
-        return concurrent.futures.ProcessPoolExecutor(self.processes, mp_context=context, initializer=_decoder_start)
-
-    async def digit(self, data: bytes) -> np.ndarray:
-        """Picture bytes -> uint8 (28, 28), or BadRequest."""
-        async with self.limiter:
-            if self.pool is None:
-                return await anyio.to_thread.run_sync(preprocess_picture, data)
-            try:
-                return await asyncio.wrap_future(self.pool.submit(preprocess_picture, data))
-            except concurrent.futures.process.BrokenProcessPool:
-                self.pool.shutdown(wait=False, cancel_futures=True)
-                self.pool = self._new_pool()
-                raise
-
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
-
-
 def build_app(model, meta: dict, model_path, *, eval_json="metrics/eval.json", drawn_dir=drawn.DEFAULT_FOLDER,
-              drawn_cap: int = drawn.CAP, decoder_processes: int = 0):
-    """The Starlette app around a loaded model (``nnlib serve`` runs it with ``decoder_processes=DECODERS``;
-    tests drive it with TestClient, decoding in threads unless they ask for processes)."""
+              drawn_cap: int = drawn.CAP):
+    """The Starlette app around a loaded model (``nnlib serve`` runs it; tests drive it with TestClient)."""
     if Starlette is None:
         raise MissingExtra(f"nnlib serve needs the serve extra: {INSTALL}")
     network = Network(model)
     card = Card(Path(model_path), model, meta, Path(eval_json), network)
     drawn_dir = Path(drawn_dir)
     pages = {route: ((STATIC / name).read_bytes(), kind) for route, (name, kind) in PAGES.items()}
+    decoders = anyio.CapacityLimiter(DECODERS)
     state = {}
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        state["batcher"], state["decoders"] = Batcher(network), Decoders(decoder_processes)
+        state["batcher"] = Batcher(network)
         try:
             yield
         finally:
             state.pop("batcher").close()
-            state.pop("decoders").close()
 
     async def page(request: Request) -> Response:
         body, kind = pages[request.url.path]
@@ -490,7 +440,7 @@ def build_app(model, meta: dict, model_path, *, eval_json="metrics/eval.json", d
         data = await upload_bytes(request)
         batcher = state["batcher"]
         with batcher.coming():
-            digit_image = await state["decoders"].digit(data)
+            digit_image = await anyio.to_thread.run_sync(preprocess_picture, data, limiter=decoders)
             answer_soon = batcher.submit(digit_image)
         reading = await answer_soon
         probs = reading.probabilities
@@ -532,7 +482,7 @@ def build_app(model, meta: dict, model_path, *, eval_json="metrics/eval.json", d
             png = base64.b64decode(image, validate=True)
         except (binascii.Error, ValueError):
             raise BadRequest("image is not valid base64") from None
-        await anyio.to_thread.run_sync(check_drawing, png, limiter=state["decoders"].limiter)
+        await anyio.to_thread.run_sync(check_drawing, png, limiter=decoders)
         try:
             row = await anyio.to_thread.run_sync(drawn.save, drawn_dir, png, label, drawn_cap)
         except drawn.FolderFull as err:
@@ -599,7 +549,7 @@ def serve(model_path, host: str = "127.0.0.1", port: int = 8000, *, drawn_dir=dr
     model, meta = load_model(model_path)
     check_outputs(model, model_path)  # finite weights that overflow: refused before the server starts, as predict does
     check_address(host, port)
-    app = build_app(model, meta, model_path, eval_json=eval_json, drawn_dir=drawn_dir, decoder_processes=DECODERS)
+    app = build_app(model, meta, model_path, eval_json=eval_json, drawn_dir=drawn_dir)
     warning = exposure_warning(host)
     if warning:
         log(warning)
