@@ -21,7 +21,8 @@ continues where it stopped: recorded runs are never queued again. To measure run
 delete their entries from the JSON and pass ``--rerun``: the experiments of the same names from
 earlier commits are then removed (``dvc exp remove``) and the runs queued on HEAD; without it they
 would be collected again. It then writes the Markdown table
-of the mean and the range (min-max) of test accuracy per level, and of train seconds per epoch when
+of the mean and the range (min-max) of test accuracy per level (and of robust accuracy, when the runs
+report it), and of train seconds per epoch when
 every run was made with ``-j 1`` (times of parallel runs share the CPU and are left out). With
 ``-j N`` each run's ``train.threads: auto`` takes its share of the cores (docs/threads.md).
 """
@@ -152,10 +153,13 @@ def experiments(repo: Path, baselines: list[str]) -> tuple[dict, set]:
             for revision in exp.get("revs") or []:
                 name = revision.get("name")
                 files = ((revision.get("data") or {}).get("metrics") or {})
-                accuracy = ((files.get(EVAL_METRICS.as_posix()) or {}).get("data") or {}).get("accuracy")
+                scores = (files.get(EVAL_METRICS.as_posix()) or {}).get("data") or {}
+                accuracy = scores.get("accuracy")
                 if name and accuracy is not None:
                     finished[name] = {"accuracy": accuracy, "seconds_per_epoch": seconds_per_epoch(repo, revision.get("rev")),
                                       "commit": entry.get("rev")}
+                    if scores.get("robust_accuracy") is not None:  # the robustness suite (docs/robustness.md)
+                        finished[name]["robust_accuracy"] = scores["robust_accuracy"]
     return finished, pending
 
 
@@ -176,22 +180,27 @@ def wait_for_queue(repo: Path, timeout: float) -> bool:
 
 
 def summary_table(study: dict, record: dict) -> str:
-    """Markdown: per factor and level, mean and range of test accuracy (and s/epoch when -j 1)."""
+    """Markdown: per factor and level, mean and range of test accuracy, of robust accuracy when every run
+    has it, and train s/epoch when -j 1."""
     timed = record["jobs"] == 1
-    lines = ["| factor | level | runs | test accuracy, mean | range |" + (" train s/epoch, mean |" if timed else ""),
-             "|---|---|---|---|---|" + ("---|" if timed else "")]
+    robust = bool(record["runs"]) and all("robust_accuracy" in run for run in record["runs"].values())
+    lines = ["| factor | level | runs | test accuracy, mean | range |" + (" robust accuracy, mean | range |" if robust else "")
+             + (" train s/epoch, mean |" if timed else ""),
+             "|---|---|---|---|---|" + ("---|---|" if robust else "") + ("---|" if timed else "")]
     for factor, levels in study["factors"].items():
         for level, overrides in levels.items():
             names = [run_name(study, factor, level, overrides, seed) for seed in study["seeds"]]
             runs = [record["runs"][n] for n in names if n in record["runs"]]
             if runs:
-                lines.append(_row(factor, level, runs, timed))
+                lines.append(_row(factor, level, runs, timed, robust))
     return "\n".join(lines) + "\n"
 
 
-def _row(factor: str, level: str, runs: list, timed: bool) -> str:
-    acc = [r["accuracy"] * 100 for r in runs]
-    row = f"| {factor} | {level} | {len(runs)} | {sum(acc) / len(acc):.2f}% | {min(acc):.2f}–{max(acc):.2f}% |"
+def _row(factor: str, level: str, runs: list, timed: bool, robust: bool = False) -> str:
+    row = f"| {factor} | {level} | {len(runs)} |"
+    for key in ("accuracy", "robust_accuracy") if robust else ("accuracy",):
+        acc = [r[key] * 100 for r in runs]
+        row += f" {sum(acc) / len(acc):.2f}% | {min(acc):.2f}–{max(acc):.2f}% |"
     if timed:
         secs = [r["seconds_per_epoch"] for r in runs if r.get("seconds_per_epoch") is not None]
         row += f" {sum(secs) / len(secs):.1f} |" if secs else " — |"
