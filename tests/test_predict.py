@@ -254,6 +254,16 @@ def test_grey_paper_and_faint_noise_do_not_move_the_crop():
     assert images.crop_to_ink(ink).shape == (20, 10)
 
 
+def test_a_bright_strip_along_the_edges_does_not_wall_in_dark_paper():
+    """A tilted photo's filled corners leave a bright strip along the edges; the dark corner it walls in is
+    paper, not a wedge of ink larger than the digit."""
+    gray = np.full((150, 150), 0.9, np.float32)
+    gray[115:, 115:] = 0.35  # a dark corner, 35 px a side ...
+    gray[-4:, :] = gray[:, -4:] = 0.9  # ... walled in by a bright strip 4 px wide
+    gray[20:100, 60:70] = 0.1  # a '1'
+    assert images.crop_to_ink(images.find_ink(gray)).shape == (80, 10)
+
+
 def test_transparent_pixels_are_paper():
     rgba = np.zeros((30, 30, 4), np.uint8)  # transparent black everywhere ...
     rgba[10:20, 12:18] = (0, 0, 0, 255)  # ... but an opaque black stroke
