@@ -264,6 +264,18 @@ def test_a_bright_strip_along_the_edges_does_not_wall_in_dark_paper():
     assert images.crop_to_ink(images.find_ink(gray)).shape == (80, 10)
 
 
+def test_an_evenly_dark_filled_edge_does_not_turn_a_photo_around():
+    """Filled with the light of one dark corner, a photo's edges are dark and even; the uneven paper just
+    inside them still says that the ink is dark on light paper."""
+    gray = np.full((150, 150), 0.25, np.float32)
+    gray[6:-6, 6:-6] = np.linspace(0.3, 0.7, 138, dtype=np.float32)  # paper lit unevenly, darker than 0.5 mostly
+    gray[40:110, 70:78] = 0.05  # a '1'
+    assert np.median(gray) <= 0.5 and images.border_spread(gray) < images.EVEN_BORDER
+    light, _ = images.light_paper_form(gray)
+    np.testing.assert_array_equal(light, gray)
+    assert images.crop_to_ink(images.find_ink(gray)).shape == (70, 8)
+
+
 def test_transparent_pixels_are_paper():
     rgba = np.zeros((30, 30, 4), np.uint8)  # transparent black everywhere ...
     rgba[10:20, 12:18] = (0, 0, 0, 255)  # ... but an opaque black stroke

@@ -175,17 +175,20 @@ def light_paper_form(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     and the paper's level at every pixel (:func:`paper_background`), both float32 (..., H, W).
 
     Which way round the picture is: the paper is dark only where the border is dark (:func:`paper_level`
-    at most 0.5) and even (spread below :data:`EVEN_BORDER`) and most of the picture is dark too, as in
-    MNIST's own arrays, screenshots and chalk on a board. Anything else is taken as what photos and
-    scans of writing show, dark ink on light paper: a photo whose vignette, shadow or gradient darkens
-    the edges has an uneven border, or a border darker than most of the picture.
+    at most 0.5) and even (spread below :data:`EVEN_BORDER`), just inside the outer frame that is not
+    trusted as paper (:func:`inside_frame`) as well, and most of the picture is dark too, as in MNIST's
+    own arrays, screenshots and chalk on a board. Anything else is taken as what photos and scans of
+    writing show, dark ink on light paper: a photo whose vignette, shadow or gradient darkens the edges
+    has an uneven border, or a border darker than most of the picture. A tilted photo filled out at its
+    edges with the light of one dark corner has an even, dark edge, but the paper inside it is uneven.
     """
     gray = np.asarray(gray, np.float32)
     lead = gray.shape[:-2]
     light_paper = paper_level(gray) > 0.5
     if not np.all(light_paper):  # the other tests only matter where the border is dark (a drawing's is white)
         mostly_dark = np.median(gray.reshape(*lead, -1), axis=-1) <= 0.5
-        light_paper = light_paper | (border_spread(gray) >= EVEN_BORDER) | ~mostly_dark
+        even = (border_spread(gray) < EVEN_BORDER) & (border_spread(inside_frame(gray)) < EVEN_BORDER)
+        light_paper = light_paper | ~even | ~mostly_dark
     light = np.where(light_paper[..., None, None], gray, np.float32(1) - gray)
     return light, paper_background(light)
 
@@ -232,6 +235,14 @@ def edge_frame(shape: tuple, share: float = EDGE_FRAME) -> int:
     """Width in pixels of the outer frame of pictures of ``shape`` (..., h, w) that is not trusted as paper:
     ``share`` of the shorter side, rounded, at least 1 (1 up to 29 pixels a side, MNIST's 28 included)."""
     return max(1, round(share * min(shape[-2:])))
+
+
+def inside_frame(gray: np.ndarray) -> np.ndarray:
+    """Pictures (..., h, w) -> a view without their outer frame of :func:`edge_frame` pixels, where that is
+    more than 1 pixel wide; else the pictures themselves (MNIST's 28 x 28 arrays keep their edges)."""
+    h, w = gray.shape[-2:]
+    frame = edge_frame(gray.shape)
+    return gray if frame == 1 else gray[..., frame : h - frame, frame : w - frame]
 
 
 def darkest_frame(light: np.ndarray, share: float = EDGE_FRAME) -> np.ndarray:
