@@ -141,24 +141,25 @@ def test_photographed_digits_predict_like_the_arrays(model, mnist, reference, tm
     assert (predicted == reference[chosen]).mean() >= 0.99
 
 
-@pytest.mark.parametrize("effects, floor", [*[((e,), 0.99) for e in PHOTO_EFFECTS], (PHOTO_EFFECTS, 0.9)],
-                         ids=[*PHOTO_EFFECTS, "all"])
-def test_phone_photos_predict_like_the_arrays(model, mnist, reference, tmp_path, effects, floor):
+@pytest.mark.parametrize("effects", [*[(e,) for e in PHOTO_EFFECTS], PHOTO_EFFECTS], ids=[*PHOTO_EFFECTS, "all"])
+def test_phone_photos_predict_like_the_arrays(model, mnist, reference, tmp_path, effects):
     """The same 500 test digits as phone photos: vignette, shadow band, gradient, JPEG noise, coloured ink,
     slight perspective tilt, each alone and all together, 100 px on a 150 px picture, saved as JPEG.
 
     One global threshold and the paper's colour from the border took a dark vignette or a shadow for
     ink; the paper normalisation, the adaptive threshold and the largest components keep the digit.
-    Each effect alone agrees with the arrays for at least 99% of the digits. All six together darken
-    some corners to a fifth of the paper's light, and a shadow's edge meeting a dark corner is then
-    sometimes kept as ink: 92.6% measured, 90% required (docs/robustness.md, known limits).
+    Each effect alone agrees with the arrays for at least 99% of the digits, and so do all six together
+    (99.0% measured). The tilt's filled corners leave a strip along the edges. It used to wall in a dark
+    corner, which the paper's closing then filled and kept as ink, or to make a dark border even, so that
+    the picture was read the wrong way round (92.6% then). Four of the five digits missed now are missed
+    by the same photos without the light effects and the colour too (docs/robustness.md).
     """
     chosen = np.random.default_rng(0).choice(len(mnist["test_x"]), 500, replace=False)
     rng = np.random.default_rng(100)
     for n, i in enumerate(chosen):
         photo(mnist["test_x"][i], 100, rng, effects).save(tmp_path / f"{n:03d}.jpg", quality=70)
     predicted = np.array(digits_of(predict_paths(model, [tmp_path])))
-    assert (predicted == reference[chosen]).mean() >= floor
+    assert (predicted == reference[chosen]).mean() >= 0.99
 
 
 def test_rgba_16_bit_and_white_on_black_images_are_read_correctly(model, mnist, confident, tmp_path):
@@ -252,6 +253,28 @@ def test_grey_paper_and_faint_noise_do_not_move_the_crop():
     ink = images.threshold(images.invert_if_light_paper(gray))
     assert ink.max() == 1
     assert images.crop_to_ink(ink).shape == (20, 10)
+
+
+def test_a_bright_strip_along_the_edges_does_not_wall_in_dark_paper():
+    """A tilted photo's filled corners leave a bright strip along the edges; the dark corner it walls in is
+    paper, not a wedge of ink larger than the digit."""
+    gray = np.full((150, 150), 0.9, np.float32)
+    gray[115:, 115:] = 0.35  # a dark corner, 35 px a side ...
+    gray[-4:, :] = gray[:, -4:] = 0.9  # ... walled in by a bright strip 4 px wide
+    gray[20:100, 60:70] = 0.1  # a '1'
+    assert images.crop_to_ink(images.find_ink(gray)).shape == (80, 10)
+
+
+def test_an_evenly_dark_filled_edge_does_not_turn_a_photo_around():
+    """Filled with the light of one dark corner, a photo's edges are dark and even; the uneven paper just
+    inside them still says that the ink is dark on light paper."""
+    gray = np.full((150, 150), 0.25, np.float32)
+    gray[6:-6, 6:-6] = np.linspace(0.3, 0.7, 138, dtype=np.float32)  # paper lit unevenly, darker than 0.5 mostly
+    gray[40:110, 70:78] = 0.05  # a '1'
+    assert np.median(gray) <= 0.5 and images.border_spread(gray) < images.EVEN_BORDER
+    light, _ = images.light_paper_form(gray)
+    np.testing.assert_array_equal(light, gray)
+    assert images.crop_to_ink(images.find_ink(gray)).shape == (70, 8)
 
 
 def test_transparent_pixels_are_paper():

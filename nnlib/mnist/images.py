@@ -58,6 +58,7 @@ MAX_IMAGE_PIXELS = 50_000_000  # a larger picture is refused before it is decode
 MAX_ARRAY_BYTES = 128 << 20  # an array or IDX file holds at most this much data (about 170,000 MNIST images)
 PAPER_WINDOW = 4  # the paper is estimated by a grey closing whose window is 1/PAPER_WINDOW of the shorter side
 PAPER_SIDE = 96  # ... on a copy averaged down to at most this many pixels on its shorter side
+EDGE_FRAME = 0.05  # the outer frame of this share of the shorter side is not trusted as paper (a photo's filled edges)
 EVEN_BORDER = 0.1  # a border whose luminance spreads less than this is even: it is the paper
 MIN_CONTRAST = 0.06  # ink must be at least this much darker than its paper (relative): else the picture is blank
 STRONG = 0.6  # ... and those whose darkest ink is fainter than this share of its darkest ...
@@ -174,17 +175,20 @@ def light_paper_form(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     and the paper's level at every pixel (:func:`paper_background`), both float32 (..., H, W).
 
     Which way round the picture is: the paper is dark only where the border is dark (:func:`paper_level`
-    at most 0.5) and even (spread below :data:`EVEN_BORDER`) and most of the picture is dark too, as in
-    MNIST's own arrays, screenshots and chalk on a board. Anything else is taken as what photos and
-    scans of writing show, dark ink on light paper: a photo whose vignette, shadow or gradient darkens
-    the edges has an uneven border, or a border darker than most of the picture.
+    at most 0.5) and even (spread below :data:`EVEN_BORDER`), just inside the outer frame that is not
+    trusted as paper (:func:`inside_frame`) as well, and most of the picture is dark too, as in MNIST's
+    own arrays, screenshots and chalk on a board. Anything else is taken as what photos and scans of
+    writing show, dark ink on light paper: a photo whose vignette, shadow or gradient darkens the edges
+    has an uneven border, or a border darker than most of the picture. A tilted photo filled out at its
+    edges with the light of one dark corner has an even, dark edge, but the paper inside it is uneven.
     """
     gray = np.asarray(gray, np.float32)
     lead = gray.shape[:-2]
     light_paper = paper_level(gray) > 0.5
     if not np.all(light_paper):  # the other tests only matter where the border is dark (a drawing's is white)
         mostly_dark = np.median(gray.reshape(*lead, -1), axis=-1) <= 0.5
-        light_paper = light_paper | (border_spread(gray) >= EVEN_BORDER) | ~mostly_dark
+        even = (border_spread(gray) < EVEN_BORDER) & (border_spread(inside_frame(gray)) < EVEN_BORDER)
+        light_paper = light_paper | ~even | ~mostly_dark
     light = np.where(light_paper[..., None, None], gray, np.float32(1) - gray)
     return light, paper_background(light)
 
@@ -195,7 +199,8 @@ def paper_background(light: np.ndarray, window: int = PAPER_WINDOW, side: int = 
     A grey closing (dilation then erosion) with a square window of 1/``window`` of the shorter side
     removes every dark feature narrower than the window, i.e. the strokes, and keeps what varies
     slowly or over wide areas: vignettes, gradients, wide shadows. It runs on a copy averaged down by
-    whole blocks to at most ``side`` pixels on its shorter side, and is brought back up bilinearly.
+    whole blocks to at most ``side`` pixels on its shorter side, whose outer frame is evened out to the
+    darkest value across it (:func:`darkest_frame`), and is brought back up bilinearly.
     """
     h, w = light.shape[-2:]
     factor = max(1, -(-min(h, w) // side))
@@ -207,7 +212,7 @@ def paper_background(light: np.ndarray, window: int = PAPER_WINDOW, side: int = 
     size = max(3, min(small.shape[-2:]) // window)
     # Padded by the window with the edge values first: a closing whose dilation and erosion each extend
     # their own input at the edges would carry the brighter inside out to the darker edges of a vignette.
-    padded = np.pad(small, [(0, 0)] * len(lead) + [(size, size), (size, size)], mode="edge")
+    padded = np.pad(darkest_frame(small), [(0, 0)] * len(lead) + [(size, size), (size, size)], mode="edge")
     closed = ndimage.grey_closing(padded, size=(1,) * len(lead) + (size, size))[..., size:-size, size:-size]
     if factor == 1:
         return closed.astype(np.float32, copy=False)
@@ -223,6 +228,43 @@ def paper_background(light: np.ndarray, window: int = PAPER_WINDOW, side: int = 
     out = np.empty(light.shape, np.float32)
     out[...] = back[..., :h, :w] if back.shape[-2] >= h and back.shape[-1] >= w else np.pad(
         back, [(0, 0)] * len(lead) + [(0, max(0, h - back.shape[-2])), (0, max(0, w - back.shape[-1]))], mode="edge")[..., :h, :w]
+    return out
+
+
+def edge_frame(shape: tuple, share: float = EDGE_FRAME) -> int:
+    """Width in pixels of the outer frame of pictures of ``shape`` (..., h, w) that is not trusted as paper:
+    ``share`` of the shorter side, rounded, at least 1 (1 up to 29 pixels a side, MNIST's 28 included)."""
+    return max(1, round(share * min(shape[-2:])))
+
+
+def inside_frame(gray: np.ndarray) -> np.ndarray:
+    """Pictures (..., h, w) -> a view without their outer frame of :func:`edge_frame` pixels, where that is
+    more than 1 pixel wide; else the pictures themselves (MNIST's 28 x 28 arrays keep their edges)."""
+    h, w = gray.shape[-2:]
+    frame = edge_frame(gray.shape)
+    return gray if frame == 1 else gray[..., frame : h - frame, frame : w - frame]
+
+
+def darkest_frame(light: np.ndarray, share: float = EDGE_FRAME) -> np.ndarray:
+    """Pictures float32 (..., h, w) as dark ink on light paper -> the same, float32 (..., h, w), except that the
+    outer frame (:func:`edge_frame` pixels wide) holds along each line across it the darkest value on that line.
+
+    The frame of a photo is not to be trusted as paper: a tilted photo filled out at its edges, or a light
+    desk beyond the paper's edge, puts a bright strip there, which would wall in the darker paper next to
+    it (a shadow or a vignette's corner) so that the paper estimate's closing fills that in as if it were
+    ink. The darkest value across the frame is the paper inside such a strip, and on a plain border, or a
+    vignette that darkens outwards, it is the edge's own value. With a 1-pixel frame (pictures of up to 29
+    pixels a side) that is the pictures themselves, returned as they are; else a copy.
+    """
+    h, w = light.shape[-2:]
+    frame = edge_frame(light.shape, share)
+    if frame == 1:
+        return light
+    out = light.copy()
+    out[..., :frame, :] = out[..., :frame, :].min(axis=-2, keepdims=True)
+    out[..., h - frame :, :] = out[..., h - frame :, :].min(axis=-2, keepdims=True)
+    out[..., :, :frame] = out[..., :, :frame].min(axis=-1, keepdims=True)
+    out[..., :, w - frame :] = out[..., :, w - frame :].min(axis=-1, keepdims=True)
     return out
 
 
