@@ -153,8 +153,8 @@ def _check_sizes(path: Path, archive) -> None:
     except Exception:  # noqa: BLE001 - a description that does not parse is reported by _read_meta
         return
     if len(networks) > MAX_MEMBERS:
-        raise ModelFileError(f"{path}: a committee of {len(networks):,} members, more than the {MAX_MEMBERS} "
-                             f"nnlib loads: {COMMITTEE_REMEDY}")
+        raise ModelFileError(f"{path}: it lists {len(networks):,} members, more than the {MAX_MEMBERS} a committee "
+                             f"may have: {COMMITTEE_REMEDY}")
     try:
         footprints = {prefix: estimate(specs, meta["input_shape"]) for prefix, specs in networks.items()}
     except Exception:  # noqa: BLE001 - as above
@@ -238,7 +238,7 @@ def _check_members(path: Path, members) -> None:
         raise ModelFileError(f"{path}: members must be a list of {{layers, metadata}} entries, got {members!r:.80}: "
                              f"{COMMITTEE_REMEDY}")
     if not MIN_MEMBERS <= len(members) <= MAX_MEMBERS:
-        raise ModelFileError(f"{path}: a committee of {len(members):,} members: nnlib loads {MIN_MEMBERS} to "
+        raise ModelFileError(f"{path}: it lists {len(members):,} members, a committee has {MIN_MEMBERS} to "
                              f"{MAX_MEMBERS}: {COMMITTEE_REMEDY}")
     for index, entry in enumerate(members):
         _check_layers(path, entry.get("layers"), f"member {index}: ")
