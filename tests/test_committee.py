@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw
 
 from hostile import assert_one_line, nnlib
 from model_faults import COMMITTEE_FAULTS, make_bad_committee
-from nnlib import evaluation, losses
+from nnlib import backend, evaluation, losses
 from nnlib.checks import ArgumentError
 from nnlib.committee import PROBABILITY_FLOOR, Committee, first_network
 from nnlib.errors import ModelFileError, ParamsError
@@ -175,6 +175,18 @@ def test_evaluation_runs_a_committee_with_its_first_members_features(members):
     np.testing.assert_array_equal(evaluation.first_layer_images(committee)[0], evaluation.first_layer_images(members[0])[0])
 
 
+def test_a_committee_runs_on_every_backend(files, members, device):
+    """Loaded while a backend is active, the members' arrays live there; the answer matches NumPy's."""
+    committee, _ = load_model(files["committee"])
+    assert all(backend.get_array_module(p) is backend.current() for m in committee.members for _, p, _ in m.parameters())
+    digits = np.random.default_rng(5).integers(0, 256, (12, 28, 28), dtype=np.uint8)
+    got = predict_probabilities(committee, digits)  # to_numpy at the end: a host array
+    logits = committee.predict_logits(backend.current().asarray(digits[:, None].astype(np.float32) / np.float32(255)))
+    assert backend.get_array_module(logits) is backend.current() and logits.dtype == np.float32
+    scaled = digits[:, None].astype(np.float32) * np.float32(1 / 255)
+    np.testing.assert_allclose(got, Committee(members).probabilities(scaled), rtol=0, atol=1e-6)
+
+
 # --- the model file --------------------------------------------------------------------------------------
 
 def test_a_committee_file_loads_back_with_the_same_answers(files, members, tmp_path):
@@ -290,7 +302,7 @@ def test_nnlib_committee_writes_a_file_that_predict_info_and_export_take(files, 
     text = nnlib("info", out, "--eval-json", tmp_path / "none.json", cwd=tmp_path).stdout.decode()
     assert text.startswith(f"committee: {out}") and "members: 2, their softmax probabilities averaged" in text
     assert "member 0: " in text and "seed 0" in text and "member 1: " in text and "seed 1" in text
-    assert "conv (out=4" in text and "tanh" in text
+    assert "conv (out=4" in text and "tanh" in text and f"built from:        {files['members'][1]} (sha256 " in text
     described = json.loads(nnlib("info", out, "--json", cwd=tmp_path).stdout)
     assert described["kind"] == "committee" and [m["seed"] for m in described["members"]] == [0, 1]
     assert described["total_parameters"] == committee.num_parameters() == sum(m["total_parameters"] for m in described["members"])

@@ -359,7 +359,8 @@ class Card:
             "layers": [row["type"] for row in layers], "maps": network.describe,
         }
         if isinstance(model, Committee):  # the members' seeds; the layers are the first member's
-            self.fixed.update(members=len(model), seed=[member.get("seed") for member in meta["members"]])
+            records = meta.get("members") or [{}] * len(model)
+            self.fixed.update(members=len(model), seed=[record.get("seed") for record in records])
 
     def answer(self) -> dict:
         from nnlib.mnist.summary import scored_accuracy  # noqa: PLC0415

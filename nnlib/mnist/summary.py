@@ -188,6 +188,9 @@ def _format_committee(d: dict) -> str:
              f"members: {len(d['members'])}, their softmax probabilities averaged (weights {weights})",
              f"total parameters: {d['total_parameters']:,}", _test_accuracy_line(d),
              f"nnlib version:     {_known(d['nnlib_version'])}"]
+    for source in d["sources"] or []:
+        if isinstance(source, dict):
+            lines.append(f"built from:        {source.get('path')} (sha256 {source.get('sha256')})")
     for member in d["members"]:
         lines += ["", f"member {member['index']}: {member['total_parameters']:,} parameters, seed {_known(member['seed'])}",
                   *_table_lines(member["layers"]), *_record_lines(member)]
