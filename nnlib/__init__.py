@@ -22,8 +22,9 @@ closure, which ``dvc.yaml`` lists as the stage's deps (``tests/test_stage_deps.p
 stage really uses: the fetch stage never depends on the layers.
 
 Modules, one idea each: backend (NumPy or CuPy), functional (pure kernels), winograd, init, layers,
-model (Sequential), losses, optim, schedules, metrics, training (fit), evaluation, checkpoints,
-modelfile (save and load), export (ONNX), files (atomic outputs), errors (exit codes). The MNIST
+model (Sequential), committee (networks whose probabilities are averaged), losses, optim, schedules,
+metrics, training (fit), evaluation, checkpoints, modelfile (save and load), export (ONNX), files
+(atomic outputs), errors (exit codes). The MNIST
 application lives in ``nnlib.mnist``, which the library never imports.
 """
 import importlib
@@ -39,7 +40,8 @@ _FACE = {  # module -> the names it lends to the face
     "schedules": ["Constant", "Step", "Exponential", "Cosine", "OneCycle", "Warmup"],
     "training": ["fit", "History"],
     "evaluation": ["evaluate"],
-    "modelfile": ["save_model", "load_model"],
+    "modelfile": ["save_model", "load_model", "save_committee"],
+    "committee": ["Committee"],
 }
 _MODULE_OF = {name: module for module, names in _FACE.items() for name in names}
 

@@ -9,7 +9,9 @@ the application draws the figures from what these functions return.
 Both passes take the data as *batches*: an iterable of ``(x, y)`` pairs, x: (B, ...) float on the
 model's backend and y: (B,) int64 labels, as the application makes them (for MNIST,
 :func:`nnlib.mnist.data.stream.minibatches` turns uint8 images into float32 batches).
-Shapes: N examples in all, K classes, D penultimate features.
+Shapes: N examples in all, K classes, D penultimate features. A :class:`~nnlib.committee.Committee`
+is evaluated as a model whose logits are its log-probabilities; its features and first-layer images
+are its first member's (:func:`nnlib.committee.first_network`).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import numpy as np
 
 from . import metrics
 from .backend import to_numpy
+from .committee import first_network
 from .functional import softmax
 
 TOP_CONFUSIONS = 5
@@ -71,7 +74,9 @@ class Evaluation:
 
 def feature_layer(model) -> int:
     """Index of the layer whose input is the penultimate representation: the last dense layer
-    (the last layer when there is no dense one, e.g. a network ending in global average pooling)."""
+    (the last layer when there is no dense one, e.g. a network ending in global average pooling);
+    a committee's first member's."""
+    model = first_network(model)
     dense = [i for i, layer in enumerate(model.layers) if layer.type_name == "dense"]
     return dense[-1] if dense else len(model.layers) - 1
 
@@ -174,8 +179,9 @@ def first_layer_images(model, limit: int = MAX_FIRST_LAYER_IMAGES) -> tuple[np.n
     A conv layer gives its filters (M = out, h = w = k; averaged over input channels when there are
     several); a dense layer that sees whole images (its inputs are the C*H*W pixels, e.g. after
     flatten in an MLP) gives each unit's weights as an H x W image, the first ``limit`` units.
-    Anything else gives (None, why).
+    Anything else gives (None, why). A committee shows its first member's.
     """
+    model = first_network(model)
     layer = next((layer for layer in model.layers if layer.type_name in ("conv", "dense")), None)
     if layer is None:
         return None, "the network has no conv or dense layer"

@@ -24,7 +24,13 @@ batchnorm  BatchNormalization(gamma, beta, running_mean, running_var, epsilon), 
 =========  ==================================================================================
 
 Weights become initializers under their :meth:`~nnlib.model.Sequential.state` names (``"0.conv.W"``),
-nodes are named ``"<index>.<type>"``. ``onnx`` is imported only when a graph is built, so this module
+nodes are named ``"<index>.<type>"``.
+
+A :class:`~nnlib.committee.Committee` becomes one graph that runs every member on ``input`` (its
+nodes and weights named as above after the member's prefix, ``"member1/0.conv.W"``, as in the model
+file), takes each member's ``Softmax`` (axis 1), weights it (a ``Mul``, left out for weight 1), adds
+them up (``Sum``) and divides by the weights' total (``Div``). Its output is therefore not logits but
+``probabilities``: float32 ``(N, K)``, rows summing to 1, the committee's mean probabilities. ``onnx`` is imported only when a graph is built, so this module
 imports without the ``export`` extra; :class:`~nnlib.errors.MissingExtra` says how to install it.
 """
 from __future__ import annotations
@@ -38,11 +44,13 @@ from .backend import to_numpy
 from .errors import MissingExtra
 from .files import atomic_path
 from .layers import Layer
+from .committee import Committee
 from .model import Sequential
-from .modelfile import check_outputs, load_model
+from .modelfile import check_outputs, load_model, member_prefix
 
 OPSET = 17  # ONNX 1.12 (2022): supported by every current runtime
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
+COMMITTEE_OUTPUT_NAME = "probabilities"  # a committee's graph ends in its mean probabilities, not logits
 
 
 def _onnx():
@@ -137,26 +145,50 @@ _EXPORTERS: dict[str, Exporter] = {
 }
 
 
-def to_onnx(model: Sequential, opset: int = OPSET):
-    """The model as a checked ``onnx.ModelProto``: ``input`` (N, *input_shape) -> ``logits`` (N, *output_shape).
+def _network(g: _Graph, model: Sequential, x: str, prefix: str = "") -> str:
+    """Add the nodes of every layer of ``model`` on tensor ``x``, names after ``prefix``; return the output's name."""
+    for index, layer in enumerate(model.layers):
+        exporter = _EXPORTERS.get(layer.type_name)
+        if exporter is None:
+            raise ValueError(f"{prefix}layer {index}: type {layer.type_name!r} has no ONNX exporter (nnlib/export.py)")
+        x = exporter(g, layer, x, f"{prefix}{index}.{layer.type_name}")
+    return x
+
+
+def _committee(g: _Graph, committee: Committee, x: str) -> str:
+    """Add every member on ``x``, their softmax probabilities and their weighted mean; return its name."""
+    shares = []
+    for index, (member, weight) in enumerate(zip(committee.members, committee.weights)):
+        prefix = member_prefix(index)
+        probabilities = g.node("Softmax", [_network(g, member, x, prefix)], f"{prefix}softmax", axis=1)
+        if weight != 1:
+            probabilities = g.node("Mul", [probabilities, g.weight(f"{prefix}weight", np.array(weight))], f"{prefix}weighted")
+        shares.append(probabilities)
+    total = g.node("Sum", shares, "sum")
+    return g.node("Div", [total, g.weight("total_weight", np.array(committee.weights.sum()))], "mean")
+
+
+def to_onnx(model: Sequential | Committee, opset: int = OPSET):
+    """The model as a checked ``onnx.ModelProto``: ``input`` (N, *input_shape) -> ``logits`` (N, *output_shape);
+    a committee's -> ``probabilities`` (N, K).
 
     Raises :class:`MissingExtra` without ``onnx``, ValueError for a layer type that has no exporter.
     """
     onnx = _onnx()
     helper = onnx.helper
     g = _Graph(onnx)
-    x = INPUT_NAME
-    for index, layer in enumerate(model.layers):
-        exporter = _EXPORTERS.get(layer.type_name)
-        if exporter is None:
-            raise ValueError(f"layer {index}: type {layer.type_name!r} has no ONNX exporter (nnlib/export.py)")
-        x = exporter(g, layer, x, f"{index}.{layer.type_name}")
-    g.nodes[-1].output[0] = OUTPUT_NAME  # the last layer's output is the graph's
+    if isinstance(model, Committee):
+        _committee(g, model, INPUT_NAME)
+        output = COMMITTEE_OUTPUT_NAME
+    else:
+        _network(g, model, INPUT_NAME)
+        output = OUTPUT_NAME
+    g.nodes[-1].output[0] = output  # the last node's output is the graph's
     float32 = onnx.TensorProto.FLOAT
     graph = helper.make_graph(
         g.nodes, "nnlib",
         [helper.make_tensor_value_info(INPUT_NAME, float32, ["N", *model.input_shape])],
-        [helper.make_tensor_value_info(OUTPUT_NAME, float32, ["N", *model.output_shape])],
+        [helper.make_tensor_value_info(output, float32, ["N", *model.output_shape])],
         initializer=g.initializers)
     opset_ids = [helper.make_opsetid("", opset)]
     proto = helper.make_model(graph, producer_name="nnlib", producer_version=__version__, opset_imports=opset_ids,
@@ -165,7 +197,7 @@ def to_onnx(model: Sequential, opset: int = OPSET):
     return proto
 
 
-def export_onnx(model: Sequential, out_path, opset: int = OPSET) -> None:
+def export_onnx(model: Sequential | Committee, out_path, opset: int = OPSET) -> None:
     """Write :func:`to_onnx` of ``model`` to ``out_path`` atomically (nothing is left behind on failure),
     or to ``out_path`` itself when it is a binary stream."""
     proto = to_onnx(model, opset)
@@ -177,7 +209,7 @@ def export_onnx(model: Sequential, out_path, opset: int = OPSET) -> None:
 
 
 def export_model_file(model_path, out_path) -> None:
-    """``nnlib export MODEL OUT.onnx``: load a model file and write it as ONNX.
+    """``nnlib export MODEL OUT.onnx``: load a model file (one network or a committee) and write it as ONNX.
 
     Raises :class:`MissingExtra` (exit code 2) without ``onnx``, before the model is read, and
     :class:`~nnlib.errors.ModelFileError` (exit code 1) for a missing or corrupt model file.

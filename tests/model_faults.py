@@ -146,3 +146,111 @@ def make_bad_copy(name: str, good: Path, folder: Path) -> Path:
     bad = folder / f"{name}.npz"
     fault(Path(good), bad)
     return bad
+
+
+# --- committee files (nnlib.modelfile.save_committee): ``good`` is a committee of two members -------
+
+def _edit_members(good: Path, bad: Path, edit) -> None:
+    def edit_meta(meta):
+        edit(meta["members"])
+        return meta
+    _edit_meta(good, bad, edit_meta)
+
+
+def member_arrays_missing(good, bad):
+    """The description lists two members; the second one's arrays are gone."""
+    _edit_arrays(good, bad, lambda arrays: [arrays.pop(k) for k in [k for k in arrays if k.startswith("member1/")]])
+
+
+def member_entry_missing(good, bad):
+    """The second member's arrays are there; the description lists only the first."""
+    _edit_members(good, bad, lambda members: members.pop())
+
+
+def stray_member_arrays(good, bad):
+    """Arrays of a third member that the description does not list."""
+    def edit(arrays):
+        arrays.update({"member2/" + k.split("/", 1)[1]: v for k, v in list(arrays.items()) if k.startswith("member1/")})
+    _edit_arrays(good, bad, edit)
+
+
+def too_many_members(good, bad):
+    """30,000 more members (a 9 MiB description; built, they would take 1 GiB): refused by count, before one is built."""
+    more = [{"layers": [{"type": "flatten"}, {"type": "dense", "out": 10}]}] * 30_000
+    _edit_members(good, bad, lambda members: members.extend(more))
+
+
+def member_specs_do_not_fit(good, bad):
+    """The second member's specs ask for a dense layer wider than its arrays."""
+    def edit(members):
+        dense = [spec for spec in members[1]["layers"] if spec["type"] == "dense"][-1]
+        dense["out"] += 2
+    _edit_members(good, bad, edit)
+
+
+def member_spec_does_not_build(good, bad):
+    def edit(members):
+        next(spec for spec in members[1]["layers"] if spec["type"] == "dense")["out"] = "ten"
+    _edit_members(good, bad, edit)
+
+
+def members_of_other_shapes(good, bad):
+    """A consistent second member whose outputs (5,) differ from the first's (10,)."""
+    arrays = load_npz(good)
+    meta = json.loads(str(arrays[META_KEY]))
+    dense = [spec for spec in meta["members"][1]["layers"] if spec["type"] == "dense"][-1]
+    dense["out"] = 5
+    name = next(k for k in sorted(arrays, reverse=True) if k.startswith("member1/") and k.endswith("dense.W"))
+    arrays[name] = arrays[name][:, :5].copy()
+    bias = name[: -len("W")] + "b"
+    arrays[bias] = arrays[bias][:5].copy()
+    arrays[META_KEY] = np.array(json.dumps(meta))
+    save_npz(bad, arrays)
+
+
+def members_not_a_list(good, bad):
+    _edit_meta(good, bad, lambda meta: {**meta, "members": {"0": meta["members"][0]}})
+
+
+def member_without_layers(good, bad):
+    _edit_members(good, bad, lambda members: members[0].pop("layers"))
+
+
+def member_nan_weights(good, bad):
+    def edit(arrays):
+        name = next(k for k in arrays if k.startswith("member1/") and k.endswith(".W"))
+        arrays[name] = arrays[name].copy()
+        arrays[name].flat[0] = np.nan
+    _edit_arrays(good, bad, edit)
+
+
+def negative_weight(good, bad):
+    _edit_meta(good, bad, lambda meta: {**meta, "weights": [1.0, -1.0]})
+
+
+def unknown_kind(good, bad):
+    _edit_meta(good, bad, lambda meta: {**meta, "kind": "ensemble"})
+
+
+#: name -> (fault, fragment of the one-line message), for a committee file of two members.
+COMMITTEE_FAULTS = {
+    "member_arrays_missing": (member_arrays_missing, "member 1: its arrays do not fit its layers"),
+    "member_entry_missing": (member_entry_missing, "it lists 1 members, a committee has 2 to 64"),
+    "stray_member_arrays": (stray_member_arrays, "array member2/1.dense.W belongs to none of the committee's 2 members"),
+    "too_many_members": (too_many_members, "it lists 30,002 members, more than the 64 a committee may have"),
+    "member_specs_do_not_fit": (member_specs_do_not_fit, "member 1: its arrays do not fit its layers"),
+    "member_spec_does_not_build": (member_spec_does_not_build, "member 1: its layer specs do not build"),
+    "members_of_other_shapes": (members_of_other_shapes, "its members do not make a committee"),
+    "members_not_a_list": (members_not_a_list, "members must be a list"),
+    "member_without_layers": (member_without_layers, "member 0: layers must be a non-empty list"),
+    "member_nan_weights": (member_nan_weights, "NaN or infinite"),
+    "negative_weight": (negative_weight, "weights must be"),
+    "unknown_kind": (unknown_kind, "kind must be 'committee'"),
+}
+
+
+def make_bad_committee(name: str, good: Path, folder: Path) -> Path:
+    """Write the broken copy ``folder/<name>.npz`` of committee file ``good`` and return its path."""
+    bad = folder / f"{name}.npz"
+    COMMITTEE_FAULTS[name][0](Path(good), bad)
+    return bad

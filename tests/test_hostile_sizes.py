@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 
 from hostile import assert_one_line, measured, nnlib, write_params
+from model_faults import make_bad_committee
+from nnlib.committee import Committee
 from nnlib.model import Sequential
-from nnlib.modelfile import META_KEY, save_model
+from nnlib.modelfile import META_KEY, load_model, save_committee, save_model
 
 EXTRA_MIB = 200  # most memory a refused input may cost above a run on a valid small input
 SECONDS = 20  # generous on a loaded 2-core machine; an unbounded read takes minutes
@@ -143,6 +145,30 @@ def test_model_with_an_extra_2_gb_zero_member(tmp_path, model, baseline):
     rewrite(model, bad, extra=2 << 30)
     assert bad.stat().st_size < 20 << 20
     assert_cheap_refusal(["info", bad], tmp_path, baseline, 1, str(bad), "array extra is 2.0 GiB", "no layer")
+
+
+@pytest.fixture(scope="module")
+def committee(model, tmp_path_factory):
+    """A committee file of two copies of ``model``."""
+    path = tmp_path_factory.mktemp("committee") / "committee.npz"
+    network, _ = load_model(model)
+    save_committee(path, Committee([network, network]))
+    return path
+
+
+def test_committee_listing_30000_members(tmp_path, committee, baseline):
+    bad = make_bad_committee("too_many_members", committee, tmp_path)  # built, its members would take 1 GiB
+    assert_cheap_refusal(["info", bad], tmp_path, baseline, 1, str(bad), "30,002 members, more than the 64")
+
+
+def test_committee_whose_second_member_declares_dense_out_200000(tmp_path, committee, baseline):
+    bad = tmp_path / "wide.npz"
+
+    def wide(meta):
+        meta["members"][1]["layers"][1]["out"] = 200_000
+        return meta
+    rewrite(committee, bad, edit_meta=wide)
+    assert_cheap_refusal(["info", bad], tmp_path, baseline, 1, str(bad), "do not fit its layers", "157,007,850 values")
 
 
 def test_layer_spec_dense_out_1e11(tmp_path):

@@ -1,4 +1,5 @@
-"""The ``nnlib`` command: ``predict``, ``info``, ``export`` and ``serve`` on a trained model file; ``params``.
+"""The ``nnlib`` command: ``predict``, ``info``, ``export`` and ``serve`` on a trained model file (one network
+or a committee); ``committee``, which joins model files into one committee file; ``params``.
 
 A thin argparse layer: each subcommand parses its flags and calls library functions
 (:mod:`nnlib.mnist.predict`, :mod:`nnlib.mnist.summary`, :mod:`nnlib.export`) that tests call directly.
@@ -138,6 +139,50 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _weights(text: str) -> list[float]:
+    """``--weights``: comma-separated numbers, one per member (their checks are the committee's)."""
+    try:
+        return [float(word) for word in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, one per member, got {text!r}") from None
+
+
+def cmd_committee(args) -> int:
+    from nnlib.checks import ArgumentError  # noqa: PLC0415
+    from nnlib.committee import MIN_MEMBERS, Committee  # noqa: PLC0415
+    from nnlib.files import file_sha256  # noqa: PLC0415
+    from nnlib.modelfile import MAX_MEMBERS, check_outputs, load_model, save_committee  # noqa: PLC0415
+
+    count = len(args.members)
+    if not MIN_MEMBERS <= count <= MAX_MEMBERS:
+        raise ParamsError(f"nnlib committee: give {MIN_MEMBERS} to {MAX_MEMBERS} member model files, got {count}"
+                          + (" (a single network needs no committee: use its model file)" if count < MIN_MEMBERS else ""))
+    check_user_output(args.out, args.members)  # the destination first, before any member is read
+    members, records = [], []
+    for path in args.members:
+        model, meta = load_model(path)
+        if isinstance(model, Committee):
+            raise ParamsError(f"{path} is a committee itself: give the model files of single networks "
+                              f"(nnlib info {path} lists its members)")
+        check_outputs(model, path)
+        members.append(model)
+        records.append(meta)
+    first, first_path = members[0], args.members[0]
+    for path, model in zip(args.members, members):
+        if (model.input_shape, model.output_shape) != (first.input_shape, first.output_shape):
+            raise ParamsError(f"{path} takes inputs {model.input_shape} and gives outputs {model.output_shape}, {first_path} "
+                              f"takes {first.input_shape} and gives {first.output_shape}: the members of a committee "
+                              "must take the same inputs and give the same outputs")
+    try:
+        committee = Committee(members, args.weights)
+    except ArgumentError as err:
+        raise ParamsError(f"nnlib committee: {err.detail}") from None
+    sources = [{"path": str(path), "sha256": file_sha256(path)} for path in args.members]
+    save_committee(args.out, committee, {"members": records, "nnlib_version": __version__, "sources": sources})
+    print(f"committee: wrote {args.out} ({count} members, {committee.num_parameters():,} parameters)", file=sys.stderr)
+    return 0
+
+
 def cmd_serve(args) -> int:
     from nnlib.mnist.serve import serve  # noqa: PLC0415
 
@@ -186,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  nnlib predict my_digit.png\n  nnlib predict digits/ --top 3 --show seen.png\n"
                f"  nnlib predict {(RAW / RAW_FILES['test_images']).as_posix()} --json > predictions.jsonl")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image, directory, .npy/.npz or IDX file")
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"model file (default: {DEFAULT_MODEL})")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"model or committee file (default: {DEFAULT_MODEL})")
     p.add_argument("--top", type=_positive_int, default=1, metavar="K", help="show the K most likely digits (default: 1)")
     p.add_argument("--json", action="store_true", help="print JSON Lines: file, index, digit, probability, probabilities")
     p.add_argument("--batch-size", type=_positive_int, default=256, metavar="N", help="images per forward pass (default: 256)")
@@ -213,12 +258,29 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser(
         "export", help="write the model as an ONNX graph", formatter_class=raw,
         description="Write the model as an ONNX graph (needs the export extra: pip install -e '.[export]').\n"
-                    "Input: float32 (N, 1, 28, 28) in [0, 1], named 'input'. Output: logits (N, 10), named 'logits'.\n"
-                    "Batch norm and dropout are exported in inference form.",
+                    "Input: float32 (N, 1, 28, 28) in [0, 1], named 'input'. Output: logits (N, 10), named 'logits';\n"
+                    "for a committee file, one graph of every member: their mean softmax probabilities (N, 10),\n"
+                    "named 'probabilities'. Batch norm and dropout are exported in inference form.",
         epilog="example:\n  nnlib export models/model.npz model.onnx")
     p.add_argument("model", metavar="MODEL", help="model file")
     p.add_argument("out", metavar="OUT.onnx", help="where to write the ONNX graph")
     p.set_defaults(run=cmd_export)
+
+    p = commands.add_parser(
+        "committee", help="join model files into one committee file", formatter_class=raw,
+        description="Write one model file holding every MEMBER: a committee, whose answer is the mean of the\n"
+                    "members' softmax probabilities. nnlib predict, info, export and serve take it like any\n"
+                    "model file (docs/use-the-model.md). The members must take the same inputs and give the\n"
+                    "same outputs; each keeps its own metadata (seed, training params).",
+        epilog="exit codes: 0 written; 1 a member file missing or corrupt, or OUT cannot be written;\n"
+               "2 members that do not fit together (other input or output shapes), a member that is a\n"
+               "committee itself, fewer than 2 members, bad --weights, or OUT naming a member.\n\n"
+               "example:\n  nnlib committee models/committee.npz seed0/model.npz seed1/model.npz seed2/model.npz")
+    p.add_argument("out", metavar="OUT.npz", help="where to write the committee file")
+    p.add_argument("members", nargs="+", metavar="MEMBER.npz", help="model files of the members (at least 2)")
+    p.add_argument("--weights", type=_weights, metavar="W,W,...",
+                   help="one positive number per member: a weighted mean (default: every member counts once)")
+    p.set_defaults(run=cmd_committee)
 
     p = commands.add_parser(
         "serve", help="a local web page: draw a digit and watch the network read it", formatter_class=raw,

@@ -3,7 +3,7 @@
 :func:`predict_paths` reads the inputs with :mod:`nnlib.mnist.images` ``batch_size`` files at a time,
 collects their images into batches of ``batch_size`` across files, and runs the network once per
 batch. Each image gets a :class:`Prediction` (softmax probabilities of the network's outputs, whatever
-loss it was trained with); each input that cannot be read gets one :class:`Failure`, and the other
+loss it was trained with; a committee's averaged probabilities); each input that cannot be read gets one :class:`Failure`, and the other
 inputs are still predicted.
 """
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from nnlib.backend import to_numpy
+from nnlib.committee import Committee
 from nnlib.mnist.data.stream import to_batch
 from nnlib.errors import InputError
 from nnlib.functional import softmax
@@ -61,10 +62,13 @@ class Failure:
 
 
 def probabilities(model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """uint8 images (N, 28, 28) -> float64 (N, K): the softmax of the model's outputs, rows summing to 1.
+    """uint8 images (N, 28, 28) -> float64 (N, K): the softmax of the model's outputs, rows summing to 1;
+    for a :class:`~nnlib.committee.Committee`, the mean of its members' (:meth:`~nnlib.committee.Committee.probabilities`).
 
     The images become network input exactly as in training (:func:`nnlib.mnist.data.stream.to_batch`).
     """
+    if isinstance(model, Committee):
+        return to_numpy(model.probabilities(to_batch(images), batch_size))
     logits = to_numpy(model.predict_logits(to_batch(images), batch_size))
     return softmax(logits.astype(np.float64), axis=1)
 

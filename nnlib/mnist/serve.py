@@ -41,6 +41,7 @@ from PIL import Image, UnidentifiedImageError
 from threadpoolctl import threadpool_limits
 
 from nnlib.backend import to_numpy
+from nnlib.committee import Committee, first_network
 from nnlib.errors import InputError, MissingExtra, ParamsError
 from nnlib.files import file_sha256
 from nnlib.functional import softmax
@@ -163,11 +164,13 @@ class Reading:
 class Network:
     """The model and what the page shows of its inside: the first conv layer's maps (after the batch norm
     and activation that follow it), or for a network whose first weight layer is dense, the weights of
-    that layer's most active units as images."""
+    that layer's most active units as images. A committee answers with its averaged probabilities and
+    shows its first member's inside (:func:`nnlib.committee.first_network`)."""
 
     def __init__(self, model):
         self.model = model
-        layers = model.layers
+        self.network = first_network(model)
+        layers = self.network.layers
         first = next((i for i, layer in enumerate(layers) if layer.type_name in ("conv", "dense")), None)
         self.first = layers[first] if first is not None else None
         self.kind = self.first.type_name if self.first is not None else None
@@ -179,17 +182,24 @@ class Network:
         self.after = after
         self.describe = (f"first {self.kind} layer" + "".join(f" -> {layer.type_name}" for layer in after)
                          if self.first is not None else "no conv or dense layer")
+        if isinstance(model, Committee):
+            self.describe += f" of the committee's first member (of {len(model)})"
 
     def read(self, images: np.ndarray) -> list[Reading]:
         """uint8 images (N, 28, 28) -> one Reading each. The forward pass is the model's own
-        (``Sequential.forward`` in eval mode), as in :func:`nnlib.mnist.predict.probabilities`."""
-        x = to_batch(images)
+        (``Sequential.forward`` in eval mode), as in :func:`nnlib.mnist.predict.probabilities`; a committee's
+        first member runs here, the others through their own ``predict_logits``."""
+        x = batch = to_batch(images)
         captured = None
-        for unit in self.model.layers_in_run_order:
+        for unit in self.network.layers_in_run_order:
             x = unit.forward(x, train=False)
             if unit is self.first:
                 captured = to_numpy(x).copy()  # later units may work in place
-        probs = softmax(to_numpy(x).astype(np.float64), axis=1)
+        if isinstance(self.model, Committee):
+            rest = [to_numpy(member.predict_logits(batch, len(batch))) for member in self.model.members[1:]]
+            probs = self.model.combine([to_numpy(x), *rest])
+        else:
+            probs = softmax(to_numpy(x).astype(np.float64), axis=1)
         if captured is None:
             return [Reading(p, np.zeros((0, 1, 1), np.uint8), None) for p in probs]
         for layer in self.after:
@@ -341,13 +351,16 @@ class Card:
 
         self.eval_json = eval_json
         self.sha256 = file_sha256(path)
-        layers = layer_table(model)
+        layers = layer_table(first_network(model))
         self.fixed = {
             "file": path.name, "sha256": self.sha256, "preset": guess_preset(meta.get("train")),
             "seed": meta.get("seed"), "epoch": meta.get("epoch"), "val_accuracy": meta.get("val_accuracy"),
-            "parameters": sum(row["parameters"] for row in layers),
+            "parameters": model.num_parameters(),
             "layers": [row["type"] for row in layers], "maps": network.describe,
         }
+        if isinstance(model, Committee):  # the members' seeds; the layers are the first member's
+            records = meta.get("members") or [{}] * len(model)
+            self.fixed.update(members=len(model), seed=[record.get("seed") for record in records])
 
     def answer(self) -> dict:
         from nnlib.mnist.summary import scored_accuracy  # noqa: PLC0415

@@ -1,4 +1,5 @@
-"""What a model file holds: a Keras-style layer table and the metadata saved with the model (``nnlib info``).
+"""What a model file holds: a Keras-style layer table and the metadata saved with the model (``nnlib info``);
+for a committee file, its members, each with its table and metadata.
 
 :func:`describe` returns a JSON-ready dict; :func:`format_description` renders it as text. The test
 accuracy is shown only when ``metrics/eval_details.json`` (written with ``metrics/eval.json``) records the
@@ -11,6 +12,7 @@ import json
 from pathlib import Path
 
 
+from nnlib.committee import Committee
 from nnlib.errors import InputError
 from nnlib.files import file_sha256
 from nnlib.modelfile import load_model
@@ -62,27 +64,49 @@ def scored_accuracy(eval_json: Path, model_sha256: str) -> tuple[float | None, s
     return float(accuracy), f"from {eval_json}"
 
 
-def describe(path, eval_json="metrics/eval.json") -> dict:
-    """Everything ``nnlib info`` shows about the model file at ``path``, as a JSON-ready dict."""
-    path = Path(path)
-    model, meta = load_model(path)
-    sha256 = file_sha256(path)
-    accuracy, accuracy_source = scored_accuracy(Path(eval_json), sha256)
-    layers = layer_table(model)
-    def number(value):  # a figure recorded in the metadata, or None when it is missing or malformed
-        return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+def _number(value):
+    """A figure recorded in the metadata, or None when it is missing or malformed."""
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
+
+def network_record(model, meta: dict) -> dict:
+    """One network's layer table, parameter count and recorded metadata (seed, epoch, training params...)."""
+    layers = layer_table(model)
     init = meta.get("init_from")
     return {
-        "file": str(path), "sha256": sha256, "bytes": path.stat().st_size,
-        "input_shape": list(model.input_shape), "layers": layers,
-        "total_parameters": sum(row["parameters"] for row in layers),
-        "seed": number(meta.get("seed")), "epoch": number(meta.get("epoch")), "val_accuracy": number(meta.get("val_accuracy")),
-        "test_accuracy": accuracy, "test_accuracy_source": accuracy_source,
+        "layers": layers, "total_parameters": sum(row["parameters"] for row in layers),
+        "seed": _number(meta.get("seed")), "epoch": _number(meta.get("epoch")), "val_accuracy": _number(meta.get("val_accuracy")),
         "manifest_sha256": meta.get("manifest_sha256"), "nnlib_version": meta.get("nnlib_version"),
         "init_from": init if isinstance(init, dict) and {"path", "sha256"} <= set(init) else None,
         "train": meta.get("train") if isinstance(meta.get("train"), dict) else None,
     }
+
+
+NETWORK_HEAD = ("layers", "total_parameters", "seed", "epoch", "val_accuracy")  # before the test accuracy
+NETWORK_TAIL = ("manifest_sha256", "nnlib_version", "init_from", "train")  # after it
+
+
+def describe(path, eval_json="metrics/eval.json") -> dict:
+    """Everything ``nnlib info`` shows about the model file at ``path``, as a JSON-ready dict.
+
+    A committee file gives ``"kind": "committee"``, its weights, and one record per member
+    (:func:`network_record`, with its ``index``) under ``"members"``.
+    """
+    path = Path(path)
+    model, meta = load_model(path)
+    sha256 = file_sha256(path)
+    accuracy, accuracy_source = scored_accuracy(Path(eval_json), sha256)
+    head = {"file": str(path), "sha256": sha256, "bytes": path.stat().st_size}
+    scored = {"test_accuracy": accuracy, "test_accuracy_source": accuracy_source}
+    if isinstance(model, Committee):
+        members = [{"index": i, **network_record(member, own)} for i, (member, own) in enumerate(zip(model.members, meta["members"]))]
+        sources = meta.get("sources")
+        return {**head, "kind": "committee", "input_shape": list(model.input_shape), "members": members,
+                "weights": model.weights.tolist(), "total_parameters": sum(m["total_parameters"] for m in members),
+                **scored, "nnlib_version": meta.get("nnlib_version"), "sources": sources if isinstance(sources, list) else None}
+    record = network_record(model, meta)
+    return {**head, "input_shape": list(model.input_shape), **{key: record[key] for key in NETWORK_HEAD},
+            **scored, **{key: record[key] for key in NETWORK_TAIL}}
 
 
 def _flat(params: dict, prefix: str = "") -> list[tuple[str, object]]:
@@ -101,36 +125,73 @@ def _options(options: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in options.items())
 
 
-def format_description(d: dict) -> str:
-    """The text ``nnlib info`` prints: the layer table, then the metadata."""
-    def known(value, fmt="{}"):
-        return "(not recorded)" if value is None else fmt.format(value)
-
+def _table_lines(layers: list[dict]) -> list[str]:
+    """The ruled layer table: #, layer (options), output shape, params."""
     header = ("#", "layer (options)", "output shape", "params")
     cells = [(str(r["index"]), f"{r['type']} ({_options(r['options'])})" if r["options"] else r["type"],
-              "(N, " + ", ".join(map(str, r["output_shape"])) + ")", f"{r['parameters']:,}") for r in d["layers"]]
+              "(N, " + ", ".join(map(str, r["output_shape"])) + ")", f"{r['parameters']:,}") for r in layers]
     widths = [max(len(row[i]) for row in [header, *cells]) for i in range(4)]
     line = "  ".join("-" * w for w in widths)
 
     def fmt_row(row):
         return "  ".join(cell.rjust(w) if i in (0, 3) else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths)))
 
-    lines = [f"model: {d['file']} ({d['bytes']:,} bytes, sha256 {d['sha256']})",
-             f"input: (N, {', '.join(map(str, d['input_shape']))})", line, fmt_row(header), line,
-             *map(fmt_row, cells), line, f"total parameters: {d['total_parameters']:,}", ""]
+    return [line, fmt_row(header), line, *map(fmt_row, cells), line]
+
+
+def _known(value, fmt="{}"):
+    return "(not recorded)" if value is None else fmt.format(value)
+
+
+def _record_lines(d: dict) -> list[str]:
+    """A network's recorded metadata (:func:`network_record`), with the test accuracy when ``d`` has one."""
     init = d["init_from"]
+    lines = [
+        f"seed:              {_known(d['seed'])}",
+        f"epoch kept:        {_known(d['epoch'])}",
+        f"val accuracy:      {_known(d['val_accuracy'], '{:.4f}')}",
+    ]
+    if "test_accuracy_source" in d:
+        lines.append(_test_accuracy_line(d))
     lines += [
-        f"seed:              {known(d['seed'])}",
-        f"epoch kept:        {known(d['epoch'])}",
-        f"val accuracy:      {known(d['val_accuracy'], '{:.4f}')}",
-        f"test accuracy:     {known(d['test_accuracy'], '{:.4f}')}  ({d['test_accuracy_source']})"
-        if d["test_accuracy"] is not None else f"test accuracy:     {d['test_accuracy_source']}",
-        f"shard manifest:    sha256 {known(d['manifest_sha256'])}",
+        f"shard manifest:    sha256 {_known(d['manifest_sha256'])}",
         f"started from:      {init['path']} (sha256 {init['sha256']})" if init else "started from:      a fresh initialisation",
-        f"nnlib version:     {known(d['nnlib_version'])}",
+        f"nnlib version:     {_known(d['nnlib_version'])}",
     ]
     if d["train"]:
         lines += ["training params:"] + [f"  train.{key}: {json.dumps(value)}" for key, value in _flat(d["train"])]
     else:
         lines.append("training params:   (not recorded)")
+    return lines
+
+
+def _test_accuracy_line(d: dict) -> str:
+    return (f"test accuracy:     {_known(d['test_accuracy'], '{:.4f}')}  ({d['test_accuracy_source']})"
+            if d["test_accuracy"] is not None else f"test accuracy:     {d['test_accuracy_source']}")
+
+
+def format_description(d: dict) -> str:
+    """The text ``nnlib info`` prints: the layer table, then the metadata; for a committee, its
+    summary, then each member's table and metadata."""
+    if d.get("kind") == "committee":
+        return _format_committee(d)
+    lines = [f"model: {d['file']} ({d['bytes']:,} bytes, sha256 {d['sha256']})",
+             f"input: (N, {', '.join(map(str, d['input_shape']))})", *_table_lines(d["layers"]),
+             f"total parameters: {d['total_parameters']:,}", "", *_record_lines(d)]
+    return "\n".join(lines)
+
+
+def _format_committee(d: dict) -> str:
+    weights = ", ".join(f"{w:g}" for w in d["weights"])
+    lines = [f"committee: {d['file']} ({d['bytes']:,} bytes, sha256 {d['sha256']})",
+             f"input: (N, {', '.join(map(str, d['input_shape']))})",
+             f"members: {len(d['members'])}, their softmax probabilities averaged (weights {weights})",
+             f"total parameters: {d['total_parameters']:,}", _test_accuracy_line(d),
+             f"nnlib version:     {_known(d['nnlib_version'])}"]
+    for source in d["sources"] or []:
+        if isinstance(source, dict):
+            lines.append(f"built from:        {source.get('path')} (sha256 {source.get('sha256')})")
+    for member in d["members"]:
+        lines += ["", f"member {member['index']}: {member['total_parameters']:,} parameters, seed {_known(member['seed'])}",
+                  *_table_lines(member["layers"]), *_record_lines(member)]
     return "\n".join(lines)

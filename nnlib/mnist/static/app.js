@@ -266,7 +266,9 @@ async function card() {
   try {
     const m = await (await fetch("/api/model")).json();
     const rows = [
-      ["preset", m.preset ?? "(none matches)"], ["seed", m.seed ?? "(not recorded)"],
+      ["preset", m.preset ?? "(none matches)"],
+      ["seed", Array.isArray(m.seed) ? m.seed.map((s) => s ?? "?").join(", ") : m.seed ?? "(not recorded)"],
+      ...(m.members ? [["committee", `${m.members} networks, their probabilities averaged (layers: the first's)`]] : []),
       ["parameters", m.parameters.toLocaleString("en")],
       ["test accuracy", m.test_accuracy == null ? m.test_accuracy_source : `${(100 * m.test_accuracy).toFixed(2)}%`],
       ["layers", m.layers.join(" · ")], ["file", `${m.file} (sha256 ${m.sha256.slice(0, 12)}…)`],
