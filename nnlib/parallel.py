@@ -99,11 +99,17 @@ class DataParallel:
         return getattr(self.model, name)
 
     def _each(self, work, args: list) -> list:
-        """``work(replica, arg)`` for every active worker, in parallel when there are threads; results in worker order."""
+        """``work(replica, arg)`` for every active worker, in parallel when there are threads; results in worker order.
+
+        NumPy's floating-point error handling (``np.errstate``) is per thread: each worker runs under the
+        caller's, so that a training that ignores overflow (to report divergence in one line) does so on
+        every thread.
+        """
         jobs = list(zip(self.replicas, args))
         if self.pool is None:
             return [work(replica, arg) for replica, arg in jobs]
-        return [future.result() for future in [self.pool.submit(work, replica, arg) for replica, arg in jobs]]
+        return [future.result() for future in [self.pool.submit(_under(np.geterr(), work), replica, arg)
+                                               for replica, arg in jobs]]
 
     def forward(self, x):
         """x: (N, ...) -> logits (N, K), in the model's mode (eval mode too: validation runs on every worker)."""
@@ -168,6 +174,14 @@ class DataParallel:
                 replica.layers[i].handed = uniforms[start:stop]
 
 
+def _under(errors: dict, work):
+    """``work`` wrapped to run under the floating-point error handling ``errors`` (from ``np.geterr()``)."""
+    def run(*args):
+        with np.errstate(**errors):
+            return work(*args)
+    return run
+
+
 def map_on_replicas(model, work, items, threads: int) -> list:
     """``[work(replica, item) for item in items]`` on ``threads`` threads, each thread with a replica of
     ``model`` of its own (the model itself for the first), for inference: results in item order.
@@ -186,10 +200,13 @@ def map_on_replicas(model, work, items, threads: int) -> list:
     for replica in replicas:
         free.put(replica)
 
+    errors = np.geterr()
+
     def run(item):
         replica = free.get()
         try:
-            return work(replica, item)
+            with np.errstate(**errors):
+                return work(replica, item)
         finally:
             free.put(replica)
 

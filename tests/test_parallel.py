@@ -143,3 +143,12 @@ def test_eval_mode_splits_the_batch_and_other_attributes_are_the_models():
 def test_bad_arguments_are_named(workers, threads, message):
     with pytest.raises(ValueError, match=message):
         DataParallel(build(), workers, threads)
+
+
+def test_workers_run_under_the_callers_floating_point_error_handling():
+    """np.errstate is per thread: a training that ignores overflow must not warn from its worker threads."""
+    model = build()
+    x, _ = batch(8)
+    with DataParallel(model, 2, threads=2) as runner, np.errstate(over="raise", invalid="raise"):
+        seen = runner._each(lambda replica, part: np.geterr()["over"], [(0, 4), (4, 8)])
+    assert seen == ["raise", "raise"]

@@ -253,7 +253,8 @@ def test_defaults():
     p = shards.check_params(None)
     assert p == {"val_size": 5000, "max_train": 0, "shard_size": 10000, "workers": 0,
                  "augment": {"copies": 0, "rotate": 0.0, "shift": 0.0, "scale": 0.0, "shear": 0.0,
-                             "elastic_alpha": 0.0, "elastic_sigma": 0.0, "flip": False}}  # presets switch augmentation on
+                             "elastic_alpha": 0.0, "elastic_sigma": 0.0, "flip": False, "resolution": 0, "blur": 0.0,
+                             "occlude": 0.0, "contrast": 0.0, "noise": 0.0, "photo_p": 0.0}}  # presets switch augmentation on
 
 
 def test_val_size_must_leave_training_images(tmp_path, raw):
