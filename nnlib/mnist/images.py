@@ -107,11 +107,14 @@ def grayscale(image: Image.Image, paper: float | None = None) -> np.ndarray:
         return np.clip(values, 0, 1)
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA") and image.getchannel("A").getextrema() == (255, 255):
+        # opaque (a canvas): the luminance as it is, which Pillow computes for "L" as for "LA"
+        return np.asarray(image.convert("L"), dtype=np.float32) / np.float32(255)
     if "A" not in image.getbands():
         grey = image if image.mode == "L" else image.convert("L")
         return np.asarray(grey, dtype=np.float32) / np.float32(255)
     lum_band, alpha_band = image.convert("LA").split()
-    if alpha_band.getextrema() == (255, 255):  # opaque (a canvas): alpha 1 everywhere leaves the luminance as it is
+    if alpha_band.getextrema() == (255, 255):  # opaque: alpha 1 everywhere leaves the luminance as it is
         return np.asarray(lum_band, dtype=np.float32) / np.float32(255)
     luminance, alpha = (np.asarray(band, dtype=np.float32) / np.float32(255) for band in (lum_band, alpha_band))
     if paper is None:
@@ -189,7 +192,7 @@ def light_paper_form(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         mostly_dark = np.median(gray.reshape(*lead, -1), axis=-1) <= 0.5
         even = (border_spread(gray) < EVEN_BORDER) & (border_spread(inside_frame(gray)) < EVEN_BORDER)
         light_paper = light_paper | ~even | ~mostly_dark
-    light = np.where(light_paper[..., None, None], gray, np.float32(1) - gray)
+    light = gray if light_paper.all() else np.where(light_paper[..., None, None], gray, np.float32(1) - gray)
     return light, paper_background(light)
 
 
@@ -217,18 +220,40 @@ def paper_background(light: np.ndarray, window: int = PAPER_WINDOW, side: int = 
     if factor == 1:
         return closed.astype(np.float32, copy=False)
     flat = closed.reshape(-1, closed.shape[-2] * closed.shape[-1])
+    out = np.empty(light.shape, np.float32)
     if (flat.min(axis=1) == flat.max(axis=1)).all():
         # Even paper (a drawing on a flat background, a clean scan): bilinear interpolation of a constant
-        # is that constant exactly, so the zoom below, most of the cost, would give the same array.
-        out = np.empty(light.shape, np.float32)
+        # is that constant exactly, so the resampling below would give the same array.
         out[...] = flat[:, 0].astype(np.float32).reshape(*lead, 1, 1)
         return out
-    zoom = (1,) * len(lead) + (h / closed.shape[-2], w / closed.shape[-1])
-    back = ndimage.zoom(closed, zoom, order=1, mode="nearest", grid_mode=True)
-    out = np.empty(light.shape, np.float32)
-    out[...] = back[..., :h, :w] if back.shape[-2] >= h and back.shape[-1] >= w else np.pad(
-        back, [(0, 0)] * len(lead) + [(0, max(0, h - back.shape[-2])), (0, max(0, w - back.shape[-1]))], mode="edge")[..., :h, :w]
+    out[...] = upsample_bilinear(closed, h, w)
     return out
+
+
+def interpolation_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Linear interpolation from ``n_in`` samples to ``n_out``, pixel centres aligned (``grid_mode``) and
+    the edge values held beyond the edges: for each output pixel the two input indices (intp) and the
+    weight of the second, float64 (n_out,)."""
+    x = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0, n_in - 1)
+    first = np.floor(x).astype(np.intp)
+    return first, np.minimum(first + 1, n_in - 1), x - first
+
+
+def upsample_bilinear(small: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Images float32 (..., hs, ws) -> float32 (..., h, w), bilinear with pixel centres aligned and edges
+    held: ``scipy.ndimage.zoom(small, ..., order=1, mode="nearest", grid_mode=True)``, computed in float64
+    as that is (the same values, but for a rare last-bit difference), about 9 times faster: columns then
+    rows, each a gather of two neighbours and their weights."""
+    r0, r1, fr = interpolation_taps(small.shape[-2], h)
+    c0, c1, fc = interpolation_taps(small.shape[-1], w)
+    wide = small.astype(np.float64)
+    cols = np.take(wide, c0, axis=-1)
+    cols *= 1 - fc
+    cols += np.take(wide, c1, axis=-1) * fc  # (..., hs, w)
+    out = np.take(cols, r0, axis=-2)
+    out *= (1 - fr)[:, None]
+    out += np.take(cols, r1, axis=-2) * fr[:, None]
+    return out.astype(np.float32)
 
 
 def edge_frame(shape: tuple, share: float = EDGE_FRAME) -> int:
@@ -328,7 +353,12 @@ def keep_main_ink(ink: np.ndarray, piece: float = PIECE, near: float = NEAR) -> 
     """
     h, w = ink.shape[-2:]
     stack = ink.reshape(-1, h, w)
-    labels, count = ndimage.label(stack > 0, STACK_STRUCTURE)
+    rows, cols = np.flatnonzero(stack.any(axis=(0, 2))), np.flatnonzero(stack.any(axis=(0, 1)))
+    if rows.size == 0:
+        return ink
+    y0, x0 = int(rows[0]), int(cols[0])  # labelled inside the box holding all the ink: the same labels, less work
+    window = (slice(None), slice(y0, int(rows[-1]) + 1), slice(x0, int(cols[-1]) + 1))
+    labels, count = ndimage.label(stack[window] > 0, STACK_STRUCTURE)
     if count == 0:
         return ink
     if count == 1:  # one component, which stays: only the rescaling below (thresholded paper is +0 already)
@@ -337,9 +367,10 @@ def keep_main_ink(ink: np.ndarray, piece: float = PIECE, near: float = NEAR) -> 
     areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
     inked = labels > 0
     peaks = np.zeros(count + 1, stack.dtype)
-    np.maximum.at(peaks, labels[inked], stack[inked])  # the darkest ink of each component
+    np.maximum.at(peaks, labels[inked], stack[window][inked])  # the darkest ink of each component
     peaks = peaks[1:]
-    boxes = np.array([(s[0].start, s[1].start, s[1].stop, s[2].start, s[2].stop) for s in ndimage.find_objects(labels)])
+    boxes = np.array([(s[0].start, s[1].start + y0, s[1].stop + y0, s[2].start + x0, s[2].stop + x0)
+                      for s in ndimage.find_objects(labels)])  # in the whole picture's coordinates
     keep = np.zeros(count + 1, bool)
     order = np.lexsort((-areas, boxes[:, 0]))  # by image, the largest component first
     starts = np.flatnonzero(np.r_[True, boxes[order[1:], 0] != boxes[order[:-1], 0]])
@@ -354,7 +385,9 @@ def keep_main_ink(ink: np.ndarray, piece: float = PIECE, near: float = NEAR) -> 
         strong = peaks[members] >= STRONG * peaks[main]  # a shadow's edge is fainter than pen strokes
         keep[members[close & inside & strong & (areas[members] >= piece * areas[main])] + 1] = True
         keep[main + 1] = True
-    kept = np.where(keep[labels], stack, np.float32(0)).reshape(ink.shape)
+    kept = np.zeros_like(stack)
+    kept[window] = np.where(keep[labels], stack[window], np.float32(0))
+    kept = kept.reshape(ink.shape)
     peak = kept.max(axis=(-2, -1), keepdims=True)
     return kept / np.where(peak > 0, peak, np.float32(1))
 
