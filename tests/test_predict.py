@@ -277,6 +277,34 @@ def test_an_evenly_dark_filled_edge_does_not_turn_a_photo_around():
     assert images.crop_to_ink(images.find_ink(gray)).shape == (70, 8)
 
 
+@pytest.mark.parametrize("small, out", [((93, 93), (280, 280)), ((3, 40, 60), (121, 179)), ((96, 128), (300, 401)), ((5, 5), (5, 5))])
+def test_paper_upsampling_is_scipys_bilinear_zoom(small, out):
+    """The paper estimate is brought back up by two gathers instead of ``ndimage.zoom`` (9x faster):
+    the same values, in float64 as scipy computes them, up to a rare last-bit difference."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(len(small))
+    closed = rng.random(small).astype(np.float32)
+    zoom = (1,) * (len(small) - 2) + (out[0] / small[-2], out[1] / small[-1])
+    expected = ndimage.zoom(closed, zoom, order=1, mode="nearest", grid_mode=True)[..., : out[0], : out[1]]
+    got = images.upsample_bilinear(closed, *out)
+    assert got.shape == expected.shape and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, rtol=2e-7, atol=0)
+    assert (got == expected).mean() > 0.999
+
+
+def test_pieces_of_ink_are_judged_in_the_whole_pictures_frame():
+    """Components are labelled inside the box that holds all the ink; a piece touching the picture's edge
+    is still dropped and a near piece inside still kept, whatever that box is."""
+    ink = np.zeros((2, 60, 60), np.float32)
+    ink[:, 20:40, 25:30] = 1  # the main stroke
+    ink[0, 15:18, 25:28] = 0.9  # a near piece, the topmost ink of its picture, inside the picture: kept
+    ink[1, 0:3, 26:28] = 0.9  # a piece on the picture's top edge: dropped
+    for kept in (images.keep_main_ink(ink), np.stack([images.keep_main_ink(one) for one in ink])):
+        assert kept[0, 15:18, 25:28].all() and not kept[1, 0:3].any()
+        assert (kept[:, 20:40, 25:30] == 1).all()
+
+
 def test_transparent_pixels_are_paper():
     rgba = np.zeros((30, 30, 4), np.uint8)  # transparent black everywhere ...
     rgba[10:20, 12:18] = (0, 0, 0, 255)  # ... but an opaque black stroke
