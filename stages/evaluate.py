@@ -108,7 +108,8 @@ def main() -> None:
         scores = evaluation.scalars(result, loss_cfg["name"])
         with threadpool_limits(limits=1, user_api="blas"):  # the suite's entries run side by side, one per thread
             robust = robustness.score(model, x, y, seed, cfg["robust_images"], cfg["batch_size"],
-                                      threads=choice.threads if cfg["backend"] == "numpy" else 1)  # docs/robustness.md
+                                      threads=choice.threads if cfg["backend"] == "numpy" else 1,  # docs/robustness.md
+                                      correct=result.correct)
         scores["robust_accuracy"] = robust.mean
         scores.update(drawn_scores(model))
         title = f"preset {preset} · seed {meta.get('seed')} · test accuracy {100 * result.accuracy:.2f}%"

@@ -84,6 +84,12 @@ def test_pca_2d_shape_variance_and_sign():
     np.testing.assert_allclose(np.abs(points[:, 0]), np.abs(along), atol=0.05)
     assert np.sign(points[:, 0] @ along) == -1  # the largest loading (-4/5 on the 2nd feature) is made positive
     assert evaluation.pca_2d(features[:, :1])[0].shape == (200, 2)  # one feature: PC2 is 0
+    wide = rng.normal(size=(300, 12)) @ rng.normal(size=(12, 12))  # the SVD of the centred data agrees
+    centred = wide - wide.mean(axis=0)
+    _, s, vt = np.linalg.svd(centred, full_matrices=False)
+    points, explained = evaluation.pca_2d(wide)
+    np.testing.assert_allclose(np.abs(points), np.abs(centred @ vt[:2].T), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(explained, s[:2] ** 2 / (s**2).sum(), rtol=1e-12)
 
 
 # --- the evaluation library on a tiny model --------------------------------------------------------

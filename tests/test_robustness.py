@@ -104,3 +104,20 @@ def test_score_reports_every_corruption(trained_model_path, mnist):
     np.testing.assert_array_equal(result.examples[0], mnist["test_x"][0])
     details = result.details()
     assert set(details) == {"mean_accuracy", "clean_accuracy", "images", "seed", "accuracy"}
+
+
+def test_a_callers_clean_pass_gives_the_clean_accuracy_it_would_compute(trained_model_path, mnist):
+    """evaluate hands over its own clean pass (which digits were right) instead of a second one."""
+    from nnlib import evaluation
+    from nnlib.losses import make_loss
+    from nnlib.mnist.data.stream import minibatches
+
+    model = load_model(trained_model_path)[0]
+    x, y = mnist["test_x"][:200], mnist["test_y"][:200]
+    own = evaluation.run(model, make_loss({"name": "cross_entropy"}), minibatches(x, y, 128), features=False)
+    for images in (0, 90):
+        alone = robustness.score(model, x, y, seed=0, images=images)
+        handed = robustness.score(model, x, y, seed=0, images=images, correct=own.correct)
+        assert handed.clean == alone.clean and handed.accuracy == alone.accuracy
+    with pytest.raises(ValueError, match="one flag per digit"):
+        robustness.score(model, x, y, seed=0, images=90, correct=own.correct[:10])

@@ -331,15 +331,19 @@ def accuracy_of(model, x: np.ndarray, y: np.ndarray, batch_size: int) -> float:
 
 
 def score(model, x: np.ndarray, y: np.ndarray, seed: int, images: int = 0, batch_size: int = 128,
-          log: Callable[[str], None] | None = None, threads: int = 1) -> Robustness:
+          log: Callable[[str], None] | None = None, threads: int = 1, correct: np.ndarray | None = None) -> Robustness:
     """Accuracy of ``model`` on the test digits x (N, 28, 28) uint8, labels y (N,), clean and under every
     corruption. ``images`` > 0 scores that many digits, evenly spread over the set (:func:`subsample`); 0 all.
     ``threads`` > 1 corrupts and scores that many entries at a time, each thread on a replica of the model
     (:func:`nnlib.parallel.map_on_replicas`; pin BLAS to one thread meanwhile): the same figures.
+    ``correct``: bool (N,), which of all N digits the caller's own clean pass of this model got right
+    (the evaluate stage has one): the clean accuracy is taken from it instead of a second pass.
     """
     chosen = subsample(len(x), images)
+    if correct is not None and np.shape(correct) != (len(x),):
+        raise ValueError(f"correct: expected one flag per digit ({len(x)}), got shape {np.shape(correct)}")
     x, y = _check(x)[chosen], np.asarray(y)[chosen]
-    clean = accuracy_of(model, x, y, batch_size)
+    clean = accuracy_of(model, x, y, batch_size) if correct is None else float(np.asarray(correct, bool)[chosen].mean())
 
     def entry_score(replica, entry: Entry):
         corrupted = corrupt(entry.name, x, seed)
