@@ -6,6 +6,8 @@ deletes the older one. The archive (no pickle, like model files) holds arrays
 * ``model/<name>``: every parameter and buffer (``Sequential.state()``);
 * ``optim/<slot>/<name>``: the optimizer's momentum buffers or Adam moments;
 * ``best/<name>``: the best-validation weights so far, when ``train.select: best_val``;
+* ``ema/<name>``: the float64 moving average of the weights, when ``train.optimizer.ema`` is on
+  (its update count is the meta's ``ema_updates``);
 
 and a JSON ``__meta__``: the epoch, the schedule step, the optimizer's step count, the shard
 stream's position (images taken; the stream is rebuilt from the seed and fast-forwarded), the state
@@ -119,6 +121,11 @@ class Checkpoint:
 
         model.load_state(part("model/"))
         optimizer.load_state(self.meta["optimizer_steps"], part("optim/"))
+        average = part("ema/")
+        if optimizer.ema is not None:
+            optimizer.ema.load_state(self.meta["ema_updates"], average)
+        elif average:
+            raise ValueError("it holds a weight average (train.optimizer.ema) that this run does not keep")
         for index, layer in _rng_layers(model).items():
             layer.rng.bit_generator.state = self.meta["rngs"][index]
         history.rows = [dict(row) for row in self.meta["rows"]]
@@ -139,6 +146,9 @@ def save(folder, digest: str, *, model, optimizer, history, step: int, stream_po
     arrays = {f"model/{k}": v for k, v in model.state().items()}
     arrays.update({f"optim/{k}": v for k, v in optim_arrays.items()})
     arrays.update({f"best/{k}": v for k, v in (history.best_state or {}).items()})
+    if optimizer.ema is not None:
+        meta["ema_updates"], average = optimizer.ema.state()
+        arrays.update({f"ema/{k}": v for k, v in average.items()})
     meta["content_sha256"] = content_sha256(meta, arrays)
     arrays[META_KEY] = np.array(json.dumps(meta))
     path = folder / f"checkpoint-{epoch:04d}.npz"

@@ -8,11 +8,19 @@ PyTorch's ``torch.optim`` exactly, so the two can be compared step by step.
 ``decay_filter`` (optional) decides which parameters get weight decay; :func:`decay_all` and
 :func:`decay_weights_only` (skips 1-D arrays: biases and BatchNorm's gamma/beta) are provided.
 
+An optimizer may carry an :class:`EMA` (``optimizer.ema``, as Keras optimizers' ``use_ema``): an
+exponential moving average of the model's weights, updated after every step, that validation and the
+saved model use while the raw weights go on training.
+
 Every constructor checks its arguments (:mod:`nnlib.checks`): a bad one raises
 :class:`~nnlib.checks.ArgumentError` (a ValueError) naming the optimizer, the argument, the allowed
 range and the value, e.g. ``adam: betas[1] must be a number in [0, 1), got 1.0``.
 """
 from __future__ import annotations
+
+from contextlib import contextmanager
+
+import numpy as np
 
 from .backend import get_array_module
 from .checks import ArgumentError, check_bool, check_float
@@ -58,6 +66,7 @@ class Optimizer:
             self._check_flat(*flat)
         # The (param, grad) pairs that get weight decay: views of the flat arrays, or single arrays.
         self._decayed = [(name, p, g) for name, p, g in self.params if self.decays[name]]
+        self.ema: EMA | None = None  # a moving average of the weights, updated after every step when set
 
     def _check_flat(self, flat_params, flat_grads) -> None:
         """Refuse flat arrays of which the parameters and gradients are not consecutive views."""
@@ -76,9 +85,11 @@ class Optimizer:
         self.steps += 1
         if self.flat is not None:
             self.update(None, *self.flat)
-            return
-        for name, param, grad in self.params:
-            self.update(name, param, grad)
+        else:
+            for name, param, grad in self.params:
+                self.update(name, param, grad)
+        if self.ema is not None:
+            self.ema.update()
 
     def update(self, name, param, grad) -> None:
         """Update ``param`` in place from ``grad``; ``name`` None means the flat arrays (all parameters)."""
@@ -257,3 +268,116 @@ class AdamW(Adam):
 
 
 OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
+
+
+class EMA:
+    """An exponential moving average of a model's weights (Keras optimizers' ``use_ema`` / ``ema_momentum``;
+    PyTorch's ``AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)``).
+
+    ``update()`` runs after every optimizer step (:meth:`Optimizer.step` calls it when ``optimizer.ema``
+    is set). Its n-th call (n = 0, 1, 2, ...) sets each averaged array ``a`` from the model's array ``p``::
+
+        n = 0:   a = p                          (the first update copies: the random start is never averaged in)
+        n >= 1:  a = a + (1 - d_n) * (p - a)    (torch.lerp(a, p, 1 - d_n))
+                 d_n = min(decay, (1 + n) / (10 + n))   with ``warmup``, else d_n = decay
+
+    The warm-up is TensorFlow's ``ExponentialMovingAverage(num_updates=n)`` rule (timm's EMA warm-up plays
+    the same part): d_n is 0.18 at n = 1, 0.55 at 10, 0.92 at 100, and reaches decay = 0.999 at n = 8,990,
+    so the average of a short run or of its first epochs is not held back by the first steps' weights.
+
+    **What is averaged**: every array of ``model.state()``, the parameters and BatchNorm's running
+    statistics, as ``AveragedModel(use_buffers=True)`` (and timm's ModelEma) do. The running statistics
+    of the raw model describe the activations of the latest raw weights, not of the average; averaged
+    with the same decay they follow the averaged weights, at no cost, whereas recomputing them
+    (``torch.optim.swa_utils.update_bn``) would take a pass over the training data at every validation.
+
+    **dtype**: the average is float64 whatever the model's dtype. At decay 0.999 an update moves it by
+    a thousandth of its distance to the weights, which in float32 is often below the rounding step of
+    the average itself (2**-24 of its size), so a float32 average would stall and drift with rounding;
+    float64 costs 8 bytes and one pass per parameter per step. :meth:`averaged` rounds it to the
+    model's dtypes.
+
+    **Determinism**: element-wise operations in a fixed order. It reads the model itself, never the
+    replicas of :class:`~nnlib.parallel.DataParallel`: their parameters are views of the model's, and the
+    model's running statistics are their mean after each forward, so the average depends on the worker
+    count as the weights do, not on threads. :meth:`state` / :meth:`load_state` carry it through checkpoints.
+    """
+
+    type_name = "ema"
+
+    def __init__(self, model, decay: float, warmup: bool = True):
+        self.decay = check_float(self.type_name, "decay", decay, 0.0, 1.0, open_high=True)
+        self.warmup = check_bool(self.type_name, "warmup", warmup)
+        self.model = model
+        self.updates = 0
+        state = model.state()
+        xp = get_array_module(*state.values())
+        self.average = {}  # name -> float64 array, as model.state() names them
+        self._pairs = []  # (the model's array, its average): one pair for the flat parameters, one per other array
+        flat = model.flat_params
+        if flat is not None:  # the parameters' average is one array too, updated in a few whole-array operations
+            average = xp.zeros(flat.size, np.float64)
+            self._pairs.append((flat, average))
+            offset = 0
+            for name, param, _ in model.parameters():
+                self.average[name] = average[offset:offset + param.size].reshape(param.shape)
+                offset += param.size
+        for name, value in state.items():
+            if name not in self.average:
+                self.average[name] = xp.zeros(value.shape, np.float64)
+                self._pairs.append((value, self.average[name]))
+        self._scratch = [xp.empty_like(average) for _, average in self._pairs]
+
+    def current_decay(self) -> float:
+        """d_n of the next update (n = the updates done so far; 0 before the first, which copies)."""
+        n = self.updates
+        return min(self.decay, (1 + n) / (10 + n)) if self.warmup else self.decay
+
+    def update(self) -> None:
+        """Move the average towards the model's arrays as they are now (see the class docstring)."""
+        if self.updates == 0:
+            for source, average in self._pairs:
+                average[...] = source
+        else:
+            weight = 1.0 - self.current_decay()
+            xp = get_array_module(self._pairs[0][1])
+            for (source, average), scratch in zip(self._pairs, self._scratch):
+                xp.subtract(source, average, out=scratch)
+                scratch *= weight
+                average += scratch
+        self.updates += 1
+
+    def averaged(self) -> dict:
+        """The averaged arrays in the model's dtypes, new arrays named as ``model.state()`` names them
+        (before the first update: copies of the model's own)."""
+        state = self.model.state()
+        if self.updates == 0:
+            return {name: value.copy() for name, value in state.items()}
+        return {name: self.average[name].astype(value.dtype) for name, value in state.items()}
+
+    @contextmanager
+    def applied(self):
+        """``with ema.applied():`` the model holds the averaged weights; afterwards its own again, bit for bit.
+
+        The arrays are overwritten in place, so views of them (the flat arrays, DataParallel's replicas) see it.
+        """
+        own = {name: value.copy() for name, value in self.model.state().items()}
+        self.model.load_state(self.averaged())
+        try:
+            yield self.model
+        finally:
+            self.model.load_state(own)
+
+    def state(self) -> tuple[int, dict]:
+        """(updates done, the float64 averages by name): what a resumed run needs."""
+        return self.updates, dict(self.average)
+
+    def load_state(self, updates: int, arrays: dict) -> None:
+        """Restore what :meth:`state` returned (copied in place, onto the model's backend)."""
+        if set(arrays) != set(self.average):
+            raise ValueError(f"weight average arrays {sorted(arrays)} do not match the model's {sorted(self.average)}")
+        for name, target in self.average.items():
+            if tuple(arrays[name].shape) != tuple(target.shape):
+                raise ValueError(f"weight average {name}: shape {arrays[name].shape}, expected {target.shape}")
+            target[...] = get_array_module(target).asarray(arrays[name])
+        self.updates = int(updates)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,10 +20,17 @@ from .factory import from_section
 
 
 def make_optimizer(model, cfg: dict):
-    """The optimizer of the ``train.optimizer`` section, over the model's parameters."""
+    """The optimizer of the ``train.optimizer`` section, over the model's parameters.
+
+    With ``ema`` > 0 it carries an :class:`~nnlib.optim.EMA` of the model (``ema_warmup``: its warm-up),
+    updated after every step; with ``ema`` 0 or absent, none: nothing is drawn or computed for it.
+    """
     decay_filter = optim.decay_all if cfg["decay_bias_and_norm"] else optim.decay_weights_only
     flat = None if model.flat_params is None else (model.flat_params, model.flat_grads)
-    return from_section(optim.OPTIMIZERS, cfg, parameters=model.parameters(), decay_filter=decay_filter, flat=flat)
+    optimizer = from_section(optim.OPTIMIZERS, cfg, parameters=model.parameters(), decay_filter=decay_filter, flat=flat)
+    if cfg.get("ema"):
+        optimizer.ema = optim.EMA(model, cfg["ema"], cfg.get("ema_warmup", True))
+    return optimizer
 
 
 def make_schedule(cfg: dict, lr: float, total: int):
@@ -95,6 +103,8 @@ def fit(model, loss_fn, optimizer, schedule, stream, *, epochs: int, images_per_
     fresh iterable of them (``lambda: minibatches(x, y, 128)``) or a collection that can be iterated
     again (a list). The learning rate follows ``schedule`` per step or per epoch (``interval``).
     With ``keep_best`` the parameters of the best-validation-accuracy epoch are kept in the history.
+    When the optimizer carries a weight average (``optimizer.ema``), validation and ``keep_best`` use the
+    averaged weights; the model's own go on training.
     A resumed run passes the ``history`` of the epochs already done (its stream, model and optimizer
     restored to the end of them); training continues with the next epoch and schedule step.
     ``on_epoch_end(history, step)`` runs after every epoch (checkpoints, the live log).
@@ -125,7 +135,9 @@ def fit(model, loss_fn, optimizer, schedule, stream, *, epochs: int, images_per_
         train_loss, train_acc = tally.mean_loss(), tally.accuracy()
         if not math.isfinite(train_loss):  # on a GPU: in the batches since the last read-back
             raise _diverged(train_loss, f"in epoch {epoch} (by step {step})", optimizer.lr)
-        val_loss, val_acc, _ = evaluate(model, loss_fn, val() if callable(val) else val)
+        average = getattr(optimizer, "ema", None)
+        with average.applied() if average is not None else nullcontext():
+            val_loss, val_acc, _ = evaluate(model, loss_fn, val() if callable(val) else val)
         if not math.isfinite(val_loss):
             raise Diverged(f"validation loss became {val_loss} after epoch {epoch}, step {step}: "
                            "lower train.optimizer.lr in params.yaml")
@@ -135,7 +147,7 @@ def fit(model, loss_fn, optimizer, schedule, stream, *, epochs: int, images_per_
         if not history.best_epoch or val_acc > history.best()["val_acc"]:
             history.best_epoch = epoch
             if keep_best:
-                history.best_state = {k: v.copy() for k, v in model.state().items()}
+                history.best_state = average.averaged() if average is not None else {k: v.copy() for k, v in model.state().items()}
         if on_epoch_end is not None:
             on_epoch_end(history, step)
         tqdm.write(f"epoch {epoch}/{epochs}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f} | "

@@ -77,7 +77,8 @@ def run_params_yaml(preset: str, seed: int, cfg: dict, images_per_epoch: int) ->
     optimizer, schedule = cfg["optimizer"], cfg["schedule"]
     run = {"preset": preset, "seed": seed, "epochs": cfg["epochs"], "batch": cfg["batch_size"], "lr": optimizer["lr"],
            "optimizer": optimizer["name"], "schedule": schedule["name"], "weight_decay": optimizer["weight_decay"],
-           "images_per_epoch": images_per_epoch, "loss": cfg["loss"]["name"], "workers": cfg["workers"], "init_from": cfg["init_from"] or ""}
+           "images_per_epoch": images_per_epoch, "loss": cfg["loss"]["name"], "workers": cfg["workers"], "init_from": cfg["init_from"] or "",
+           "ema": optimizer["ema"], "ema_warmup": optimizer["ema_warmup"]}
     header = ("# Written by the train stage: the values this run used (params.yaml over the preset over the defaults).\n"
               "# Not an input: edit params.yaml, or use dvc exp run -S train.epochs=5 and the like.\n")
     return header + yaml.safe_dump({"run": run}, sort_keys=False)
@@ -140,6 +141,9 @@ def main() -> None:
     if setting == threads.AUTO and resumed and resumed.threads and workers == 1:
         setting = resumed.threads  # the count the run started with: the resumed run stays byte-identical
         print(f"train: threads: auto keeps the {setting} BLAS thread(s) the run started with", file=sys.stderr)
+    if optimizer.ema is not None:
+        print(f"train: validating and saving a moving average of the weights (ema {optimizer.ema.decay:g}, "
+              f"warm-up {'on' if optimizer.ema.warmup else 'off'}); the weights themselves go on training", file=sys.stderr)
     print(f"train: {model.num_parameters():,} parameters, {cfg['epochs']} epochs of {images_per_epoch:,} images "
           f"from {len(files)} shards, batch {cfg['batch_size']}", file=sys.stderr)
 
@@ -170,7 +174,9 @@ def main() -> None:
         raise Diverged(f"training diverged: {err}; no model was written{kept}") from None
 
     if cfg["select"] == "best_val":
-        model.load_state(history.best_state)
+        model.load_state(history.best_state)  # the averaged weights of that epoch when ema is on
+    elif optimizer.ema is not None:
+        model.load_state(optimizer.ema.averaged())
     kept = history.best() if cfg["select"] == "best_val" else history.rows[-1]
     best = history.best()
     log = log_tsv(history.rows)

@@ -114,6 +114,7 @@ def test_run_params_are_the_effective_values_under_one_key():
     assert list(yaml.safe_load(text)) == ["run"]
     assert run["preset"] == "mlp" and run["seed"] == 3 and run["images_per_epoch"] == 5000
     assert (run["epochs"], run["batch"], run["lr"]) == (cfg["epochs"], cfg["batch_size"], cfg["optimizer"]["lr"])
+    assert (run["ema"], run["ema_warmup"]) == (0.0, True)  # the weight average: off unless set
     assert all(not isinstance(v, (dict, list)) for v in run.values()), "each value is one column of dvc exp show"
 
 

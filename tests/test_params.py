@@ -141,6 +141,9 @@ def test_nnlib_params_prints_the_effective_values(tmp_path):
         ({"optimizer": {"weight_decay": float("inf")}}, "train.optimizer.weight_decay must be a number >= 0, got inf"),
         ({"schedule": {"gamma": float("inf")}}, "train.schedule.gamma must be a number > 0, got inf"),
         ({"schedule": {"min_lr": float("-inf")}}, "train.schedule.min_lr must be a number >= 0, got -inf"),
+        *[({"optimizer": {"ema": bad}}, f"train.optimizer.ema must be a number in [0, 1) (0 = off), got {shown}")
+          for bad, shown in [(-0.1, "-0.1"), (1.0, "1.0"), ("x", "'x'"), (True, "True")]],
+        ({"optimizer": {"ema_warmup": "yes"}}, "train.optimizer.ema_warmup must be true or false, got 'yes'"),
     ],
 )
 def test_bad_train_values_name_the_key(section, message):
@@ -149,6 +152,20 @@ def test_bad_train_values_name_the_key(section, message):
         validate(section, schema.TRAIN, "train")
     assert message in str(err.value)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("text", ["-0.1", "1.0", "x", "true"])
+def test_a_bad_ema_stops_the_train_stage_with_one_line_and_exit_code_2(tmp_path, text):
+    (tmp_path / "params.yaml").write_text(f"seed: 0\npreset: mlp\ntrain:\n  optimizer:\n    ema: {text}\n")
+    result = subprocess.run([sys.executable, str(ROOT / "stages" / "train.py")], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and "train.optimizer.ema must be a number in [0, 1) (0 = off), got" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def test_ema_is_off_unless_set_and_a_preset_sets_none():
+    assert schema.TRAIN["optimizer"]["ema"].default == 0.0
+    assert all(presets.load(name).get("train", {}).get("optimizer", {}).get("ema") is None for name in presets.names())
 
 
 def test_missing_required_key():

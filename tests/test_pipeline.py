@@ -542,6 +542,44 @@ def test_data_parallel_bytes_depend_on_workers_not_threads_and_survive_a_kill(re
         run([sys.executable, "-m", "dvc", "repro"], repo)
 
 
+def test_ema_validates_and_saves_the_average_and_a_killed_run_resumes_to_the_same_bytes(repo):
+    """train.optimizer.ema on a BatchNorm + dropout network with 2 workers: run_params records it, the saved model
+    is the one validated (the average: its val accuracy is the log's), and a run killed after epoch 2 and
+    resumed ends with the same bytes (the checkpoint carries the average)."""
+    from nnlib.evaluation import evaluate
+    from nnlib.losses import make_loss
+    from nnlib.mnist.data.stream import load_shard, minibatches, read_manifest
+    from nnlib.modelfile import load_model
+    from nnlib.parallel import DataParallel
+
+    network = [{"type": "flatten"}, {"type": "dense", "out": 64}, {"type": "batchnorm"}, {"type": "relu"},
+               {"type": "dropout", "p": 0.2}, {"type": "dense", "out": 10}]
+    averaged = merge(RESUMABLE, {"train": {"workers": 2, "model": network, "optimizer": {"ema": 0.99}}})
+    shutil.rmtree(repo / "models/checkpoints", ignore_errors=True)
+    try:
+        write_params(repo, averaged)
+        result = run([sys.executable, "stages/train.py"], repo)
+        assert "moving average of the weights (ema 0.99, warm-up on)" in result.stderr
+        uninterrupted = {name: (repo / name).read_bytes() for name in OUTPUTS}
+        recorded = yaml.safe_load((repo / "metrics/run_params.yaml").read_text())["run"]
+        assert (recorded["ema"], recorded["ema_warmup"]) == (0.99, True)
+        model, meta = load_model(repo / "models/model.npz")
+        assert meta["train"]["optimizer"]["ema"] == 0.99
+        val = read_manifest(repo / "data/shards")["val"]["file"]
+        with DataParallel(model, 2, threads=1) as runner:  # as training validated: the same bytes
+            _, accuracy, _ = evaluate(runner, make_loss({"name": "cross_entropy", "label_smoothing": 0.0, "half": True}),
+                                      minibatches(*load_shard(repo / "data/shards" / val), 128))
+        assert accuracy == meta["val_accuracy"], "the saved weights are the validated average"
+        kill_after_epoch([sys.executable, "stages/train.py"], repo)
+        result = run([sys.executable, "stages/train.py"], repo)
+        assert "train: resuming from models/checkpoints/checkpoint-000" in result.stderr
+        assert {name: (repo / name).read_bytes() for name in OUTPUTS} == uninterrupted
+    finally:
+        write_params(repo, {})
+        shutil.rmtree(repo / "models/checkpoints", ignore_errors=True)
+        run([sys.executable, "-m", "dvc", "repro"], repo)
+
+
 def test_a_run_resumed_under_auto_keeps_its_thread_count(repo, tmp_path, monkeypatch):
     """Killed while another run held the cores (auto: 1 thread), resumed alone: it keeps 1 thread, and
     ends as a run pinned to 1 thread from the start."""

@@ -98,6 +98,10 @@ TRAIN = {
         "eps": Field(float, 1e-8, "a number > 0", positive, "adam/adamw: denominator epsilon"),
         "weight_decay": Field(float, 0.0, "a number >= 0", non_negative, "L2 (sgd, adam) or decoupled (adamw) weight decay"),
         "decay_bias_and_norm": Field(bool, True, "true or false", None, "false: no weight decay on biases and BatchNorm parameters"),
+        "ema": Field(float, 0.0, "a number in [0, 1) (0 = off)", _number(0, 1, True),
+                     "decay of a moving average of the weights (and BatchNorm statistics), updated after every step; "
+                     "validation, best_val and the saved model use it"),
+        "ema_warmup": Field(bool, True, "true or false", None, "ema: decay min(ema, (1 + n) / (10 + n)) at the n-th update"),
     },
     "schedule": {
         "name": Field(str, "constant", f"one of {list(SCHEDULES)}", lambda v: v in SCHEDULES, "learning-rate schedule"),
