@@ -7,7 +7,7 @@ committee model file (``nnlib committee`` writes the same kind; ``nnlib predict`
 and ``serve`` take it), with the members' names; and ``committee/metrics/train_log.tsv``, the first
 member's training log, which the committee's curves.png draws. Both are renamed into place together.
 """
-from nnlib.errors import InputError, run_stage
+from nnlib.errors import InputError
 from nnlib.files import OutputSet, write_text
 from nnlib.mnist import members
 from nnlib.mnist.joined import join
@@ -29,4 +29,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    members.run_committee_stage(main)

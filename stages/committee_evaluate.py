@@ -8,7 +8,6 @@ under ``committee/metrics/``: eval.json (accuracy, robust_accuracy, drawn_accura
 ...), eval_details.json, predictions.csv and plots/*.png. Its settings are committee/params.yaml's ``seed``
 (the robustness suite's corruptions) and ``evaluate`` section.
 """
-from nnlib.errors import run_stage
 from nnlib.mnist import members
 
 import evaluate  # stages/evaluate.py: this script's folder is on the import path
@@ -20,4 +19,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    members.run_committee_stage(main)

@@ -8,7 +8,6 @@ pipeline's ``data/shards`` when their manifest records this member's seed and pr
 bytes, no second build), else shards of its own, built from ``data/raw`` as the main prepare stage
 builds them. One line says which, and why. The new folder is swapped in whole.
 """
-from nnlib.errors import run_stage
 from nnlib.mnist import members
 from nnlib.mnist.config.params import PARAMS_FILE
 from nnlib.mnist.data import shards
@@ -34,4 +33,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    members.run_committee_stage(main)

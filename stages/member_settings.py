@@ -8,7 +8,7 @@ every section present (null: the preset's value), which the member's prepare and
 main stages read params.yaml. Their DVC params are its sections, so a change to a member's train section
 re-trains it without rebuilding its shards.
 """
-from nnlib.errors import ParamsError, run_stage
+from nnlib.errors import ParamsError
 from nnlib.files import OutputSet, write_text
 from nnlib.mnist import members
 from nnlib.mnist.config.params import PARAMS_FILE
@@ -33,4 +33,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    members.run_committee_stage(main)

@@ -7,7 +7,6 @@ it reads params.yaml and data/shards/ there (both written by the member's prepar
 models/model.npz, metrics/train.json, train_log.tsv, timing.json and run_params.yaml there, all together;
 its checkpoints go to models/checkpoints/ there, so a killed member resumes as the main training does.
 """
-from nnlib.errors import run_stage
 from nnlib.mnist import members
 
 import train  # stages/train.py: this script's folder is on the import path
@@ -21,4 +20,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    members.run_committee_stage(main)

@@ -114,6 +114,9 @@ def test_the_committee_file_holds_both_members_and_is_evaluated_like_a_model(rep
     assert (repo / "committee/metrics/train_log.tsv").read_bytes() == (repo / "committee/members/same/metrics/train_log.tsv").read_bytes()
     shown = run([*DVC, "metrics", "show"], repo).stdout  # the committee's metrics beside the main pipeline's
     assert "committee/metrics/eval.json" in shown and "committee/members/other/metrics/train.json" in shown, shown
+    drawn = json.loads(run([*DVC, "plots", "show", "--json"], repo).stdout)["data"]
+    assert len(drawn["committee-confusion"][0]["content"]["data"]["values"]) == 10_000
+    assert {f"committee/metrics/plots/{name}.png" for name in PNGS} <= set(drawn)
 
 
 def test_nnlib_info_and_predict_take_the_committee_file(repo):
@@ -190,7 +193,10 @@ def test_a_bad_member_param_stops_dvc_repro_before_any_training(repo):
     try:
         result = run([*DVC, "repro", "committee/dvc.yaml"], repo, check=False)
         assert result.returncode != 0 and "train@other" not in stages_run(result), result.stdout
-        assert "error: committee/params.yaml: members.other: seed must be an integer >= 0, got -1" in result.stderr + result.stdout
+        line = next(line for line in (result.stderr + result.stdout).splitlines() if line.startswith("error: "))
+        assert line.startswith("error: committee/params.yaml: members.other: seed must be an integer >= 0, got -1"), line
+        assert line.endswith(f"git checkout HEAD -- committee/dvc.lock committee/members committee/metrics && "
+                             "dvc checkout committee/dvc.yaml]"), line  # the committee's outputs, not the main pipeline's
     finally:
         write_committee(repo, COMMITTEE)
         run([*DVC, "repro", "committee/dvc.yaml"], repo)  # back as it was; the member's settings are written again

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import yaml
 
-from nnlib.errors import ERRORS, InputError, ParamsError, did_you_mean
+from nnlib.errors import ERRORS, InputError, ParamsError, check_own_nnlib, did_you_mean, run_stage
 from nnlib.files import atomic_dir
 from nnlib.mnist.config.params import PARAMS_FILE, SEED, load, short_repr, validate
 from nnlib.mnist.config.schema import EVALUATE
@@ -47,6 +47,29 @@ TOP_LEVEL_KEYS = ("seed", "evaluate", "members")
 MEMBER_KEYS = ("seed", "preset", "prepare", "train")
 MIN_MEMBERS, MAX_MEMBERS = 2, 64  # what a committee file holds (nnlib.committee, nnlib.modelfile; a test checks)
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}\Z")  # a member's name is its folder's
+
+
+# What restores a committee stage's outputs after a failed run under DVC (committee/params.yaml, which holds the
+# change to fix, is left as it is): nnlib.errors' own hint names the main pipeline's files.
+RESTORE_HINT = (" [dvc deleted this stage's outputs before it ran; back to the last commit's outputs: git checkout HEAD -- "
+                f"{COMMITTEE}/dvc.lock {MEMBERS} {COMMITTEE}/metrics && dvc checkout {COMMITTEE}/dvc.yaml]")
+
+
+def run_committee_stage(main) -> None:
+    """:func:`nnlib.errors.run_stage` for a committee stage script: under DVC, its one error line ends with
+    :data:`RESTORE_HINT`."""
+    under_dvc = os.environ.pop("DVC_STAGE", None)  # run_stage's hint would name dvc.lock and metrics/
+
+    def stage():
+        check_own_nnlib(main.__code__.co_filename)  # as run_stage does for the script itself
+        try:
+            return main()
+        except ERRORS as err:
+            if under_dvc:
+                raise type(err)(f"{err}{RESTORE_HINT}") from None
+            raise
+
+    run_stage(stage)
 
 
 def member_dir(name: str) -> Path:
