@@ -7,8 +7,6 @@ Member ``same`` has the main pipeline's seed and prepare params, so it shares da
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +21,7 @@ from nnlib.files import file_sha256
 from nnlib.mnist import members
 from nnlib.modelfile import MAX_MEMBERS, load_model
 
-from test_pipeline import EVAL_KEYS, PIPELINE_FILES, ROOT, TINY, run, strict_json, write_params
+from test_pipeline import EVAL_KEYS, PIPELINE_FILES, ROOT, TINY, copy_files, run, strict_json, write_params
 
 pytestmark = pytest.mark.slow
 DVC = [sys.executable, "-m", "dvc"]
@@ -59,13 +57,7 @@ def lock_md5(repo: Path, path: str) -> str:
 def repo(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     """A git + DVC repository holding the pipelines, after one `dvc repro committee/dvc.yaml`; and that run."""
     repo = tmp_path_factory.mktemp("committee")
-    for name in [*PIPELINE_FILES, "committee/dvc.yaml", "committee/.gitignore"]:
-        source, target = ROOT / name, repo / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if source.is_dir():
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        else:
-            shutil.copy2(source, target)
+    copy_files(repo, [*PIPELINE_FILES, "committee/dvc.yaml", "committee/.gitignore"])
     write_params(repo, {})
     write_committee(repo, COMMITTEE)
     run(["git", "init", "-q"], repo)
@@ -195,7 +187,7 @@ def test_a_bad_member_param_stops_dvc_repro_before_any_training(repo):
         assert result.returncode != 0 and "train@other" not in stages_run(result), result.stdout
         line = next(line for line in (result.stderr + result.stdout).splitlines() if line.startswith("error: "))
         assert line.startswith("error: committee/params.yaml: members.other: seed must be an integer >= 0, got -1"), line
-        assert line.endswith(f"git checkout HEAD -- committee/dvc.lock committee/members committee/metrics && "
+        assert line.endswith("git checkout HEAD -- committee/dvc.lock committee/members committee/metrics && "
                              "dvc checkout committee/dvc.yaml]"), line  # the committee's outputs, not the main pipeline's
     finally:
         write_committee(repo, COMMITTEE)
