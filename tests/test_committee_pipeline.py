@@ -19,6 +19,8 @@ from nnlib.committee import MIN_MEMBERS, Committee
 from nnlib.errors import ParamsError
 from nnlib.files import file_sha256
 from nnlib.mnist import members
+from nnlib.mnist.config.schema import effective_params
+from nnlib.model import Sequential
 from nnlib.modelfile import MAX_MEMBERS, load_model
 
 from test_pipeline import EVAL_KEYS, PIPELINE_FILES, ROOT, TINY, copy_files, run, strict_json, write_params
@@ -212,10 +214,19 @@ def test_the_member_counts_are_those_a_committee_file_holds():
     assert (members.MIN_MEMBERS, members.MAX_MEMBERS) == (MIN_MEMBERS, MAX_MEMBERS)
 
 
-def test_the_shipped_committee_params_are_valid():
+def test_the_shipped_committee_params_are_valid(tmp_path):
     committee = members.load_committee(ROOT / members.PARAMS)
     assert len(committee.members) == 5 and len({m["seed"] for m in committee.members.values()}) == 5
     assert committee.seed == 0 and committee.evaluate["robust_images"] == 0
+    photo, shapes = set(), set()
+    for name, settings in committee.members.items():  # each member as its settings stage checks it, network built
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(members.member_document(name, settings))
+        effective = effective_params(path)
+        network = Sequential.from_specs(effective["train"]["model"], (1, 28, 28), np.random.default_rng(0), num_classes=10)
+        photo.add(effective["prepare"]["augment"]["photo_p"])
+        shapes.add(tuple(f"{spec['type']}{spec.get('k', '')}" for spec in network.specs()))
+    assert photo == {0.0, 0.2} and len(shapes) == 2  # photometric on and off, two architectures
 
 
 @pytest.mark.parametrize("document, words", [
