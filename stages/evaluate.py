@@ -10,16 +10,21 @@ The test set is used here, once, after the model has been chosen. Every output i
 file and all are renamed into place together at the end (``OutputSet``), so they always belong to one run.
 When data/drawn/ holds labelled drawings (saved from ``nnlib serve``'s page), eval.json also gets
 ``drawn_accuracy`` and ``drawn_images``: the model on them through ``nnlib predict``'s preprocessing.
+
+The committee pipeline (committee/dvc.yaml) scores its committee file with :func:`run` too, from
+``stages/committee_evaluate.py``: the same report under ``committee/metrics/``.
 """
 from __future__ import annotations
 
 import csv
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
 from nnlib import backend, evaluation, metrics, threads
+from nnlib.committee import Committee
 from nnlib.mnist import drawn, plots, robustness
 from nnlib.mnist.data.stream import load_shard, minibatches, read_manifest
 from nnlib.errors import InputError, run_stage
@@ -28,6 +33,7 @@ from nnlib.modelfile import load_model, training_loss
 from nnlib.mnist.config.params import load_section, load_top_level
 from nnlib.mnist.config.schema import EVALUATE
 from nnlib.losses import make_loss
+from nnlib.options import CROSS_ENTROPY
 
 from nnlib.mnist.paths import DRAWN, EVAL_DETAILS, EVAL_METRICS, METRICS, MODEL, PLOTS, PREDICTIONS, SHARDS, TRAIN_LOG
 from nnlib.mnist.predict import Failure, predict_paths
@@ -35,9 +41,11 @@ from nnlib.mnist.predict import Failure, predict_paths
 
 PNGS = ["curves.png", "confusion.png", "misclassified.png", "first_layer.png", "reliability.png", "features.png"]
 OUTPUTS = [METRICS / "eval.json", METRICS / "eval_details.json", METRICS / "predictions.csv", *(PLOTS / name for name in PNGS)]
+# A committee was never trained as one: it is scored by the cross-entropy of its mean probabilities (= its nll).
+COMMITTEE_LOSS = {"name": CROSS_ENTROPY, "label_smoothing": 0.0, "half": True}
 
 
-def read_log(path: Path, meta: dict) -> list[dict]:
+def read_log(path: Path, meta: dict, model_path: Path = MODEL) -> list[dict]:
     """Rows of metrics/train_log.tsv as dicts of numbers, refusing a log of another run than the model's.
 
     The train stage records the log's SHA-256 in the model's metadata (models written before that
@@ -47,7 +55,7 @@ def read_log(path: Path, meta: dict) -> list[dict]:
         raise InputError(f"{path} is missing: it is made by the train stage (dvc repro -s train)")
     expected = meta.get("train_log_sha256")
     if expected is not None and file_sha256(path) != expected:
-        raise InputError(f"{path} belongs to another training run than {MODEL}: re-run the train stage (dvc repro -s train)")
+        raise InputError(f"{path} belongs to another training run than {model_path}: re-run the train stage (dvc repro -s train)")
     try:
         with path.open() as f:
             return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f, delimiter="\t")]
@@ -87,45 +95,66 @@ def figures(result: evaluation.Evaluation, model, x: np.ndarray, log: list[dict]
     yield "features.png", plots.feature_map(points, result.y, ~result.correct, explained, title)
 
 
-def main() -> None:
-    _, seed, preset = load_top_level()
-    _, cfg = load_section("evaluate", EVALUATE)
-    remove_stale_temporaries([METRICS, PLOTS])
+def describe(model, meta: dict, preset: str, model_path: Path = MODEL) -> tuple[dict, dict, str]:
+    """(the loss the test set is scored with, the metadata that records the train log, the figures' label)
+    of a model, or of a committee: the cross-entropy of its mean probabilities, its first member's log
+    (curves.png draws it, as first_layer.png and features.png show that member), its members' seeds."""
+    if isinstance(model, Committee):
+        seeds = ", ".join(str(member.get("seed")) for member in meta["members"])
+        return COMMITTEE_LOSS, meta["members"][0], f"committee of {len(model)} · seeds {seeds}"
+    return training_loss(meta, model_path), meta, f"preset {preset} · seed {meta.get('seed')}"
+
+
+def run(seed: int, preset: str, cfg: dict, root: Path = Path("."), model_path: Path = MODEL, shards: Path = SHARDS,
+        drawn_dir: Path = DRAWN) -> None:
+    """The stage: score ``model_path`` (a model or a committee file) on the test shard of ``shards``, with
+    ``root / metrics/train_log.tsv`` for its curves, and write the outputs under ``root / metrics``."""
+    metrics_dir, plots_dir = root / METRICS, root / PLOTS
+    remove_stale_temporaries([metrics_dir, plots_dir])
     for destination in OUTPUTS:  # a folder or a read-only file in the way is found before the test set is read
-        check_destination(destination)
+        check_destination(root / destination)
     backend.use(cfg["backend"])  # the model's arrays go to the device when it is cupy
-    model, meta = load_model(MODEL)
-    model_sha256 = file_sha256(MODEL)
-    loss_cfg = training_loss(meta, MODEL)
-    log = read_log(TRAIN_LOG, meta)
-    manifest = read_manifest(SHARDS)
-    x, y = load_shard(SHARDS / manifest["test"]["file"])
+    model, meta = load_model(model_path)
+    model_sha256 = file_sha256(model_path)
+    loss_cfg, log_meta, label = describe(model, meta, preset, model_path)
+    log = read_log(root / TRAIN_LOG, log_meta, model_path)
+    manifest = read_manifest(shards)
+    x, y = load_shard(shards / manifest["test"]["file"])
 
     with threads.limit(cfg["threads"], kind="evaluate") as choice:  # the figures' PCA uses BLAS too
         result = evaluation.run(model, make_loss(loss_cfg), minibatches(x, y, cfg["batch_size"]))
         if not np.isfinite(result.logits).all():
-            raise InputError(f"{MODEL} gives non-finite outputs on the test set: re-train it (dvc repro -s train)")
+            raise InputError(f"{model_path} gives non-finite outputs on the test set: re-train it (dvc repro -s train)")
         scores = evaluation.scalars(result, loss_cfg["name"])
-        with threadpool_limits(limits=1, user_api="blas"):  # the suite's entries run side by side, one per thread
+        # The suite's entries run side by side, one per thread, BLAS at one thread each; a committee (whose
+        # members nnlib.parallel does not replicate) runs them one at a time, BLAS on every thread.
+        committee = isinstance(model, Committee)
+        side_by_side = choice.threads if cfg["backend"] == "numpy" and not committee else 1
+        with nullcontext() if committee else threadpool_limits(limits=1, user_api="blas"):
             robust = robustness.score(model, x, y, seed, cfg["robust_images"], cfg["batch_size"],
-                                      threads=choice.threads if cfg["backend"] == "numpy" else 1,  # docs/robustness.md
-                                      correct=result.correct)
+                                      threads=side_by_side, correct=result.correct)  # docs/robustness.md
         scores["robust_accuracy"] = robust.mean
-        scores.update(drawn_scores(model))
-        title = f"preset {preset} · seed {meta.get('seed')} · test accuracy {100 * result.accuracy:.2f}%"
+        scores.update(drawn_scores(model, drawn_dir))
+        title = f"{label} · test accuracy {100 * result.accuracy:.2f}%"
         details = {"model_sha256": model_sha256, **evaluation.details(result), "robustness": robust.details(),
                    "blas_threads": choice.threads}
         with OutputSet() as out:  # every output renamed into place together, only when all are written
-            write_json(out.path(EVAL_METRICS), scores)
-            write_json(out.path(EVAL_DETAILS), details)
-            write_text(out.path(PREDICTIONS), predictions_csv(result))
+            write_json(out.path(root / EVAL_METRICS), scores)
+            write_json(out.path(root / EVAL_DETAILS), details)
+            write_text(out.path(root / PREDICTIONS), predictions_csv(result))
             for name, figure in figures(result, model, x, log, title, cfg["misclassified"]):
-                plots.save_figure(figure, out.path(PLOTS / name), atomic=False)
-            plots.save_figure(robustness.figure(robust, title), out.path(PLOTS / "robustness.png"), atomic=False)
+                plots.save_figure(figure, out.path(plots_dir / name), atomic=False)
+            plots.save_figure(robustness.figure(robust, title), out.path(plots_dir / "robustness.png"), atomic=False)
     print(f"evaluate: test accuracy {scores['accuracy']:.4f} ({scores['errors']} errors), {scores['loss_fn']} loss "
           f"{scores['loss']:.4f}, nll {scores['nll']:.4f}, macro F1 {scores['macro_f1']:.4f}, ECE {scores['ece']:.4f}, "
           f"robust accuracy {robust.mean:.4f} over {len(robust.accuracy)} corruptions of {robust.images} digits"
           + (f"; your {scores['drawn_images']} drawings: accuracy {scores['drawn_accuracy']:.4f}" if "drawn_images" in scores else ""))
+
+
+def main() -> None:
+    _, seed, preset = load_top_level()
+    _, cfg = load_section("evaluate", EVALUATE)
+    run(seed, preset, cfg)
 
 
 if __name__ == "__main__":

@@ -85,17 +85,22 @@ def write_params(repo: Path, override: dict) -> None:
     (repo / "params.yaml").write_text(yaml.safe_dump(merge(merge(params, TINY), override), sort_keys=False))
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    """A git + DVC repository holding a copy of the pipeline, after one `dvc repro` on tiny params."""
-    repo = tmp_path_factory.mktemp("pipeline")
-    for name in PIPELINE_FILES:
+def copy_files(repo: Path, names) -> None:
+    """Copy these files and folders of the repository into ``repo`` (bytecode left out)."""
+    for name in names:
         source, target = ROOT / name, repo / name
         target.parent.mkdir(parents=True, exist_ok=True)
         if source.is_dir():
             shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         else:
             shutil.copy2(source, target)
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    """A git + DVC repository holding a copy of the pipeline, after one `dvc repro` on tiny params."""
+    repo = tmp_path_factory.mktemp("pipeline")
+    copy_files(repo, PIPELINE_FILES)
     write_params(repo, {})
     run(["git", "init", "-q"], repo)
     run(["git", "add", "-A"], repo)

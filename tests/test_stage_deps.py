@@ -1,8 +1,10 @@
-"""dvc.yaml lists, for every stage, exactly the nnlib modules its script can import.
+"""dvc.yaml and committee/dvc.yaml list, for every stage, exactly the nnlib modules its script can import.
 
 A stage depends on single modules (not the whole ``nnlib/`` folder) so that editing, say, a layer
 re-runs train and evaluate but not fetch and prepare. This test keeps those lists honest: it follows
-every import (top-level and inside functions) from ``stages/NAME.py`` through nnlib, statically.
+every import (top-level and inside functions) from the stage's script (``stages/NAME.py`` for the main
+pipeline, the script its ``cmd`` runs for the committee's) through nnlib, statically. A committee stage's
+script that imports a main stage's script (``import train``) depends on that script and its modules too.
 """
 from __future__ import annotations
 
@@ -80,7 +82,27 @@ def module_closure(script: Path) -> set[str]:
     return found
 
 
+def stage_scripts(script: Path) -> set[Path]:
+    """``script`` and the stage scripts beside it that it imports (``import train``), theirs too."""
+    found = {script}
+    for node in ast.walk(ast.parse(script.read_text())):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                sibling = script.parent / f"{alias.name}.py"
+                if sibling.is_file() and sibling not in found:
+                    found |= stage_scripts(sibling)
+    return found
+
+
+def stage_closure(script: Path) -> set[str]:
+    """Repo-relative paths of the stage scripts ``script`` runs and of every nnlib file they reach."""
+    scripts = stage_scripts(script)
+    return set().union(*(module_closure(path) for path in scripts)) | {path.relative_to(ROOT).as_posix() for path in scripts}
+
+
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+COMMITTEE = yaml.safe_load((ROOT / "committee" / "dvc.yaml").read_text())
+COMMITTEE_STAGES = {name: spec.get("do", spec) for name, spec in COMMITTEE["stages"].items()}  # a foreach's template
 
 
 @pytest.mark.parametrize("stage", sorted(STAGES))
@@ -90,6 +112,38 @@ def test_stage_depends_on_exactly_the_modules_it_imports(stage):
     assert "nnlib" not in deps, f"dvc.yaml stage {stage}: list nnlib modules one by one, not the folder"
     assert not needed - deps, f"dvc.yaml stage {stage} misses deps {sorted(needed - deps)}"
     assert not deps - needed, f"dvc.yaml stage {stage} lists deps it never imports: {sorted(deps - needed)}"
+
+
+@pytest.mark.parametrize("stage", sorted(COMMITTEE_STAGES))
+def test_committee_stage_depends_on_exactly_the_code_it_runs(stage):
+    spec = COMMITTEE_STAGES[stage]
+    assert spec["wdir"] == "..", f"committee/dvc.yaml stage {stage}: runs from the repository root, as its cmd says"
+    words = spec["cmd"].split()
+    assert words[0] == "python" and words[1].startswith("stages/"), spec["cmd"]
+    deps = {d for d in spec["deps"] if d.startswith(("nnlib", "stages/"))}
+    needed = stage_closure(ROOT / words[1])
+    assert not needed - deps, f"committee/dvc.yaml stage {stage} misses deps {sorted(needed - deps)}"
+    assert not deps - needed, f"committee/dvc.yaml stage {stage} lists deps it never imports: {sorted(deps - needed)}"
+
+
+def test_a_committee_member_trains_with_the_main_train_stage():
+    assert "stages/train.py" in stage_closure(ROOT / "stages" / "member_train.py")
+    assert "stages/evaluate.py" in stage_closure(ROOT / "stages" / "committee_evaluate.py")
+    assert stage_closure(ROOT / "stages" / "train.py") == module_closure(ROOT / "stages" / "train.py") | {"stages/train.py"}
+
+
+def test_committee_paths_are_those_of_nnlib_mnist_members():
+    from nnlib.mnist import members, paths  # noqa: PLC0415
+    named = set()
+    for spec in COMMITTEE_STAGES.values():
+        for entry in [*spec.get("deps", []), *spec.get("outs", []), *spec.get("metrics", []), *spec.get("plots", [])]:
+            named.add(next(iter(entry)) if isinstance(entry, dict) else entry)
+    member = members.member_dir("${key}")
+    assert {(member / paths.SHARDS).as_posix(), (member / paths.MODEL).as_posix(), (member / "params.yaml").as_posix(),
+            (member / paths.TRAIN_METRICS).as_posix(), members.MODEL.as_posix(), members.MEMBERS.as_posix(),
+            (members.COMMITTEE / paths.EVAL_METRICS).as_posix(), paths.SHARDS.as_posix(), paths.RAW.as_posix()} <= named
+    for path in named - {paths.SHARDS.as_posix(), paths.RAW.as_posix(), paths.DRAWN.as_posix()}:
+        assert path.startswith(("nnlib/", "stages/", members.COMMITTEE.as_posix() + "/")), path
 
 
 def test_closure_follows_imports_inside_functions(tmp_path):

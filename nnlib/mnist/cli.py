@@ -148,37 +148,12 @@ def _weights(text: str) -> list[float]:
 
 
 def cmd_committee(args) -> int:
-    from nnlib.checks import ArgumentError  # noqa: PLC0415
-    from nnlib.committee import MIN_MEMBERS, Committee  # noqa: PLC0415
-    from nnlib.files import file_sha256  # noqa: PLC0415
-    from nnlib.modelfile import MAX_MEMBERS, check_outputs, load_model, save_committee  # noqa: PLC0415
+    from nnlib.mnist.joined import check_count, join  # noqa: PLC0415
 
     count = len(args.members)
-    if not MIN_MEMBERS <= count <= MAX_MEMBERS:
-        raise ParamsError(f"nnlib committee: give {MIN_MEMBERS} to {MAX_MEMBERS} member model files, got {count}"
-                          + (" (a single network needs no committee: use its model file)" if count < MIN_MEMBERS else ""))
+    check_count(count)
     check_user_output(args.out, args.members)  # the destination first, before any member is read
-    members, records = [], []
-    for path in args.members:
-        model, meta = load_model(path)
-        if isinstance(model, Committee):
-            raise ParamsError(f"{path} is a committee itself: give the model files of single networks "
-                              f"(nnlib info {path} lists its members)")
-        check_outputs(model, path)
-        members.append(model)
-        records.append(meta)
-    first, first_path = members[0], args.members[0]
-    for path, model in zip(args.members, members):
-        if (model.input_shape, model.output_shape) != (first.input_shape, first.output_shape):
-            raise ParamsError(f"{path} takes inputs {model.input_shape} and gives outputs {model.output_shape}, {first_path} "
-                              f"takes {first.input_shape} and gives {first.output_shape}: the members of a committee "
-                              "must take the same inputs and give the same outputs")
-    try:
-        committee = Committee(members, args.weights)
-    except ArgumentError as err:
-        raise ParamsError(f"nnlib committee: {err.detail}") from None
-    sources = [{"path": str(path), "sha256": file_sha256(path)} for path in args.members]
-    save_committee(args.out, committee, {"members": records, "nnlib_version": __version__, "sources": sources})
+    committee = join(args.out, args.members, args.weights)
     print(f"committee: wrote {args.out} ({count} members, {committee.num_parameters():,} parameters)", file=sys.stderr)
     return 0
 
