@@ -218,15 +218,17 @@ def test_the_shipped_committee_params_are_valid(tmp_path):
     committee = members.load_committee(ROOT / members.PARAMS)
     assert len(committee.members) == 5 and len({m["seed"] for m in committee.members.values()}) == 5
     assert committee.seed == 0 and committee.evaluate["robust_images"] == 0
-    photo, shapes = set(), set()
+    photo, shapes, elastic = set(), set(), set()
     for name, settings in committee.members.items():  # each member as its settings stage checks it, network built
         path = tmp_path / f"{name}.yaml"
         path.write_text(members.member_document(name, settings))
         effective = effective_params(path)
         network = Sequential.from_specs(effective["train"]["model"], (1, 28, 28), np.random.default_rng(0), num_classes=10)
         photo.add(effective["prepare"]["augment"]["photo_p"])
+        elastic.add(effective["prepare"]["augment"]["elastic_alpha"])
         shapes.add(tuple(f"{spec['type']}{spec.get('k', '')}" for spec in network.specs()))
-    assert photo == {0.0, 0.2} and len(shapes) == 2  # photometric on and off, two architectures
+    # every member keeps the robust augmentation; they differ in seed, elastic distortion and architecture
+    assert photo == {0.2} and elastic == {8.0, 34.0} and len(shapes) == 3
 
 
 @pytest.mark.parametrize("document, words", [
