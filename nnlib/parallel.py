@@ -1,7 +1,9 @@
-"""Data parallelism on threads: one training step on several cores, deterministic for a worker count.
+"""Data parallelism: one training step on several cores, deterministic for a worker count.
 
-``DataParallel(model, workers)`` trains ``model`` the way PyTorch's ``DistributedDataParallel`` does,
-on the threads of one process. A batch of N images is split into ``workers`` contiguous parts (sizes
+``DataParallel(model, workers)`` trains ``model`` the way PyTorch's ``DistributedDataParallel`` does.
+Worker 0 is the model itself, run by the calling thread; workers 1.. run on threads of this process, or,
+when every worker has a core of its own, each in a worker process fed through shared memory
+(:mod:`nnlib.processes`). The bytes are the same either way. A batch of N images is split into ``workers`` contiguous parts (sizes
 as :func:`numpy.array_split` gives them). Worker i runs a *replica* of the model on part i::
 
     forward    x[part i] -> logits[part i]              (all workers at once)
@@ -9,9 +11,10 @@ as :func:`numpy.array_split` gives them). Worker i runs a *replica* of the model
     backward   dlogits[part i] -> worker i's gradients   (all workers at once)
     sum        model's gradients = g_0 + g_1 + ...       (in worker order)
 
-and the optimizer then takes one step on the model, as with one worker. NumPy releases the GIL in its
-loops and in BLAS, so the workers run on separate cores; BLAS must be pinned to one thread per worker
-(:func:`nnlib.threads.limit` with ``blas=1``), so that no BLAS thread spins waiting for a core.
+and the optimizer then takes one step on the model, as with one worker. On threads, NumPy releases the GIL
+in its loops and in BLAS, so the workers run on separate cores; BLAS must be pinned to one thread per
+worker (:func:`nnlib.threads.limit` with ``blas=1``; worker processes pin their own), so that no BLAS
+thread spins waiting for a core.
 
 What the replicas share and what each has:
 
@@ -25,19 +28,22 @@ What the replicas share and what each has:
 * **dropout** masks are drawn by the model's own dropout layers for the whole batch, exactly as one
   worker draws them, and each replica uses its rows: the Generators advance as in a one-worker run.
 
-The bytes depend on ``workers`` and not on ``threads`` (how many threads execute the workers): with
-fewer threads than workers, as on a busy machine, workers take turns and every sum keeps its order.
+The bytes depend on ``workers`` and not on ``threads`` (how many threads execute the workers) nor on
+whether they are processes: with fewer threads than workers, as on a busy machine, workers take turns on
+threads and every sum keeps its order.
 """
 from __future__ import annotations
 
 import queue
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import numpy as np
 
 from .backend import get_array_module
 from .layers import BatchNorm, Dropout
 from .model import pack_parameters
+from .processes import processes_available, start_processes
 
 
 def split_points(n: int, parts: int) -> list[tuple[int, int]]:
@@ -66,6 +72,10 @@ def replicate(model):
 class DataParallel:
     """Train ``model`` (a :class:`~nnlib.model.Sequential`) on ``workers`` replicas run by ``threads`` threads.
 
+    ``processes``: run workers 1.. in worker processes (True), on threads (False), or (None, the default)
+    in processes when there is a thread for every worker, the model is on NumPy with one parameter dtype,
+    and the system has ``os.memfd_create`` (Linux).
+
     Used in its place in the training loop: :meth:`forward` takes the whole batch x: (N, ...) and returns
     the whole batch's logits (N, K) in the model's mode (validation is split over the workers too);
     :meth:`backward` takes d(loss)/d(logits) (N, K) and leaves the summed gradients in the model's.
@@ -73,21 +83,33 @@ class DataParallel:
     ``workers`` = 1 is the model itself, step for step. Call :meth:`close` (or use ``with``) to end the threads.
     """
 
-    def __init__(self, model, workers: int, threads: int | None = None):
+    def __init__(self, model, workers: int, threads: int | None = None, processes: bool | None = None):
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
             raise ValueError(f"DataParallel: workers must be an integer >= 1, got {workers!r}")
         threads = workers if threads is None else threads
         if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
             raise ValueError(f"DataParallel: threads must be an integer >= 1, got {threads!r}")
         self.model, self.workers, self.threads = model, workers, min(threads, workers)
-        self.replicas = [model] + [replicate(model) for _ in range(workers - 1)]
-        self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="nnlib-worker") if self.threads > 1 else None
+        possible = workers > 1 and processes_available() and model.flat_params is not None \
+            and get_array_module(model.flat_params) is np
+        if processes is None:
+            processes = possible and self.threads == workers
+        elif processes and not possible:
+            raise ValueError("DataParallel: processes need workers > 1, Linux (os.memfd_create) and a NumPy model "
+                             "with one parameter dtype")
+        self.processes = start_processes(model, workers - 1) if processes else []
+        self.replicas = [model] + ([] if processes else [replicate(model) for _ in range(workers - 1)])
+        use_pool = self.threads > 1 and not processes
+        self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="nnlib-worker") if use_pool else None
         self.parts: list[tuple[int, int]] = []
 
     def close(self) -> None:
         if self.pool is not None:
             self.pool.shutdown()
             self.pool = None
+        for worker in self.processes:
+            worker.close()
+        self.processes = []
 
     def __enter__(self) -> "DataParallel":
         return self
@@ -115,6 +137,8 @@ class DataParallel:
         """x: (N, ...) -> logits (N, K), in the model's mode (eval mode too: validation runs on every worker)."""
         training = self.model.training
         self.parts = split_points(len(x), self.workers)
+        if self.processes:
+            return self._forward_on_processes(x, training)
         self._share_buffers()
         if training:
             self._hand_out_dropout(len(x), get_array_module(x))
@@ -132,6 +156,8 @@ class DataParallel:
 
     def backward(self, dy):
         """dy: (N, K), the gradient of the whole batch's loss. Fills the model's gradients with the sum of the workers'."""
+        if self.processes:
+            return self._backward_on_processes(dy)
         self._each(lambda replica, part: replica.backward(dy[part[0]:part[1]]), self.parts)
         active = self.replicas[:len(self.parts)]
         if self.model.flat_grads is not None:
@@ -141,6 +167,34 @@ class DataParallel:
             for replica in active[1:]:
                 for (_, _, total), (_, _, own) in zip(self.model.parameters(), replica.parameters()):
                     total += own
+
+    def _forward_on_processes(self, x, training: bool):
+        """forward with workers 1.. in processes: the same values as on threads (see :mod:`nnlib.processes`)."""
+        (start, stop), others = self.parts[0], list(zip(self.processes, self.parts[1:]))
+        uniforms = self._draw_dropout(len(x), np) if training else {}
+        for worker, (a, b) in others:  # each takes the model's running statistics as they are before any forward
+            worker.start_forward(self.model, x[a:b], {i: u[a:b] for i, u in uniforms.items()}, training)
+        with _finishing(others, "finish_forward") as outputs:
+            for i, u in uniforms.items():
+                self.model.layers[i].handed = u[start:stop]
+            outputs.append(self.model.forward(x[start:stop]))
+        if training and others:
+            statistics = [(layer, key) for layer in self.model.layers if type(layer) is BatchNorm for key in layer.buffers]
+            for worker, _ in others:
+                for (layer, key), value in zip(statistics, worker.buffers()):
+                    layer.buffers[key] += value
+            for layer, key in statistics:
+                layer.buffers[key] /= layer.buffers[key].dtype.type(len(self.parts))
+        return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
+
+    def _backward_on_processes(self, dy) -> None:
+        (start, stop), others = self.parts[0], list(zip(self.processes, self.parts[1:]))
+        for worker, (a, b) in others:
+            worker.start_backward(dy[a:b])
+        with _finishing(others, "finish_backward") as grads:
+            self.model.backward(dy[start:stop])
+        for own in grads:  # the workers' gradients, added to the model's in worker order
+            self.model.flat_grads += own
 
     def _layers(self, kind):
         """(index, layer) of the model's layers of type ``kind``."""
@@ -163,15 +217,38 @@ class DataParallel:
                     value += replica.layers[i].buffers[key]
                 value /= value.dtype.type(active)
 
-    def _hand_out_dropout(self, n: int, xp) -> None:
-        """Each dropout layer of the model draws the whole batch's uniforms; each replica gets its rows."""
+    def _draw_dropout(self, n: int, xp) -> dict:
+        """Each dropout layer of the model draws the whole batch's uniforms, as one worker would: index -> (n, ...)."""
+        drawn = {}
         for i, layer in self._layers(Dropout):
-            if layer.p == 0.0:
-                continue
-            shape = self.model.input_shape if i == 0 else self.model.layer_shapes[i - 1]
-            uniforms = layer.draw_uniform((n, *shape), xp)
+            if layer.p > 0.0:
+                drawn[i] = layer.draw_uniform((n, *(self.model.input_shape if i == 0 else self.model.layer_shapes[i - 1])), xp)
+        return drawn
+
+    def _hand_out_dropout(self, n: int, xp) -> None:
+        """Each replica gets its rows of the whole batch's dropout uniforms."""
+        for i, uniforms in self._draw_dropout(n, xp).items():
             for replica, (start, stop) in zip(self.replicas, self.parts):
                 replica.layers[i].handed = uniforms[start:stop]
+
+
+@contextmanager
+def _finishing(others, finish: str):
+    """Collect, after the block, ``getattr(worker, finish)()`` of every worker in order, after what the block
+    appended to the list it is given (worker 0's result). Every worker is waited for even when the block or
+    a worker fails, so that the next call finds each pipe empty; the first failure is raised."""
+    results, failure = [], None
+    try:
+        yield results
+    except BaseException as err:  # noqa: BLE001 -- raised below, once the workers are done
+        failure = err
+    for worker, _ in others:
+        try:
+            results.append(getattr(worker, finish)())
+        except BaseException as err:  # noqa: BLE001
+            failure = failure or err
+    if failure is not None:
+        raise failure
 
 
 def _under(errors: dict, work):

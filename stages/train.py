@@ -158,9 +158,10 @@ def main() -> None:
                 DataParallel(model, workers, choice.threads) as parallel:  # divergence is reported in one line
             if workers == 1:
                 print(f"train: {choice.describe()}", file=sys.stderr)
-            else:  # the threads run the workers; their count changes no byte
-                print(f"train: {workers} data-parallel workers, BLAS at 1 thread each, on {choice.describe('thread')}",
-                      file=sys.stderr)
+            else:  # the threads (or processes) run the workers; neither their count nor their kind changes a byte
+                where = (f"this process and {workers - 1} worker process{'es' if workers > 2 else ''} on {choice.describe('core')}"
+                         if parallel.processes else f"on {choice.describe('thread')}")
+                print(f"train: {workers} data-parallel workers, BLAS at 1 thread each, {where}", file=sys.stderr)
             fit(parallel, loss_fn, optimizer, schedule, stream, epochs=cfg["epochs"], images_per_epoch=images_per_epoch,
                 batch_size=cfg["batch_size"], val=lambda: minibatches(val_x, val_y, EVAL_BATCH_SIZE), interval=interval, keep_best=cfg["select"] == "best_val",
                 history=history, on_epoch_end=after_epoch)

@@ -61,9 +61,10 @@ def test_one_worker_is_the_model_step_for_step():
     assert train_bytes(lambda m: DataParallel(m, 1)) == train_bytes(lambda m: m)
 
 
-def test_bytes_depend_on_workers_not_on_threads():
+def test_bytes_depend_on_workers_not_on_threads_or_processes():
     two_on_one = train_bytes(lambda m: DataParallel(m, 2, threads=1))
-    assert train_bytes(lambda m: DataParallel(m, 2, threads=2)) == two_on_one
+    assert train_bytes(lambda m: DataParallel(m, 2, threads=2, processes=False)) == two_on_one
+    assert train_bytes(lambda m: DataParallel(m, 2, threads=2, processes=True)) == two_on_one
     assert train_bytes(lambda m: DataParallel(m, 3, threads=2)) == train_bytes(lambda m: DataParallel(m, 3, threads=3))
     assert two_on_one != train_bytes(lambda m: m)  # per-part BatchNorm statistics: another recipe
 
@@ -149,6 +150,6 @@ def test_workers_run_under_the_callers_floating_point_error_handling():
     """np.errstate is per thread: a training that ignores overflow must not warn from its worker threads."""
     model = build()
     x, _ = batch(8)
-    with DataParallel(model, 2, threads=2) as runner, np.errstate(over="raise", invalid="raise"):
+    with DataParallel(model, 2, threads=2, processes=False) as runner, np.errstate(over="raise", invalid="raise"):
         seen = runner._each(lambda replica, part: np.geterr()["over"], [(0, 4), (4, 8)])
     assert seen == ["raise", "raise"]

@@ -523,7 +523,8 @@ def test_data_parallel_bytes_depend_on_workers_not_threads_and_survive_a_kill(re
     try:
         write_params(repo, merge(parallel, {"train": {"threads": 2}}))
         result = run([sys.executable, "stages/train.py"], repo)
-        assert "train: 2 data-parallel workers, BLAS at 1 thread each, on 2 threads (set to 2)" in result.stderr
+        assert ("train: 2 data-parallel workers, BLAS at 1 thread each, this process and 1 worker process "
+                "on 2 cores (set to 2)") in result.stderr
         timing = json.loads((repo / "metrics/timing.json").read_text())
         assert (timing["workers"], timing["worker_threads"], timing["blas_threads"]) == (2, 2, 1)
         two_threads = {name: (repo / name).read_bytes() for name in OUTPUTS}
