@@ -216,9 +216,9 @@ def test_the_member_counts_are_those_a_committee_file_holds():
 
 def test_the_shipped_committee_params_are_valid(tmp_path):
     committee = members.load_committee(ROOT / members.PARAMS)
-    assert len(committee.members) == 5 and len({m["seed"] for m in committee.members.values()}) == 5
+    assert len(committee.members) == 6 and len({m["seed"] for m in committee.members.values()}) == 6
     assert committee.seed == 0 and committee.evaluate["robust_images"] == 0
-    photo, shapes, elastic = set(), set(), set()
+    photo, shapes, elastic, shear = set(), set(), set(), set()
     for name, settings in committee.members.items():  # each member as its settings stage checks it, network built
         path = tmp_path / f"{name}.yaml"
         path.write_text(members.member_document(name, settings))
@@ -226,9 +226,10 @@ def test_the_shipped_committee_params_are_valid(tmp_path):
         network = Sequential.from_specs(effective["train"]["model"], (1, 28, 28), np.random.default_rng(0), num_classes=10)
         photo.add(effective["prepare"]["augment"]["photo_p"])
         elastic.add(effective["prepare"]["augment"]["elastic_alpha"])
+        shear.add(effective["prepare"]["augment"]["shear"])
         shapes.add(tuple(f"{spec['type']}{spec.get('k', '')}" for spec in network.specs()))
-    # every member keeps the robust augmentation; they differ in seed, elastic distortion and architecture
-    assert photo == {0.2} and elastic == {8.0, 34.0} and len(shapes) == 3
+    # every member keeps the robust augmentation; they differ in seed, distortion and architecture
+    assert photo == {0.2} and elastic == {8.0, 34.0} and shear == {0.0, 15.0} and len(shapes) == 2
 
 
 @pytest.mark.parametrize("document, words", [
