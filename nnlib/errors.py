@@ -58,6 +58,12 @@ class Diverged(RuntimeError):
     exit_code = 3
 
 
+class WorkerFailed(RuntimeError):
+    """A data-parallel worker process stopped (killed, out of memory) (exit code 1); a rerun resumes."""
+
+    exit_code = 1
+
+
 class Terminated(BaseException):
     """SIGTERM, raised wherever the stage is, so it unwinds like Ctrl-C and temporary files are removed.
 
@@ -128,7 +134,7 @@ def check_own_nnlib(script: str | Path, package: str | Path | None = None) -> No
 
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
-ERRORS = (ParamsError, InputError, OutputError, Diverged)
+ERRORS = (ParamsError, InputError, OutputError, Diverged, WorkerFailed)
 
 
 def _terminate(signum, frame):

@@ -41,14 +41,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import WorkerFailed
+
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # the folder holding this nnlib: the workers import the same one
 BLAS_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")  # one BLAS thread per worker process
 ALIGN = 64  # bytes: every region starts on a cache line
 WIDEST = 8  # bytes per value reserved for x, out and dy, whose dtype is the caller's (float64 at most)
-
-
-class WorkerError(RuntimeError):
-    """A worker process failed or stopped; the message says which and why."""
 
 
 class Layout:
@@ -114,11 +112,14 @@ class WorkerProcess:
         self.layout, self.memory = None, None
         ours, theirs = socket.socketpair()
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")])),
-                   **{name: "1" for name in BLAS_ENV})
+                   **{variable: "1" for variable in BLAS_ENV})
         try:
             self.process = subprocess.Popen(
                 [sys.executable, "-c", f"from nnlib.processes import serve; serve({theirs.fileno()})"],
                 pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        except BaseException:
+            ours.close()
+            raise
         finally:
             theirs.close()
         self.socket = ours  # the fds of new mailboxes go through it; the pipe is the same socket, for messages
@@ -199,19 +200,20 @@ class WorkerProcess:
             raise self._stopped() from None
         if reply[0] == "error":
             kind = {"FloatingPointError": FloatingPointError, "ValueError": ValueError, "MemoryError": MemoryError}
-            raise kind.get(reply[1], WorkerError)(f"{self.name}: {reply[2]}")
+            known = kind.get(reply[1])
+            raise known(f"{self.name}: {reply[2]}") if known else WorkerFailed(f"{self.name}: {reply[1]}: {reply[2]}")
         return reply
 
     def _call(self, message):
         self._send(message)
         return self._reply()
 
-    def _stopped(self) -> WorkerError:
+    def _stopped(self) -> WorkerFailed:
         try:
             code = self.process.wait(timeout=1)
         except subprocess.TimeoutExpired:
             code = "none yet"
-        return WorkerError(f"data-parallel worker process {self.name} stopped (exit code {code}); "
+        return WorkerFailed(f"data-parallel worker process {self.name} stopped (exit code {code}); "
                            "rerun, or set train.workers: 1")
 
     def _release_memory(self) -> None:
@@ -288,25 +290,32 @@ def serve(fd: int) -> None:
         while True:
             try:
                 message = pipe.recv()
-            except (EOFError, OSError):  # the caller is gone
+                if message[0] == "close":
+                    break
+                replica = _answer(pipe, sock, replica, message)
+            except (EOFError, OSError):  # the caller is gone, or went while we worked
                 break
-            if message[0] == "close":
-                break
-            try:
-                if message[0] == "build":
-                    replica = _Replica(message[1])
-                    pipe.send(("ok",))
-                    continue
-                if message[0] == "attach":
-                    replica.attach(recvfds(sock, 1)[0], *message[1:])
-                    pipe.send(("ok",))
-                    continue
-                pipe.send(replica.handle(message))
-            except Exception as err:  # noqa: BLE001 -- reported in one line to the caller, which raises it
-                pipe.send(("error", type(err).__name__, str(err).splitlines()[0][:300] if str(err) else type(err).__name__))
     # Leave at once: unmapping the mailboxes here could meet views still held in the replica's caches (a
     # BufferError at interpreter exit); the mappings end with the process.
     os._exit(0)
+
+
+def _answer(pipe, sock, replica, message):
+    """Carry out one command and send its reply (an error of the command is the reply, in one line);
+    returns the replica, built by the first command."""
+    try:
+        if message[0] == "build":
+            replica = _Replica(message[1])
+            reply = ("ok",)
+        elif message[0] == "attach":
+            replica.attach(recvfds(sock, 1)[0], *message[1:])
+            reply = ("ok",)
+        else:
+            reply = replica.handle(message)
+    except Exception as err:  # noqa: BLE001 -- reported in one line to the caller, which raises it
+        reply = ("error", type(err).__name__, str(err).splitlines()[0][:300] if str(err) else type(err).__name__)
+    pipe.send(reply)
+    return replica
 
 
 class _Replica:

@@ -41,3 +41,19 @@ def test_compare_runs_each_round_and_each_thread_row_in_its_own_process(tmp_path
     assert [c["openblas_thread_timeout"] for c in sleepy] == ["4", "4"]
     assert [c["openblas_thread_timeout"] for c in rows["nnlib, two at once, 2 threads each"]["rounds"][0]] == [None, None]
     assert "| nnlib, two at once, 1 thread each | 1+1 |" in run.stdout
+
+
+def test_scaling_times_each_checkout_at_1_and_2_threads_in_alternation(tmp_path):
+    out = tmp_path / "scaling.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("NNLIB_JOBS", None)
+    run = subprocess.run([sys.executable, "bench/scaling.py", "--baseline", str(ROOT), "--config", "mlp", "--seconds", "0.3",
+                          "--rounds", "2", "--json", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert sorted(results["checkouts"]) == ["baseline", "this"]
+    for row in results["checkouts"].values():
+        assert len(row["img_s_1_thread"]) == len(row["img_s_2_threads"]) == len(row["paired_ratios"]) == 2
+        assert all(v > 0 for v in row["img_s_1_thread"] + row["img_s_2_threads"])
+    order = [tuple(line.split(":")[0].split(", ")[1:]) for line in run.stdout.splitlines() if line.strip().startswith("round")]
+    assert order == [("baseline", "1 thread(s)"), ("baseline", "2 thread(s)"), ("this", "1 thread(s)"), ("this", "2 thread(s)")] * 2

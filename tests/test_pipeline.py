@@ -548,6 +548,55 @@ def test_data_parallel_bytes_depend_on_workers_not_threads_and_survive_a_kill(re
         run([sys.executable, "-m", "dvc", "repro"], repo)
 
 
+def children_of(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_a_killed_worker_process_ends_the_training_in_one_line_and_a_rerun_resumes(repo):
+    """SIGKILL to the data-parallel worker process (as the out-of-memory killer sends): exit 1, one line that
+    says what to do, no model written, the checkpoints kept; the rerun resumes from them."""
+    import signal
+    import time
+
+    parallel = merge(RESUMABLE, {"train": {"workers": 2, "threads": 2}})
+    shutil.rmtree(repo / "models/checkpoints", ignore_errors=True)
+    model_before = (repo / "models/model.npz").read_bytes()
+    try:
+        write_params(repo, parallel)
+        process = subprocess.Popen([sys.executable, "stages/train.py"], cwd=repo, env=repo_env(repo),
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        checkpoint = repo / "models/checkpoints/checkpoint-0001.npz"
+        deadline = time.monotonic() + 300
+        while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        workers = children_of(process.pid)
+        assert workers, "no worker process found"
+        for worker in workers:
+            os.kill(worker, signal.SIGKILL)
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 1, stderr[-2000:]
+        errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "Traceback" not in stderr, stderr[-2000:]
+        assert "data-parallel worker process nnlib-worker-1 stopped" in errors[0] and "train.workers: 1" in errors[0]
+        assert (repo / "models/model.npz").read_bytes() == model_before, "no model is written"
+        assert checkpoint.exists()
+        result = run([sys.executable, "stages/train.py"], repo)
+        assert "train: resuming from models/checkpoints/checkpoint-000" in result.stderr
+    finally:
+        write_params(repo, {})
+        shutil.rmtree(repo / "models/checkpoints", ignore_errors=True)
+        run([sys.executable, "-m", "dvc", "repro"], repo)
+
+
 def test_ema_validates_and_saves_the_average_and_a_killed_run_resumes_to_the_same_bytes(repo):
     """train.optimizer.ema on a BatchNorm + dropout network with 2 workers: run_params records it, the saved model
     is the one validated (the average: its val accuracy is the log's), and a run killed after epoch 2 and

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from nnlib.parallel import DataParallel
-from nnlib.processes import WorkerError
+from nnlib.errors import WorkerFailed
 from test_parallel import LOSS, batch, build
 
 SHM = Path("/dev/shm")
@@ -86,7 +86,7 @@ def test_a_killed_worker_is_one_line_and_close_still_frees_everything():
     worker = runner.processes[0]
     worker.process.kill()
     worker.process.wait()
-    with pytest.raises(WorkerError) as caught:
+    with pytest.raises(WorkerFailed) as caught:
         step(runner, 8)
     message = str(caught.value)
     assert "\n" not in message and "nnlib-worker-1 stopped" in message and "train.workers: 1" in message
