@@ -6,8 +6,8 @@ fixed groups of model files (their softmax probabilities averaged, as ``nnlib co
 
 Each model scores the MNIST test set of ``data/shards/test.npz`` and the robustness suite's 14 corruptions
 (drawn with ``--seed``, as the evaluate stage does with the params seed); every group's committee, and the
-union of all groups, is scored from the same probabilities. Groups are fixed in advance: picking the best
-subset by its test accuracy would tune on the test set.
+union of all groups (unless one group holds them all), is scored from the same probabilities. Groups are
+fixed in advance: picking the best subset by its test accuracy would tune on the test set.
 """
 from __future__ import annotations
 
@@ -62,7 +62,9 @@ def main() -> None:
     result = {"seed": args.seed, "members": {}, "committees": {}}
     for path, probs in members.items():
         result["members"][path] = summary(accuracies(probs, y))
-    groups["all"] = [p for files in groups.values() for p in files]
+    union = list(dict.fromkeys(p for files in groups.values() for p in files))
+    if all(set(union) != set(files) for files in groups.values()):
+        groups["all"] = union
     for name, files in groups.items():
         mean = {k: np.mean([members[str(p)][k] for p in files], axis=0) for k in sets}
         result["committees"][name] = {"members": [str(p) for p in files], **summary(accuracies(mean, y))}
