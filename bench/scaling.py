@@ -4,8 +4,9 @@
 
 Each training is a child process of ``bench/compare.py`` (its thread rows' children: warm-up, then
 ``--seconds`` of steps on MNIST batches, registered as a run), one at a time, in the order
-baseline 1 thread, baseline 2 threads, this checkout 1, this checkout 2, repeated ``--rounds`` times so
-that the machine's drift falls on both. Printed and recorded: images/s of every run, and per checkout
+baseline 1 thread, baseline 2 threads, this checkout 1, this checkout 2, then the reverse order in the next
+round, and so on for ``--rounds`` rounds, so that the machine's drift, and whatever a run leaves to the
+next, falls on both. Printed and recorded: images/s of every run, and per checkout
 the median 2-vs-1 ratio over the rounds (each round's own pair) and the ratio of the medians.
 """
 from __future__ import annotations
@@ -36,14 +37,14 @@ def main(argv=None) -> int:
     print(f"{compare.load_note()} at the start", flush=True)
     with tempfile.TemporaryDirectory(prefix="scaling_registry_") as registry:
         for r in range(args.rounds):
-            for name, root in roots:
+            order = [(name, root, threads) for name, root in roots for threads in (1, 2)]
+            for name, root, threads in (order if r % 2 == 0 else order[::-1]):
                 child_args.nnlib_root = root
-                for threads in (1, 2):
-                    spec = {"framework": "nnlib", "config": args.config, "threads": threads, "seconds": args.seconds,
-                            "warmup": child_args.warmup}
-                    out = compare.together([spec], child_args, env={"NNLIB_REGISTRY": registry, "NNLIB_JOBS": ""})
-                    runs[(name, threads)].append(out[0]["img_s"])
-                    print(f"  round {r + 1}, {name}, {threads} thread(s): {out[0]['img_s']:,.0f} img/s", flush=True)
+                spec = {"framework": "nnlib", "config": args.config, "threads": threads, "seconds": args.seconds,
+                        "warmup": child_args.warmup}
+                out = compare.together([spec], child_args, env={"NNLIB_REGISTRY": registry, "NNLIB_JOBS": ""})
+                runs[(name, threads)].append(out[0]["img_s"])
+                print(f"  round {r + 1}, {name}, {threads} thread(s): {out[0]['img_s']:,.0f} img/s", flush=True)
     result = {"config": args.config, "seconds": args.seconds, "rounds": args.rounds, "load_end": compare.load_note(),
               "checkouts": {}}
     for name, root in roots:
