@@ -97,6 +97,7 @@ class DataParallel:
         elif processes and not possible:
             raise ValueError("DataParallel: processes need workers > 1, Linux (os.memfd_create) and a NumPy model "
                              "with one parameter dtype")
+        self.use_processes = bool(processes)
         self.processes = start_processes(model, workers - 1) if processes else []
         self.replicas = [model] + ([] if processes else [replicate(model) for _ in range(workers - 1)])
         use_pool = self.threads > 1 and not processes
@@ -137,7 +138,7 @@ class DataParallel:
         """x: (N, ...) -> logits (N, K), in the model's mode (eval mode too: validation runs on every worker)."""
         training = self.model.training
         self.parts = split_points(len(x), self.workers)
-        if self.processes:
+        if self.use_processes:
             return self._forward_on_processes(x, training)
         self._share_buffers()
         if training:
@@ -156,7 +157,7 @@ class DataParallel:
 
     def backward(self, dy):
         """dy: (N, K), the gradient of the whole batch's loss. Fills the model's gradients with the sum of the workers'."""
-        if self.processes:
+        if self.use_processes:
             return self._backward_on_processes(dy)
         self._each(lambda replica, part: replica.backward(dy[part[0]:part[1]]), self.parts)
         active = self.replicas[:len(self.parts)]
@@ -168,13 +169,21 @@ class DataParallel:
                 for (_, _, total), (_, _, own) in zip(self.model.parameters(), replica.parameters()):
                     total += own
 
+    def _others(self) -> list:
+        """(worker process, its part) for workers 1.. that have a part of this batch."""
+        if not self.processes:
+            raise ValueError("DataParallel: used after close()")
+        return list(zip(self.processes, self.parts[1:]))
+
     def _forward_on_processes(self, x, training: bool):
         """forward with workers 1.. in processes: the same values as on threads (see :mod:`nnlib.processes`)."""
-        (start, stop), others = self.parts[0], list(zip(self.processes, self.parts[1:]))
+        (start, stop), others = self.parts[0], self._others()
         uniforms = self._draw_dropout(len(x), np) if training else {}
-        for worker, (a, b) in others:  # each takes the model's running statistics as they are before any forward
-            worker.start_forward(self.model, x[a:b], {i: u[a:b] for i, u in uniforms.items()}, training)
-        with _finishing(others, "finish_forward") as outputs:
+        started = []  # a worker whose start failed is not waited for; those started before it are
+        with _finishing(started, "finish_forward") as outputs:
+            for worker, (a, b) in others:  # each takes the model's running statistics as they are before any forward
+                worker.start_forward(self.model, x[a:b], {i: u[a:b] for i, u in uniforms.items()}, training)
+                started.append((worker, (a, b)))
             for i, u in uniforms.items():
                 self.model.layers[i].handed = u[start:stop]
             outputs.append(self.model.forward(x[start:stop]))
@@ -188,10 +197,12 @@ class DataParallel:
         return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
 
     def _backward_on_processes(self, dy) -> None:
-        (start, stop), others = self.parts[0], list(zip(self.processes, self.parts[1:]))
-        for worker, (a, b) in others:
-            worker.start_backward(dy[a:b])
-        with _finishing(others, "finish_backward") as grads:
+        (start, stop), others = self.parts[0], self._others()
+        started = []
+        with _finishing(started, "finish_backward") as grads:
+            for worker, (a, b) in others:
+                worker.start_backward(dy[a:b])
+                started.append((worker, (a, b)))
             self.model.backward(dy[start:stop])
         for own in grads:  # the workers' gradients, added to the model's in worker order
             self.model.flat_grads += own
@@ -233,16 +244,17 @@ class DataParallel:
 
 
 @contextmanager
-def _finishing(others, finish: str):
-    """Collect, after the block, ``getattr(worker, finish)()`` of every worker in order, after what the block
-    appended to the list it is given (worker 0's result). Every worker is waited for even when the block or
-    a worker fails, so that the next call finds each pipe empty; the first failure is raised."""
+def _finishing(started, finish: str):
+    """Collect, after the block, ``getattr(worker, finish)()`` of every (worker, part) in ``started`` (which
+    the block fills as it starts them), in order, after what the block appended to the list it is given
+    (worker 0's result). Every started worker is waited for even when the block or a worker fails, so that
+    the next call finds each pipe empty; the first failure is raised."""
     results, failure = [], None
     try:
         yield results
     except BaseException as err:  # noqa: BLE001 -- raised below, once the workers are done
         failure = err
-    for worker, _ in others:
+    for worker, _ in started:
         try:
             results.append(getattr(worker, finish)())
         except BaseException as err:  # noqa: BLE001

@@ -23,14 +23,20 @@ NumPy's error settings). The replica in a process computes exactly what a replic
 threads and on processes; the model's parameters, optimizer and running statistics live only in the
 calling process, which is why checkpoints and resume are unchanged.
 
-NumPy only: on a GPU the workers stay on threads.
+NumPy only: on a GPU the workers stay on threads. A worker follows the caller's NumPy error settings
+(``np.errstate``), raising what they raise; a warning they ask for is printed by the worker to the shared
+stderr, not passed through the caller's ``warnings`` filters (the training stage ignores them anyway).
+
+If a command's exchange is cut short (Ctrl-C while the caller waits on a reply, a worker that died), the
+worker is out of step with the caller: it is marked broken and every later call raises WorkerFailed
+rather than read a reply meant for an earlier command.
 """
 from __future__ import annotations
 
+import functools
 import math
 import mmap
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -47,6 +53,10 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # the folder holding this nn
 BLAS_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")  # one BLAS thread per worker process
 ALIGN = 64  # bytes: every region starts on a cache line
 WIDEST = 8  # bytes per value reserved for x, out and dy, whose dtype is the caller's (float64 at most)
+# The worker's command line: Ctrl-C is ignored from its first statement (the caller handles it and closes
+# the workers), and PYTHONSAFEPATH (below) keeps the current directory off sys.path, so that the worker
+# imports the nnlib of PACKAGE_ROOT, which its build reply names and the caller checks.
+BOOT = "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); from nnlib.processes import serve; serve({fd})"
 
 
 class Layout:
@@ -109,13 +119,13 @@ class WorkerProcess:
     def __init__(self, model, name: str):
         self.info, self.name = describe(model), name
         self.sizes = region_sizes(self.info)
-        self.layout, self.memory = None, None
+        self.layout, self.memory, self.broken = None, None, False
         ours, theirs = socket.socketpair()
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")])),
-                   **{variable: "1" for variable in BLAS_ENV})
+                   PYTHONSAFEPATH="1", **{variable: "1" for variable in BLAS_ENV})
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-c", f"from nnlib.processes import serve; serve({theirs.fileno()})"],
+                [sys.executable, "-c", BOOT.format(fd=theirs.fileno())],
                 pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         except BaseException:
             ours.close()
@@ -129,29 +139,42 @@ class WorkerProcess:
 
     def ready(self) -> None:
         """Wait until the worker has built its replica (a failure there is raised here, in one line)."""
-        self._reply()
+        _, root = self._reply()
+        if root != str(PACKAGE_ROOT):
+            self.broken = True
+            raise WorkerFailed(f"{self.name} imported nnlib from another folder than the training's ({str(root)[:200]}); "
+                               "run from a folder without an nnlib of its own, or set train.workers: 1")
 
     def _ensure_rows(self, rows: int) -> None:
         """A mailbox for at least ``rows`` rows: a new, larger one (the worker re-attaches) when needed."""
         if self.layout is not None and self.layout.rows >= rows:
             return
         layout = Layout(self.sizes, max(rows, 1))
-        fd = os.memfd_create("nnlib-mailbox", os.MFD_CLOEXEC)
+        try:
+            fd = os.memfd_create("nnlib-mailbox", os.MFD_CLOEXEC)
+        except OSError as err:
+            raise WorkerFailed(f"no shared memory for {self.name} ({err.strerror}); set train.workers: 1") from None
         try:
             os.ftruncate(fd, layout.total)
             memory = mmap.mmap(fd, layout.total)
-            self._release_memory()
-            self.layout, self.memory = layout, memory
-            self._finalizer.detach()
-            self._finalizer = weakref.finalize(self, _shut, self.pipe, self.socket, self.process, [memory])
-            self._send(("attach", layout.rows))
             try:
-                sendfds(self.socket, [fd])
-            except OSError:
-                raise self._stopped() from None
-            self._reply()
+                self._send(("attach", layout.rows))
+                try:
+                    sendfds(self.socket, [fd])
+                except OSError:
+                    self.broken = True
+                    raise self._stopped() from None
+                self._reply()
+            except BaseException:
+                _release(memory)
+                raise
         finally:
             os.close(fd)  # both sides hold a mapping now; the memory goes with the last of them
+        # Only now that the worker has mapped it: a refused attach leaves both sides on the old mailbox.
+        self._release_memory()
+        self.layout, self.memory = layout, memory
+        self._finalizer.detach()
+        self._finalizer = weakref.finalize(self, _shut, self.pipe, self.socket, self.process, [memory])
 
     def _view(self, name, dtype, shape):
         return self.layout.view(self.memory, name, dtype, shape)
@@ -159,6 +182,8 @@ class WorkerProcess:
     def start_forward(self, model, x, uniforms: dict, training: bool) -> None:
         """Hand over ``x`` (the worker's rows), the model's parameters and running statistics and the
         dropout uniforms of these rows (layer index -> array), and start the replica's forward."""
+        if tuple(x.shape[1:]) != tuple(self.info["input_shape"]):
+            raise ValueError(f"{self.name}: input of shape {x.shape[1:]}, the model takes {tuple(self.info['input_shape'])}")
         self._ensure_rows(len(x))
         self._view("params", model.flat_params.dtype, model.flat_params.shape)[...] = model.flat_params
         for j, (i, key, shape, dtype) in enumerate(self.info["buffers"]):
@@ -179,6 +204,8 @@ class WorkerProcess:
         return [self._view(f"buffer{j}", dtype, shape) for j, (_, _, shape, dtype) in enumerate(self.info["buffers"])]
 
     def start_backward(self, dy) -> None:
+        if tuple(dy.shape[1:]) != tuple(self.info["output_shape"]) or len(dy) > self.layout.rows:
+            raise ValueError(f"{self.name}: gradient of shape {dy.shape}, not of the logits of its rows")
         self._view("dy", dy.dtype, dy.shape)[...] = dy
         self._send(("backward", len(dy), dy.dtype.str, np.geterr()))
 
@@ -188,16 +215,26 @@ class WorkerProcess:
         return self._view("grads", self.info["param_dtype"], (self.info["param_count"],))
 
     def _send(self, message) -> None:
+        if self.broken:
+            raise WorkerFailed(f"{self.name} is out of step after an interrupted or failed exchange; rerun")
         try:
             self.pipe.send(message)
         except (OSError, ValueError):
+            self.broken = True
             raise self._stopped() from None
+        except BaseException:  # Ctrl-C inside send: the worker may hold half a message
+            self.broken = True
+            raise
 
     def _reply(self):
         try:
             reply = self.pipe.recv()
         except (EOFError, OSError):
+            self.broken = True
             raise self._stopped() from None
+        except BaseException:  # Ctrl-C while waiting: the reply stays in the pipe
+            self.broken = True
+            raise
         if reply[0] == "error":
             kind = {"FloatingPointError": FloatingPointError, "ValueError": ValueError, "MemoryError": MemoryError}
             known = kind.get(reply[1])
@@ -251,9 +288,15 @@ def _shut(pipe, sock, process, memories) -> None:
             _release(memory)
 
 
+@functools.cache
 def processes_available() -> bool:
-    """Whether this system can run worker processes: it needs anonymous shared memory (``os.memfd_create``)."""
-    return hasattr(os, "memfd_create")
+    """Whether this system can run worker processes: it needs anonymous shared memory (``os.memfd_create``,
+    Linux), tried once: sandboxes may have the call and refuse it."""
+    try:
+        os.close(os.memfd_create("nnlib-probe", os.MFD_CLOEXEC))
+    except (AttributeError, OSError):
+        return False
+    return True
 
 
 def start_processes(model, count: int) -> list[WorkerProcess]:
@@ -277,12 +320,12 @@ def serve(fd: int) -> None:
     """A worker process's loop on the socket ``fd``: build the replica, then answer attach / forward /
     backward until close, or until the caller is gone.
 
-    Ctrl-C reaches the whole process group: the worker ignores it, and the caller, which handles it,
-    closes the worker (or exits, which the worker sees as the end of its socket).
+    Ctrl-C reaches the whole process group: the worker ignores it (from the first statement of
+    :data:`BOOT`), and the caller, which handles it, closes the worker (or exits, which the worker sees
+    as the end of its socket).
     """
     from threadpoolctl import threadpool_limits  # noqa: PLC0415
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     sock = socket.socket(fileno=fd)
     pipe = Connection(os.dup(fd))
     with threadpool_limits(limits=1, user_api="blas"):
@@ -306,7 +349,7 @@ def _answer(pipe, sock, replica, message):
     try:
         if message[0] == "build":
             replica = _Replica(message[1])
-            reply = ("ok",)
+            reply = ("ok", str(Path(__file__).resolve().parents[1]))
         elif message[0] == "attach":
             replica.attach(recvfds(sock, 1)[0], *message[1:])
             reply = ("ok",)
@@ -339,11 +382,12 @@ class _Replica:
 
     def attach(self, fd: int, rows: int) -> None:
         """Map the mailbox ``fd`` (for ``rows`` rows) and make the replica's parameters and gradients views of it."""
-        self.layout = Layout(self.sizes, rows)
+        layout = Layout(self.sizes, rows)
         try:
-            self.memories.append(mmap.mmap(fd, self.layout.total))
+            self.memories.append(mmap.mmap(fd, layout.total))
         finally:
             os.close(fd)
+        self.layout = layout  # only once mapped: a failed attach leaves the old mailbox in use
         count, dtype = self.info["param_count"], self.info["param_dtype"]
         params, grads = self._view("params", dtype, (count,)), self._view("grads", dtype, (count,))
         offset = 0
