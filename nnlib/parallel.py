@@ -41,6 +41,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from .backend import get_array_module
+from .committee import Committee
 from .layers import BatchNorm, Dropout
 from .model import pack_parameters
 from .processes import processes_available, start_processes
@@ -55,7 +56,10 @@ def split_points(n: int, parts: int) -> list[tuple[int, int]]:
 
 def replicate(model):
     """A replica of ``model`` (a :class:`~nnlib.model.Sequential`): the same layers on the model's parameter
-    arrays (views, not copies), with gradients, buffers and caches of its own, in the model's dtypes."""
+    arrays (views, not copies), with gradients, buffers and caches of its own, in the model's dtypes. A
+    :class:`~nnlib.committee.Committee` is replicated member by member, with its weights."""
+    if isinstance(model, Committee):
+        return Committee([replicate(member) for member in model.members], weights=list(model.weights))
     replica = type(model).from_specs(model.specs(), model.input_shape, np.random.default_rng(0))
     for own, theirs in zip(replica.layers, model.layers):
         xp = get_array_module(*theirs.params.values(), *theirs.buffers.values())
@@ -273,9 +277,11 @@ def _under(errors: dict, work):
 
 def map_on_replicas(model, work, items, threads: int) -> list:
     """``[work(replica, item) for item in items]`` on ``threads`` threads, each thread with a replica of
-    ``model`` of its own (the model itself for the first), for inference: results in item order.
+    ``model`` (a network or a committee) of its own (the model itself for the first), for inference:
+    results in item order.
 
-    The replicas take the model's mode and buffers as they are now; ``work`` must not train. BLAS should be
+    The replicas take the model's mode and buffers as they are now (a committee's members infer in eval
+    mode whatever their mode); ``work`` must not train. BLAS should be
     pinned to one thread meanwhile (:func:`nnlib.threads.limit` with ``blas=1``, or threadpoolctl).
     """
     items = list(items)
@@ -283,8 +289,9 @@ def map_on_replicas(model, work, items, threads: int) -> list:
     if threads == 1:
         return [work(model, item) for item in items]
     replicas = [model] + [replicate(model) for _ in range(threads - 1)]
-    for replica in replicas:
-        replica.training = model.training
+    if not isinstance(model, Committee):
+        for replica in replicas:
+            replica.training = model.training
     free = queue.SimpleQueue()
     for replica in replicas:
         free.put(replica)

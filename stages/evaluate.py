@@ -17,7 +17,6 @@ The committee pipeline (committee/dvc.yaml) scores its committee file with :func
 from __future__ import annotations
 
 import csv
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -126,11 +125,10 @@ def run(seed: int, preset: str, cfg: dict, root: Path = Path("."), model_path: P
         if not np.isfinite(result.logits).all():
             raise InputError(f"{model_path} gives non-finite outputs on the test set: re-train it (dvc repro -s train)")
         scores = evaluation.scalars(result, loss_cfg["name"])
-        # The suite's entries run side by side, one per thread, BLAS at one thread each; a committee (whose
-        # members nnlib.parallel does not replicate) runs them one at a time, BLAS on every thread.
-        committee = isinstance(model, Committee)
-        side_by_side = choice.threads if cfg["backend"] == "numpy" and not committee else 1
-        with nullcontext() if committee else threadpool_limits(limits=1, user_api="blas"):
+        # The suite's entries run side by side, one per thread, each on a replica of the model (of every
+        # member, for a committee), BLAS at one thread each.
+        side_by_side = choice.threads if cfg["backend"] == "numpy" else 1
+        with threadpool_limits(limits=1, user_api="blas"):
             robust = robustness.score(model, x, y, seed, cfg["robust_images"], cfg["batch_size"],
                                       threads=side_by_side, correct=result.correct)  # docs/robustness.md
         scores["robust_accuracy"] = robust.mean

@@ -121,3 +121,21 @@ def test_a_callers_clean_pass_gives_the_clean_accuracy_it_would_compute(trained_
         assert handed.clean == alone.clean and handed.accuracy == alone.accuracy
     with pytest.raises(ValueError, match="one flag per digit"):
         robustness.score(model, x, y, seed=0, images=90, correct=own.correct[:10])
+
+
+def test_a_committee_is_scored_side_by_side_with_the_same_figures(trained_model_path, mnist):
+    """The suite's entries on 2 threads, each on a replica of every member (nnlib.parallel.replicate of a
+    committee), give the figures of one thread; the replica has the members' weights and committee weights."""
+    from nnlib.committee import Committee
+    from nnlib.parallel import replicate
+
+    first, second = load_model(trained_model_path)[0], load_model(trained_model_path)[0]
+    second.flat_params *= np.float32(0.9)  # a second member that differs
+    committee = Committee([first, second], weights=[1.0, 3.0])
+    copy = replicate(committee)
+    assert copy.members[0].flat_params is first.flat_params and list(copy.weights) == [1.0, 3.0]
+    x, y = mnist["test_x"], mnist["test_y"]
+    one = robustness.score(committee, x, y, seed=0, images=150, threads=1)
+    two = robustness.score(committee, x, y, seed=0, images=150, threads=2)
+    assert one.accuracy == two.accuracy and one.clean == two.clean
+    np.testing.assert_array_equal(one.examples, two.examples)
