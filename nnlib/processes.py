@@ -54,8 +54,9 @@ BLAS_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")  # one
 ALIGN = 64  # bytes: every region starts on a cache line
 WIDEST = 8  # bytes per value reserved for x, out and dy, whose dtype is the caller's (float64 at most)
 # The worker's command line: Ctrl-C is ignored from its first statement (the caller handles it and closes
-# the workers), and PYTHONSAFEPATH (below) keeps the current directory off sys.path, so that the worker
-# imports the nnlib of PACKAGE_ROOT, which its build reply names and the caller checks.
+# the workers). It runs in PACKAGE_ROOT, which ``python -c`` puts first on sys.path, so that the worker
+# imports the nnlib of PACKAGE_ROOT (not one in the caller's folder), which its build reply names and the
+# caller checks.
 BOOT = "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); from nnlib.processes import serve; serve({fd})"
 
 
@@ -122,11 +123,11 @@ class WorkerProcess:
         self.layout, self.memory, self.broken = None, None, False
         ours, theirs = socket.socketpair()
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")])),
-                   PYTHONSAFEPATH="1", **{variable: "1" for variable in BLAS_ENV})
+                   **{variable: "1" for variable in BLAS_ENV})
         try:
             self.process = subprocess.Popen(
                 [sys.executable, "-c", BOOT.format(fd=theirs.fileno())],
-                pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+                pass_fds=[theirs.fileno()], env=env, cwd=PACKAGE_ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         except BaseException:
             ours.close()
             raise
