@@ -56,8 +56,8 @@ def split_points(n: int, parts: int) -> list[tuple[int, int]]:
 
 def replicate(model):
     """A replica of ``model`` (a :class:`~nnlib.model.Sequential`): the same layers on the model's parameter
-    arrays (views, not copies), with gradients, buffers and caches of its own, in the model's dtypes. A
-    :class:`~nnlib.committee.Committee` is replicated member by member, with its weights."""
+    arrays (views, not copies), with gradients, buffers and caches of its own, in the model's dtypes and
+    mode. A :class:`~nnlib.committee.Committee` is replicated member by member, with its weights."""
     if isinstance(model, Committee):
         return Committee([replicate(member) for member in model.members], weights=list(model.weights))
     replica = type(model).from_specs(model.specs(), model.input_shape, np.random.default_rng(0))
@@ -70,6 +70,7 @@ def replicate(model):
     for own, theirs in zip(replica.layers, model.layers):
         own.params = dict(theirs.params)  # packing moved them into a new array: back to the model's
     replica.flat_params = model.flat_params
+    replica.training = model.training
     return replica
 
 
@@ -289,9 +290,6 @@ def map_on_replicas(model, work, items, threads: int) -> list:
     if threads == 1:
         return [work(model, item) for item in items]
     replicas = [model] + [replicate(model) for _ in range(threads - 1)]
-    if not isinstance(model, Committee):
-        for replica in replicas:
-            replica.training = model.training
     free = queue.SimpleQueue()
     for replica in replicas:
         free.put(replica)
