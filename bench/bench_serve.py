@@ -7,14 +7,15 @@
 Each request is a 280x280 PNG like the page's canvas: an MNIST test digit, black on white, at one of
 several sizes and places. The client is 16 threads, each with one keep-alive connection. Recorded:
 errors (any status but 200, any connection error), requests per second, p50/p99 latency, and the
-server's resident memory (VmRSS) before and after the run (after 100 warm-up requests), the CPU
-time the server and the client spent per request, and the load average of the machine, which the
+server's resident memory (VmRSS, its preprocessing processes included) before and after the run (after
+100 warm-up requests), the CPU time the server (with those processes) and the client spent per request, and the load average of the machine, which the
 client shares with the server (on a busy machine the CPU time per request is the figure to trust). ``--out FILE.json`` keeps them.
 Floors on a 2-core CPU (issue 18): 0 errors, >= 300 predictions/s, p99 <= 100 ms, RSS growth <= 50 MiB.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import http.client
 import io
@@ -58,17 +59,35 @@ def payloads(count: int = 64) -> list[bytes]:
     return out
 
 
+def family(pid: int) -> list[int]:
+    """``pid`` and its descendants (the server's preprocessing processes), from /proc."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        for task in Path(f"/proc/{current}/task").iterdir():
+            with contextlib.suppress(OSError):
+                todo += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
 def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for process {pid}")
+    """Resident memory of the server and its child processes together, MiB."""
+    total = 0
+    for member in family(pid):
+        for line in Path(f"/proc/{member}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total / 1024
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds a process has used (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds the server and its child processes have used (all their threads)."""
+    total = 0
+    for member in family(pid):
+        fields = Path(f"/proc/{member}/stat").read_text().rpartition(")")[2].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def run(url: str, bodies: list[bytes], total: int, concurrency: int) -> tuple[list[float], list[str], float]:

@@ -264,6 +264,28 @@ def test_an_internal_error_shows_no_details(client, monkeypatch):
     keeps_serving(client)
 
 
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a zombie waiting to be reaped does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_dead_preprocessing_process_is_replaced(client):
+    workers = client.app.state.decoders.pids()
+    assert len(workers) == serve_module.DECODERS
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.time() + 10
+    while any(alive(pid) for pid in workers) and time.time() < deadline:
+        time.sleep(0.05)
+    response = client.post("/api/predict", content=drawn_seven(), headers={"content-type": "image/png"})
+    assert "stopped" in one_line_error(response, 500)
+    keeps_serving(client)
+    assert set(client.app.state.decoders.pids()).isdisjoint(workers)
+
+
 # --- saving drawings --------------------------------------------------------------------------------------
 
 def save(client, label, image=None, **kwargs):
@@ -360,7 +382,8 @@ def free_port() -> int:
 def start(model, tmp_path, *extra):
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "nnlib", "serve", "--model", str(model), "--port", str(port), *extra],
-                               cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)  # a process group of its own, as in a terminal
     deadline = time.time() + 60
     while time.time() < deadline:
         try:
@@ -382,10 +405,23 @@ def test_the_command_serves_until_a_signal(trained_model_path, tmp_path, sig, co
                                      headers={"content-type": "image/png"})
     with urllib.request.urlopen(request, timeout=30) as r:
         assert json.load(r)["digit"] == 7
-    process.send_signal(sig)
+    workers = children(process.pid)
+    assert len(workers) >= 2  # the preprocessing processes
+    if sig == signal.SIGINT:  # Ctrl-C in a terminal signals the whole process group, the workers too
+        os.killpg(process.pid, sig)
+    else:
+        process.send_signal(sig)
     out, err = process.communicate(timeout=30)
     assert process.returncode == code, err
     assert f"http://127.0.0.1:{port}/" in err and "Traceback" not in err and "warning" not in err
+    deadline = time.time() + 10  # multiprocessing's resource tracker leaves when it sees the server gone
+    while any(alive(pid) for pid in workers) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not [pid for pid in workers if alive(pid)]
+
+
+def children(pid: int) -> list[int]:
+    return [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
 
 
 def test_a_bad_model_fails_before_serving(tmp_path):

@@ -16,9 +16,11 @@ Routes (docs/serve.md):
 ``GET /healthz``            ``{"ok": true}``
 ==========================  ===========================================================================
 
-Decoding and preprocessing run in worker threads (at most ``DECODERS`` at once, which bounds the
-memory that large pictures take); inference runs in one thread of its own, which takes every image
-waiting when it is free and runs them as one batch (micro-batching). The event loop only moves bytes.
+Decoding and preprocessing run in ``DECODERS`` worker processes (:class:`Decoders`: most of
+preprocessing is small NumPy steps that hold the GIL, so threads could not run two at once; the number
+of processes bounds the memory that large pictures take); inference runs in one thread of its own, which
+takes every image waiting when it is free and runs them as one batch (micro-batching). The event loop
+only moves bytes.
 Every error reaches the client as ``{"error": "one line"}`` with a 4xx status, or a 500 without details.
 """
 from __future__ import annotations
@@ -29,10 +31,14 @@ import binascii
 import contextlib
 import io
 import json
+import multiprocessing
 import queue
+import signal
 import socket
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,7 +72,7 @@ MAX_DRAWN_SIDE = 2048  # a saved drawing is at most this wide and high
 MAX_BATCH = 64  # images per forward pass of the inference thread
 GATHER_S = 0.004  # how long the inference thread waits for images being decoded to join its batch
 MAX_MAPS = 32  # feature maps returned at most
-DECODERS = 2  # pictures decoded and preprocessed at once
+DECODERS = 2  # worker processes that decode and preprocess pictures (so, pictures at once)
 FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "BMP": "BMP", "GIF": "GIF"}
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/bmp", "image/gif")
 STATIC = Path(__file__).parent / "static"
@@ -132,6 +138,87 @@ def preprocess_picture(data: bytes) -> np.ndarray:
     if isinstance(digit, ValueError):
         raise BadRequest(f"{digit}: draw a digit")
     return digit
+
+
+def _preprocess_in_worker(data: bytes) -> tuple[np.ndarray | None, str, int]:
+    """:func:`preprocess_picture` in a :class:`Decoders` process -> (digit, "", 0), or (None, message,
+    status) for a picture refused with BadRequest (any other error is raised, and answered 500)."""
+    try:
+        return preprocess_picture(data), "", 0
+    except BadRequest as err:
+        return None, str(err), err.status
+
+
+def _start_worker() -> None:
+    """A :class:`Decoders` process ignores Ctrl-C (the server's shutdown stops it) and uses one BLAS thread.
+
+    It was started with SIGINT blocked (:meth:`Decoders.start`), so a Ctrl-C that came while it was
+    still starting up waits, and is dropped here, instead of printing a traceback from its imports."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    threadpool_limits(limits=1, user_api="blas")
+
+
+class Decoders:
+    """``workers`` processes that run :func:`preprocess_picture` on request bodies.
+
+    Processes, not threads: preprocessing a canvas takes about 2.5 ms, of which only the PNG decoding
+    releases the GIL, so two threads did 1.24 times the work of one and two processes do twice that.
+    They start with the server (spawned, so they hold no copy of its threads or locks). A worker that
+    dies (killed, out of memory) fails the requests it held with a 500; the next request starts new ones.
+    Requests that come while it starts wait for it.
+    """
+
+    def __init__(self, workers: int = DECODERS):
+        self.workers = workers
+        self._pool: ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> ProcessPoolExecutor:
+        """Start the processes (unless they run) and wait until they have imported what they run, so that a
+        first picture is not slower. Called in a thread other than the main one: the processes start
+        from it with SIGINT blocked, which this leaves the main thread's to handle."""
+        with self._lock:
+            if self._pool is not None:
+                return self._pool
+            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            try:
+                pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                           initializer=_start_worker)
+                started = [pool.submit(_start_worker) for _ in range(self.workers)]  # a process for each
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+            self._pool = pool
+        for future in started:
+            future.result()
+        return pool
+
+    async def preprocess(self, data: bytes) -> np.ndarray:
+        """Picture bytes -> uint8 (28, 28), as :func:`preprocess_picture`; BadRequest as it raises."""
+        pool = self._pool or await anyio.to_thread.run_sync(self.start)
+        try:
+            digit, message, status = await asyncio.wrap_future(pool.submit(_preprocess_in_worker, data))
+        except BrokenProcessPool:
+            with self._lock:
+                if self._pool is pool:  # the first request to see it: the next one starts new workers
+                    self._pool = None
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise BadRequest("a preprocessing process stopped (see the server's log): try again", 500) from None
+        if digit is None:
+            raise BadRequest(message, status)
+        return digit
+
+    def pids(self) -> list[int]:
+        """The process ids of the running workers (none before :meth:`start` and after :meth:`close`)."""
+        with self._lock:
+            processes = getattr(self._pool, "_processes", None) or {}
+            return sorted(processes)
+
+    def close(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def check_drawing(data: bytes) -> None:
@@ -300,18 +387,23 @@ class Batcher:
                 answers = [(r, None) for r in readings]
             except Exception as err:  # noqa: BLE001 - handed to the requests, which answer 500
                 answers = [(None, err)] * len(items)
+            by_loop: dict = {}  # one wake-up of each event loop for the whole batch
             for (_, future, loop), (reading, err) in zip(items, answers):
+                by_loop.setdefault(loop, []).append((future, reading, err))
+            for loop, settled in by_loop.items():
                 with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
-                    loop.call_soon_threadsafe(_settle, future, reading, err)
+                    loop.call_soon_threadsafe(_settle, settled)
 
 
-def _settle(future, reading, err) -> None:
-    if future.done():
-        return
-    if err is not None:
-        future.set_exception(err)
-    else:
-        future.set_result(reading)
+def _settle(settled: list) -> None:
+    """Hand each (future, reading, error) its answer, on the future's event loop."""
+    for future, reading, err in settled:
+        if future.done():
+            continue
+        if err is not None:
+            future.set_exception(err)
+        else:
+            future.set_result(reading)
 
 
 # --- the model card -----------------------------------------------------------------------------------
@@ -434,16 +526,19 @@ def build_app(model, meta: dict, model_path, *, eval_json="metrics/eval.json", d
     card = Card(Path(model_path), model, meta, Path(eval_json), network)
     drawn_dir = Path(drawn_dir)
     pages = {route: ((STATIC / name).read_bytes(), kind) for route, (name, kind) in PAGES.items()}
-    decoders = anyio.CapacityLimiter(DECODERS)
+    drawing_checks = anyio.CapacityLimiter(DECODERS)
     state = {}
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
+        state["decoders"] = app.state.decoders = Decoders()
         state["batcher"] = Batcher(network)
         try:
+            await anyio.to_thread.run_sync(state["decoders"].start)
             yield
         finally:
             state.pop("batcher").close()
+            await anyio.to_thread.run_sync(state.pop("decoders").close)
 
     async def page(request: Request) -> Response:
         body, kind = pages[request.url.path]
@@ -453,7 +548,7 @@ def build_app(model, meta: dict, model_path, *, eval_json="metrics/eval.json", d
         data = await upload_bytes(request)
         batcher = state["batcher"]
         with batcher.coming():
-            digit_image = await anyio.to_thread.run_sync(preprocess_picture, data, limiter=decoders)
+            digit_image = await state["decoders"].preprocess(data)
             answer_soon = batcher.submit(digit_image)
         reading = await answer_soon
         probs = reading.probabilities
@@ -495,7 +590,7 @@ def build_app(model, meta: dict, model_path, *, eval_json="metrics/eval.json", d
             png = base64.b64decode(image, validate=True)
         except (binascii.Error, ValueError):
             raise BadRequest("image is not valid base64") from None
-        await anyio.to_thread.run_sync(check_drawing, png, limiter=decoders)
+        await anyio.to_thread.run_sync(check_drawing, png, limiter=drawing_checks)
         try:
             row = await anyio.to_thread.run_sync(drawn.save, drawn_dir, png, label, drawn_cap)
         except drawn.FolderFull as err:
