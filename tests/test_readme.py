@@ -21,8 +21,8 @@ def markdown_files() -> list[Path]:
 
 
 def slug(heading: str) -> str:
-    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
-    text = re.sub(r"[`*_]", "", heading.strip().lower())
+    """GitHub's anchor for a heading: lower case, markup and punctuation dropped (not "_"), spaces to hyphens."""
+    text = re.sub(r"[`*]", "", heading.strip().lower())  # an underscore stays, as GitHub keeps it
     return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
 
 
