@@ -33,7 +33,7 @@ def chromium_path() -> str | None:
 def _missing(what: str):
     if os.environ.get("CI"):
         pytest.fail(f"{what}: .ci/run installs it, so CI must not skip the browser tests")
-    pytest.skip(f"{what} (install: apt-get install chromium; pip install -e '.[browser]')")
+    pytest.skip(f"{what} (install: apt-get install chromium; pip install -e '.[dev]')")
 
 
 @contextlib.contextmanager

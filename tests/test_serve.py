@@ -362,6 +362,38 @@ def test_the_drawings_folder_has_a_cap(app_parts, tmp_path):
     assert len(drawn.read_labels(tmp_path)) == 2 and len(list((tmp_path / "digits").glob("*.png"))) == 2
 
 
+def test_the_cap_counts_pictures_without_a_row_too(tmp_path):
+    (tmp_path / "digits").mkdir()
+    for i in range(2):  # left by hand, or by a save that died between its two files
+        (tmp_path / "digits" / f"stray-{i}.png").write_bytes(drawn_seven())
+    with pytest.raises(drawn.FolderFull, match="holds 2 drawings"):
+        drawn.save(tmp_path, drawn_seven(), 3, cap=2)
+
+
+@pytest.mark.parametrize("failing", ["fsync", "replace"])
+def test_a_failed_save_leaves_the_folder_as_it_was(app_parts, tmp_path, monkeypatch, failing):
+    """A write that fails (disk full, here os.fsync or os.replace raising) at any point: 500, one line,
+    and no new file, no temporary file, labels.csv unchanged; the next save works."""
+    model, meta, path, _ = app_parts
+    with TestClient(build_app(model, meta, path, drawn_dir=tmp_path), raise_server_exceptions=False) as c:
+        assert save(c, 1).status_code == 201
+        before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+        calls = []
+        real = getattr(os, failing)
+
+        def fail_second(*args, **kwargs):  # fsync: the PNG's write; replace: the labels' rename, after the PNG's
+            calls.append(args)
+            if len(calls) == 2 or failing == "fsync":
+                raise OSError(28, "No space left on device")
+            return real(*args, **kwargs)
+        monkeypatch.setattr(os, failing, fail_second)
+        one_line_error(save(c, 2), 500)
+        monkeypatch.undo()
+        assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+        assert save(c, 3).status_code == 201
+    assert [row["label"] for row in drawn.read_labels(tmp_path)] == [1, 3]
+
+
 def test_a_corrupt_labels_file_is_refused_by_the_reader(tmp_path):
     (tmp_path / "digits").mkdir()
     for text, words in [("file,label,time\n../x.png,3,t\n", "plain file name"), ("file,label,time\na.png,12,t\n", "0-9"),
@@ -453,6 +485,15 @@ def test_open_hosts_get_a_warning():
     assert serve_module.exposure_warning("127.0.0.1") is None and serve_module.exposure_warning("localhost") is None
     for host in ("0.0.0.0", "::", "192.168.1.5"):
         assert "open to" in serve_module.exposure_warning(host)
+
+
+def test_the_command_warns_once_when_it_listens_on_every_address(trained_model_path, tmp_path):
+    process, port = start(trained_model_path, tmp_path, "--host", "0.0.0.0")
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=30)
+    warnings = [line for line in err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "0.0.0.0" in warnings[0] and "open to every machine" in warnings[0], err
+    assert f"http://0.0.0.0:{port}/" in err and process.returncode == 143
 
 
 def test_bad_flags_exit_2(tmp_path):

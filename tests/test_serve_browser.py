@@ -154,6 +154,18 @@ def test_draw_upload_and_save_in_a_browser(server, mnist, tmp_path):
         right = [d for d in range(10) if read[d] == d]
         assert len(right) >= 9, f"read {read}"
 
+        page.click("#clear")  # live: a slow stroke is read while the pen is still down, not only after
+        before = int(page.evaluate("document.body.dataset.predictions"))
+        page.mouse.move(box["x"] + 0.3 * box["width"], box["y"] + 0.2 * box["height"])
+        page.mouse.down()
+        for step in range(1, 21):  # 2 s of drawing a 1, downwards
+            page.mouse.move(box["x"] + 0.32 * box["width"], box["y"] + (0.2 + 0.03 * step) * box["height"], steps=2)
+            page.wait_for_timeout(100)
+        during = int(page.evaluate("document.body.dataset.predictions")) - before
+        page.mouse.up()
+        assert during >= 3, f"{during} predictions while drawing for 2 s"
+        wait_shown(page)
+
         page.click("#clear")  # upload: a scanned MNIST test digit, black on white
         picture = tmp_path / "scan.png"
         index = int(np.flatnonzero(mnist["test_y"] == 3)[0])

@@ -88,16 +88,18 @@ def save(folder, png: bytes, label: int, cap: int = CAP) -> dict:
     """Save one drawing (PNG bytes, already checked) with its label -> its row ``{"file", "label", "time"}``.
 
     The name is made here (time and random hex, never from the client). The PNG is renamed into
-    place first, then labels.csv is rewritten atomically with the new row; FolderFull when the
-    folder lists ``cap`` drawings already.
+    place first, then labels.csv is rewritten atomically with the new row; if that fails, the PNG is
+    removed again, so a failed save leaves the folder as it was. FolderFull when the folder holds
+    ``cap`` drawings already (rows of labels.csv, or PNG files, whichever are more).
     """
     if not (isinstance(label, int) and 0 <= label <= 9):
         raise ValueError(f"label must be an integer 0-9, got {label!r}")
     folder = Path(folder)
     with _lock:
         rows = read_labels(folder)
-        if len(rows) >= cap:
-            raise FolderFull(f"{folder / DIGITS} holds {len(rows)} drawings, the most it keeps: move them "
+        held = max(len(rows), _pictures(folder / DIGITS))
+        if held >= cap:
+            raise FolderFull(f"{folder / DIGITS} holds {held} drawings, the most it keeps: move them "
                              "elsewhere and start a new folder")
         now = time.time()
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now))
@@ -109,5 +111,18 @@ def save(folder, png: bytes, label: int, cap: int = CAP) -> dict:
                 f.write(png)
                 f.flush()
                 os.fsync(f.fileno())
-        write_text(folder / DIGITS / LABELS, _table([*rows, row]))
+        try:
+            write_text(folder / DIGITS / LABELS, _table([*rows, row]))
+        except BaseException:
+            (folder / DIGITS / name).unlink(missing_ok=True)
+            raise
     return row
+
+
+def _pictures(digits: Path) -> int:
+    """PNG files in the drawings' folder (0 when it does not exist yet)."""
+    try:
+        with os.scandir(digits) as entries:
+            return sum(1 for entry in entries if entry.name.endswith(".png"))
+    except FileNotFoundError:
+        return 0

@@ -155,8 +155,15 @@ def _start_worker() -> None:
     It was started with SIGINT blocked (:meth:`Decoders.start`), so a Ctrl-C that came while it was
     still starting up waits, and is dropped here, instead of printing a traceback from its imports."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    _sigint_mask(signal.SIG_UNBLOCK)
     threadpool_limits(limits=1, user_api="blas")
+
+
+def _sigint_mask(how) -> set | None:
+    """``signal.pthread_sigmask(how, {SIGINT})`` where the system has it (POSIX); else nothing (None)."""
+    if not hasattr(signal, "pthread_sigmask"):
+        return None
+    return signal.pthread_sigmask(how, {signal.SIGINT})
 
 
 class Decoders:
@@ -181,13 +188,14 @@ class Decoders:
         with self._lock:
             if self._pool is not None:
                 return self._pool
-            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            before = _sigint_mask(signal.SIG_BLOCK)
             try:
                 pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
                                            initializer=_start_worker)
                 started = [pool.submit(_start_worker) for _ in range(self.workers)]  # a process for each
             finally:
-                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+                if before is not None:
+                    signal.pthread_sigmask(signal.SIG_SETMASK, before)
             self._pool = pool
         for future in started:
             future.result()

@@ -3,13 +3,16 @@
 
 const PEN = 18;            // pen width in pad pixels (280 px pad): a marker on paper
 const DEBOUNCE_MS = 120;   // predict this long after the last change
+const LIVE_MS = 250;       // while the pen keeps moving, predict at least this often
 const pad = document.getElementById("pad");
 const ctx = pad.getContext("2d");
 const statusLine = document.getElementById("status");
 const strokes = [];        // each stroke: [{x, y}, ...]
 let current = null;        // the stroke being drawn
 let timer = null;
-let asked = 0;             // number of the latest prediction request (older answers are dropped)
+let asked = 0;             // number of the latest prediction request
+let newest = 0;            // number of the request whose answer is shown (older answers are dropped)
+let sentAt = -Infinity;    // when the drawing was last sent (performance.now())
 let shown = 0;             // predictions rendered so far (document.body.dataset.predictions)
 
 function say(text, error = false) {
@@ -96,6 +99,7 @@ function changed(delay = DEBOUNCE_MS) {
   asked++;  // answers to earlier requests are stale from now on
   if (strokes.length === 0) { blank(); return; }
   document.body.dataset.state = "waiting";
+  if (current && performance.now() - sentAt >= LIVE_MS) delay = 0;  // live while a long stroke goes on
   timer = setTimeout(predictDrawing, delay);
 }
 
@@ -105,6 +109,7 @@ function padBlob() {
 }
 
 async function predictDrawing() {
+  sentAt = performance.now();
   const blob = await padBlob();
   await ask(blob, { "Content-Type": "image/png" });
 }
@@ -124,8 +129,10 @@ async function ask(body, headers = {}) {
     }
     return;
   }
-  if (number !== asked) return; // a newer drawing is on its way
+  if (number < newest) return; // a newer answer is shown already
+  newest = number;
   render(answer);
+  if (number !== asked) document.body.dataset.state = "waiting"; // the drawing changed since: more to come
 }
 
 function blank() {
