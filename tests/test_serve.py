@@ -6,6 +6,7 @@ status and a one-line JSON error, and the server keeps serving after each.
 from __future__ import annotations
 
 import base64
+import contextlib
 import csv
 import io
 import json
@@ -450,6 +451,26 @@ def test_the_command_serves_until_a_signal(trained_model_path, tmp_path, sig, co
     while any(alive(pid) for pid in workers) and time.time() < deadline:
         time.sleep(0.05)
     assert not [pid for pid in workers if alive(pid)]
+
+
+def test_ctrl_c_while_the_workers_start_is_clean(trained_model_path, tmp_path):
+    """Ctrl-C (to the process group, as a terminal sends it) as soon as the server answers, while its
+    preprocessing processes are still importing: no traceback from them, exit 130."""
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "nnlib", "serve", "--model", str(trained_model_path), "--port", str(port)],
+                               cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    deadline = time.time() + 60
+    while True:
+        with contextlib.suppress(OSError):
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        assert process.poll() is None and time.time() < deadline, process.communicate()
+        time.sleep(0.01)
+    assert children(process.pid)  # the processes were started before the server listened
+    os.killpg(process.pid, signal.SIGINT)
+    err = process.communicate(timeout=30)[1]
+    assert process.returncode == 130 and "Traceback" not in err, err
 
 
 def children(pid: int) -> list[int]:

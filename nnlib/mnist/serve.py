@@ -150,20 +150,24 @@ def _preprocess_in_worker(data: bytes) -> tuple[np.ndarray | None, str, int]:
 
 
 def _start_worker() -> None:
-    """A :class:`Decoders` process ignores Ctrl-C (the server's shutdown stops it) and uses one BLAS thread.
-
-    It was started with SIGINT blocked (:meth:`Decoders.start`), so a Ctrl-C that came while it was
-    still starting up waits, and is dropped here, instead of printing a traceback from its imports."""
+    """A :class:`Decoders` process ignores Ctrl-C (the server's shutdown stops it) and uses one BLAS thread."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _sigint_mask(signal.SIG_UNBLOCK)
     threadpool_limits(limits=1, user_api="blas")
 
 
-def _sigint_mask(how) -> set | None:
-    """``signal.pthread_sigmask(how, {SIGINT})`` where the system has it (POSIX); else nothing (None)."""
-    if not hasattr(signal, "pthread_sigmask"):
-        return None
-    return signal.pthread_sigmask(how, {signal.SIGINT})
+@contextlib.contextmanager
+def _sigint_ignored():
+    """SIGINT ignored meanwhile, when called in the main thread, so that processes started now ignore it
+    from their first instruction (the setting is inherited; a handler set later would leave their imports
+    exposed to a Ctrl-C). Elsewhere (a test client's thread) nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class Decoders:
@@ -171,9 +175,9 @@ class Decoders:
 
     Processes, not threads: preprocessing a canvas takes about 2.5 ms, of which only the PNG decoding
     releases the GIL, so two threads did 1.24 times the work of one and two processes do twice that.
-    They start with the server (spawned, so they hold no copy of its threads or locks). A worker that
-    dies (killed, out of memory) fails the requests it held with a 500; the next request starts new ones.
-    Requests that come while it starts wait for it.
+    They start with the server (spawned, so they hold no copy of its threads or locks), ignoring Ctrl-C,
+    which reaches the whole process group: the server's shutdown stops them. A worker that dies (killed,
+    out of memory) fails the requests it held with a 500; the next request starts new ones.
     """
 
     def __init__(self, workers: int = DECODERS):
@@ -182,28 +186,22 @@ class Decoders:
         self._lock = threading.Lock()
 
     def start(self) -> ProcessPoolExecutor:
-        """Start the processes (unless they run) and wait until they have imported what they run, so that a
-        first picture is not slower. Called in a thread other than the main one: the processes start
-        from it with SIGINT blocked, which this leaves the main thread's to handle."""
+        """The running pool; when there is none, start one, its processes at once (they import in the
+        background: requests that come meanwhile wait for them, and so does the server's start no longer
+        than spawning takes, which keeps the time when a Ctrl-C interrupts uvicorn's start-up short)."""
         with self._lock:
-            if self._pool is not None:
-                return self._pool
-            before = _sigint_mask(signal.SIG_BLOCK)
-            try:
-                pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                           initializer=_start_worker)
-                started = [pool.submit(_start_worker) for _ in range(self.workers)]  # a process for each
-            finally:
-                if before is not None:
-                    signal.pthread_sigmask(signal.SIG_SETMASK, before)
-            self._pool = pool
-        for future in started:
-            future.result()
-        return pool
+            if self._pool is None:
+                with _sigint_ignored():  # the processes start in submit(), in this thread
+                    pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                               initializer=_start_worker)
+                    for _ in range(self.workers):  # a process for each: no worker is idle yet
+                        pool.submit(_start_worker)
+                self._pool = pool
+            return self._pool
 
     async def preprocess(self, data: bytes) -> np.ndarray:
         """Picture bytes -> uint8 (28, 28), as :func:`preprocess_picture`; BadRequest as it raises."""
-        pool = self._pool or await anyio.to_thread.run_sync(self.start)
+        pool = self.start()
         try:
             digit, message, status = await asyncio.wrap_future(pool.submit(_preprocess_in_worker, data))
         except BrokenProcessPool:
@@ -542,7 +540,7 @@ def build_app(model, meta: dict, model_path, *, eval_json="metrics/eval.json", d
         state["decoders"] = app.state.decoders = Decoders()
         state["batcher"] = Batcher(network)
         try:
-            await anyio.to_thread.run_sync(state["decoders"].start)
+            state["decoders"].start()
             yield
         finally:
             state.pop("batcher").close()
