@@ -486,7 +486,7 @@ def preprocess_many(grays: list[np.ndarray]) -> list[np.ndarray | ValueError]:
             try:
                 out[i] = finish(ink)
             except ValueError as err:
-                out[i] = err
+                out[i] = err.with_traceback(None)  # its traceback would hold this frame, and so every image, in a cycle
     return out
 
 

@@ -35,6 +35,7 @@ import multiprocessing
 import queue
 import signal
 import socket
+import sys
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -67,12 +68,14 @@ except ImportError:  # the serve extra is missing: build_app says so
     Starlette = None
 
 MAX_BODY = 2 * 1024 * 1024  # bytes of a request body at most (413 beyond)
-MAX_PIXELS = 4096 * 4096  # pixels of a picture at most, checked from its header before it is decoded
+MAX_SIDE = 4096  # pixels a side of a picture at most, checked from its header before it is decoded
+MAX_PIXELS = MAX_SIDE * MAX_SIDE
 MAX_DRAWN_SIDE = 2048  # a saved drawing is at most this wide and high
 MAX_BATCH = 64  # images per forward pass of the inference thread
 GATHER_S = 0.004  # how long the inference thread waits for images being decoded to join its batch
 MAX_MAPS = 32  # feature maps returned at most
 DECODERS = 2  # worker processes that decode and preprocess pictures (so, pictures at once)
+CLOSE_S = 5.0  # seconds the workers get to end at shutdown before they are killed
 FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "BMP": "BMP", "GIF": "GIF"}
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/bmp", "image/gif")
 STATIC = Path(__file__).parent / "static"
@@ -101,7 +104,7 @@ class BadRequest(Exception):
 def check_picture(data: bytes, formats=tuple(FORMATS)) -> Image.Image:
     """Open a picture's header and refuse, before decoding it, what the server does not take.
 
-    Empty, not an image of ``formats``, more than ``MAX_PIXELS`` pixels, animated: BadRequest.
+    Empty, not an image of ``formats``, wider or higher than ``MAX_SIDE`` pixels, animated: BadRequest.
     """
     if not data:
         raise BadRequest("empty body: send a PNG or JPEG image")
@@ -110,12 +113,12 @@ def check_picture(data: bytes, formats=tuple(FORMATS)) -> Image.Image:
     except UnidentifiedImageError:
         raise BadRequest(f"not an image of a format this server reads ({', '.join(formats)})") from None
     except Image.DecompressionBombError:
-        raise BadRequest(f"image too large: at most {MAX_PIXELS:,} pixels") from None
+        raise BadRequest(f"image too large: at most {MAX_SIDE}x{MAX_SIDE} pixels") from None
     except READ_ERRORS as err:
         raise BadRequest(f"cannot read the image ({one_line(err)})") from None
     width, height = image.size
-    if width * height > MAX_PIXELS:
-        raise BadRequest(f"image of {width}x{height} pixels: at most {MAX_PIXELS:,} pixels")
+    if width > MAX_SIDE or height > MAX_SIDE:  # a 16,777,216 x 1 strip costs seconds and gigabytes to preprocess
+        raise BadRequest(f"image of {width}x{height} pixels: at most {MAX_SIDE}x{MAX_SIDE}")
     if width < 1 or height < 1:
         raise BadRequest("image without pixels")
     try:
@@ -180,8 +183,8 @@ class Decoders:
     out of memory) fails the requests it held with a 500; the next request starts new ones.
     """
 
-    def __init__(self, workers: int = DECODERS):
-        self.workers = workers
+    def __init__(self, workers: int = DECODERS, job=_preprocess_in_worker):
+        self.workers, self.job = workers, job  # job(bytes) -> (digit, message, status), run in a worker
         self._pool: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
 
@@ -200,19 +203,32 @@ class Decoders:
             return self._pool
 
     async def preprocess(self, data: bytes) -> np.ndarray:
-        """Picture bytes -> uint8 (28, 28), as :func:`preprocess_picture`; BadRequest as it raises."""
-        pool = self.start()
-        try:
-            digit, message, status = await asyncio.wrap_future(pool.submit(_preprocess_in_worker, data))
-        except BrokenProcessPool:
-            with self._lock:
-                if self._pool is pool:  # the first request to see it: the next one starts new workers
-                    self._pool = None
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise BadRequest("a preprocessing process stopped (see the server's log): try again", 500) from None
+        """Picture bytes -> uint8 (28, 28), as :func:`preprocess_picture`; BadRequest as it raises.
+
+        When the workers stop under it (one was killed, ran out of memory), the picture is tried once more
+        on new ones (it was maybe only queued behind the one that failed); a second failure is a 500."""
+        for attempt in (1, 2):
+            pool = self.start()
+            try:
+                digit, message, status = await asyncio.wrap_future(pool.submit(self.job, data))
+                break
+            except BrokenProcessPool:
+                self._replace(pool)
+        else:
+            raise BadRequest("a preprocessing process stopped twice on this picture (see the server's log)", 500)
         if digit is None:
             raise BadRequest(message, status)
         return digit
+
+    def _replace(self, pool: ProcessPoolExecutor) -> None:
+        """Drop a broken pool (the next :meth:`start` makes a new one), saying so once on stderr."""
+        with self._lock:
+            if self._pool is not pool:  # another request saw it first
+                return
+            self._pool = None
+        print("serve: a preprocessing process stopped (killed, or out of memory?): starting new ones",
+              file=sys.stderr, flush=True)
+        self._stop(pool)
 
     def pids(self) -> list[int]:
         """The process ids of the running workers (none before :meth:`start` and after :meth:`close`)."""
@@ -224,7 +240,21 @@ class Decoders:
         with self._lock:
             pool, self._pool = self._pool, None
         if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+            self._stop(pool)
+
+    @staticmethod
+    def _stop(pool: ProcessPoolExecutor) -> None:
+        """Shut ``pool`` down: its processes get ``CLOSE_S`` seconds to end, then are killed (a stuck or
+        stopped worker must not keep the server from exiting)."""
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        deadline = time.monotonic() + CLOSE_S
+        for process in processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+        for process in processes:
+            if process.is_alive():
+                process.kill()
+                process.join(1)
 
 
 def check_drawing(data: bytes) -> None:
@@ -578,7 +608,7 @@ def build_app(model, meta: dict, model_path, *, eval_json="metrics/eval.json", d
         body = await read_body(request)
         try:
             record = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
+        except (ValueError, RecursionError):  # JSONDecodeError, bad UTF-8, an integer of over 4,300 digits; nested too deep
             raise BadRequest("malformed JSON") from None
         if not isinstance(record, dict):
             raise BadRequest('expected a JSON object {"label": 0-9, "image": "<PNG as base64 or a data: URL>"}')
