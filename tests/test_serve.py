@@ -29,6 +29,7 @@ from PIL import Image, ImageDraw
 
 pytest.importorskip("starlette", reason="the serve extra is not installed (pip install -e '.[serve]')")
 pytest.importorskip("httpx", reason="Starlette's TestClient needs httpx (the dev extra)")
+from starlette.requests import Request  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 
 from nnlib.mnist import drawn  # noqa: E402
@@ -224,6 +225,24 @@ def test_bad_predict_requests(client, case):
     headers = {"content-type": kind} if kind else {}
     assert words in one_line_error(client.post("/api/predict", content=body, headers=headers), status)
     keeps_serving(client)
+
+
+def test_a_body_that_stalls_is_cut_off(monkeypatch):
+    """A client that sends part of its body and then nothing: 408 after BODY_S, its chunks let go."""
+    monkeypatch.setattr(serve_module, "BODY_S", 0.3)
+    sent = []
+
+    async def receive():
+        if not sent:
+            sent.append(1)
+            return {"type": "http.request", "body": b"x" * 10, "more_body": True}
+        await asyncio.sleep(3600)
+
+    scope = {"type": "http", "method": "POST", "path": "/api/predict", "headers": [(b"content-length", b"1000")]}
+    start = time.monotonic()
+    with pytest.raises(serve_module.BadRequest, match="did not arrive") as caught:
+        asyncio.run(serve_module.read_body(Request(scope, receive)))
+    assert caught.value.status == 408 and time.monotonic() - start < 5
 
 
 def test_a_blank_picture_holds_no_memory_after_its_answer():

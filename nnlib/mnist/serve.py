@@ -68,6 +68,7 @@ except ImportError:  # the serve extra is missing: build_app says so
     Starlette = None
 
 MAX_BODY = 2 * 1024 * 1024  # bytes of a request body at most (413 beyond)
+BODY_S = 30.0  # seconds a request body may take to arrive (408 beyond)
 MAX_SIDE = 4096  # pixels a side of a picture at most, checked from its header before it is decoded
 MAX_PIXELS = MAX_SIDE * MAX_SIDE
 MAX_DRAWN_SIDE = 2048  # a saved drawing is at most this wide and high
@@ -507,7 +508,8 @@ def _error(status: int, message: str) -> "JSONResponse":
 
 
 async def read_body(request: "Request", limit: int = MAX_BODY) -> bytes:
-    """The request body, refused with 413 beyond ``limit`` bytes (by its Content-Length, or while it arrives)."""
+    """The request body, refused with 413 beyond ``limit`` bytes (by its Content-Length, or while it arrives),
+    and with 408 when it has not all arrived within ``BODY_S`` seconds."""
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
@@ -515,11 +517,14 @@ async def read_body(request: "Request", limit: int = MAX_BODY) -> bytes:
         if int(declared) > limit:
             raise BadRequest(f"body of {int(declared):,} bytes: at most {limit:,}", 413)
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BadRequest(f"body over {limit:,} bytes", 413)
-        chunks.append(chunk)
+    with anyio.move_on_after(BODY_S) as waited:  # a client that stalls must not hold its half body for ever
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise BadRequest(f"body over {limit:,} bytes", 413)
+            chunks.append(chunk)
+    if waited.cancelled_caught:
+        raise BadRequest(f"the body did not arrive within {BODY_S:g} s", 408)
     return b"".join(chunks)
 
 
