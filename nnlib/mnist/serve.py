@@ -70,7 +70,6 @@ except ImportError:  # the serve extra is missing: build_app says so
 MAX_BODY = 2 * 1024 * 1024  # bytes of a request body at most (413 beyond)
 BODY_S = 30.0  # seconds a request body may take to arrive (408 beyond)
 MAX_SIDE = 4096  # pixels a side of a picture at most, checked from its header before it is decoded
-MAX_PIXELS = MAX_SIDE * MAX_SIDE
 MAX_DRAWN_SIDE = 2048  # a saved drawing is at most this wide and high
 MAX_BATCH = 64  # images per forward pass of the inference thread
 GATHER_S = 0.004  # how long the inference thread waits for images being decoded to join its batch
@@ -180,8 +179,8 @@ class Decoders:
     Processes, not threads: preprocessing a canvas takes about 2.5 ms, of which only the PNG decoding
     releases the GIL, so two threads did 1.24 times the work of one and two processes do twice that.
     They start with the server (spawned, so they hold no copy of its threads or locks), ignoring Ctrl-C,
-    which reaches the whole process group: the server's shutdown stops them. A worker that dies (killed,
-    out of memory) fails the requests it held with a 500; the next request starts new ones.
+    which reaches the whole process group: the server's shutdown stops them. When a worker dies (killed,
+    out of memory), the pictures it held or had queued are tried once more on new ones (:meth:`preprocess`).
     """
 
     def __init__(self, workers: int = DECODERS, job=_preprocess_in_worker):
@@ -190,9 +189,9 @@ class Decoders:
         self._lock = threading.Lock()
 
     def start(self) -> ProcessPoolExecutor:
-        """The running pool; when there is none, start one, its processes at once (they import in the
-        background: requests that come meanwhile wait for them, and so does the server's start no longer
-        than spawning takes, which keeps the time when a Ctrl-C interrupts uvicorn's start-up short)."""
+        """The running pool; when there is none, start one with all its processes at once. It does not wait
+        for their imports (requests that come meanwhile queue for them), so that the server's start-up, in
+        which a Ctrl-C makes uvicorn log a traceback, stays as short as spawning."""
         with self._lock:
             if self._pool is None:
                 with _sigint_ignored():  # the processes start in submit(), in this thread
@@ -208,13 +207,13 @@ class Decoders:
 
         When the workers stop under it (one was killed, ran out of memory), the picture is tried once more
         on new ones (it was maybe only queued behind the one that failed); a second failure is a 500."""
-        for attempt in (1, 2):
+        for _ in range(2):
             pool = self.start()
             try:
                 digit, message, status = await asyncio.wrap_future(pool.submit(self.job, data))
                 break
             except BrokenProcessPool:
-                self._replace(pool)
+                await anyio.to_thread.run_sync(self._replace, pool)  # it may wait CLOSE_S: not on the event loop
         else:
             raise BadRequest("a preprocessing process stopped twice on this picture (see the server's log)", 500)
         if digit is None:
@@ -234,8 +233,7 @@ class Decoders:
     def pids(self) -> list[int]:
         """The process ids of the running workers (none before :meth:`start` and after :meth:`close`)."""
         with self._lock:
-            processes = getattr(self._pool, "_processes", None) or {}
-            return sorted(processes)
+            return sorted(_processes(self._pool))
 
     def close(self) -> None:
         with self._lock:
@@ -247,7 +245,7 @@ class Decoders:
     def _stop(pool: ProcessPoolExecutor) -> None:
         """Shut ``pool`` down: its processes get ``CLOSE_S`` seconds to end, then are killed (a stuck or
         stopped worker must not keep the server from exiting)."""
-        processes = list((getattr(pool, "_processes", None) or {}).values())
+        processes = list(_processes(pool).values())
         pool.shutdown(wait=False, cancel_futures=True)
         deadline = time.monotonic() + CLOSE_S
         for process in processes:
@@ -256,6 +254,12 @@ class Decoders:
             if process.is_alive():
                 process.kill()
                 process.join(1)
+
+
+def _processes(pool: ProcessPoolExecutor | None) -> dict:
+    """pid -> multiprocessing.Process of a pool's workers ({} for none). ProcessPoolExecutor keeps them in a
+    private attribute: the only way to wait for them with a time limit, and to kill a stuck one."""
+    return getattr(pool, "_processes", None) or {}
 
 
 def check_drawing(data: bytes) -> None:

@@ -96,7 +96,7 @@ function clear() {
 function changed(delay = DEBOUNCE_MS) {
   document.querySelectorAll("#label-buttons button, #undo").forEach((b) => { b.disabled = strokes.length === 0; });
   clearTimeout(timer);
-  asked++;  // answers to earlier requests are stale from now on
+  asked++;  // the drawing changed: an answer to an earlier request is shown but no longer ends the wait
   if (strokes.length === 0) { blank(); return; }
   document.body.dataset.state = "waiting";
   if (current && performance.now() - sentAt >= LIVE_MS) delay = 0;  // live while a long stroke goes on
