@@ -106,7 +106,9 @@ def test_predict_matches_nnlib_predict_on_200_test_digits(client, mnist, trained
         data = (folder / f"{n:03d}.png").read_bytes()
         answer = client.post("/api/predict", content=data, headers={"content-type": "image/png"}).json()
         assert answer["digit"] == record["digit"], record["file"]
-        np.testing.assert_allclose(answer["probabilities"], record["probabilities"], rtol=0, atol=1e-6)
+        # float32 at one image per request (one BLAS thread) against predict's batches: the same to a few
+        # units in the 6th digit (on an AVX2 machine up to 6e-6 relative: BLAS kernels round by batch size)
+        np.testing.assert_allclose(answer["probabilities"], record["probabilities"], rtol=2e-5, atol=1e-6)
         right += answer["digit"] == mnist["test_y"][chosen[n]]
     assert right >= 190
 
